@@ -1,0 +1,25 @@
+"""Shared plumbing of the benchmarks: the results table and the flat JSON file."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+
+BENCH_DIR = Path(os.environ.get("REDLINE_BENCH_DIR", "var/bench"))
+
+
+def write_results(name: str, figures: dict[str, float], notes: dict[str, str] | None = None) -> Path:
+    """Print a table of `figures` and write them as flat JSON (name -> number)."""
+    BENCH_DIR.mkdir(parents=True, exist_ok=True)
+    path = BENCH_DIR / f"{name}.json"
+    path.write_text(json.dumps({k: round(float(v), 4) for k, v in figures.items()}, indent=2) + "\n")
+    width = max(len(k) for k in figures)
+    print(f"\n== bench {name} ({platform.processor() or platform.machine()}, {os.cpu_count()} cpus)")
+    for key, value in figures.items():
+        print(f"  {key:<{width}}  {value:>12.4g}")
+    for key, value in (notes or {}).items():
+        print(f"  # {key}: {value}")
+    print(f"  -> {path}")
+    return path
