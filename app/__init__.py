@@ -1,0 +1,1 @@
+"""Redline web application (FastAPI). Never imports torch: training runs as a subprocess."""

@@ -1,0 +1,69 @@
+"""Configuration from the environment and `.env` (pydantic-settings). Every setting is in the README."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_prefix="REDLINE_", extra="ignore")
+
+    # The one setting without the prefix: the convention every deployment tool knows.
+    database_url: str = Field(default="", validation_alias="DATABASE_URL")
+    data_dir: Path = Path("var")
+    secret_key: str = ""
+    default_model: str = "var/models/SmolLM2-135M-Instruct"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    web_workers: int = 1
+    session_max_age_s: int = 14 * 24 * 3600
+    secure_cookies: bool = False
+    max_upload_mb: int = 200
+    login_attempts_per_minute: int = 10
+    lease_seconds_default: int = 30 * 60
+    worker_heartbeat_s: float = 5.0
+    worker_stale_after_s: float = 60.0
+    worker_poll_s: float = 1.0
+    webhook_timeout_s: float = 5.0
+    pseudonym_salt: str = ""
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'redline.db'}"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.data_dir / "jobs"
+
+    def resolved_secret_key(self) -> str:
+        """The configured key, or one generated on first run and kept under the data directory."""
+        if self.secret_key:
+            return self.secret_key
+        path = self.data_dir / "secret_key"
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".secret_key.{os.getpid()}")
+            tmp.write_text(secrets.token_urlsafe(48))
+            tmp.chmod(0o600)
+            # link() refuses to overwrite: of two processes starting at once, the first key wins.
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+            tmp.unlink()
+        return path.read_text().strip()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,89 @@
+"""Shared fixtures: real databases (a fresh SQLite file, a fresh Postgres database per test run)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import make_url
+
+from app import migrate
+from app.db import engine_for
+from app.models import Base
+from app.settings import get_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL = ROOT / "var" / "models" / "SmolLM2-135M-Instruct"
+PG_URL = os.environ.get("REDLINE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def psycopg_url(url: str) -> str:
+    parsed = make_url(url)
+    return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def pg_database_url() -> Iterator[str]:
+    """A fresh, migrated Postgres database for this test run (this xdist worker), dropped afterwards."""
+    admin_url = psycopg_url(PG_URL)
+    name = f"redline_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    migrate.upgrade(url)
+    try:
+        yield url
+    finally:
+        engine_for.cache_clear()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def truncate_all(engine: Engine) -> None:
+    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+
+
+@pytest.fixture
+def pg_url(pg_database_url: str) -> Iterator[str]:
+    """The run's Postgres database, emptied after each test."""
+    yield pg_database_url
+    truncate_all(engine_for(pg_database_url))
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'redline.db'}"
+    migrate.upgrade(url)
+    return url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest) -> str:
+    """Runs a test once on SQLite and once on the real Postgres."""
+    return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
+
+
+@pytest.fixture
+def settings_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db_url: str):
+    """App settings pointing at a temporary data directory and the test database."""
+    monkeypatch.setenv("REDLINE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    monkeypatch.setenv("REDLINE_DEFAULT_MODEL", str(DEFAULT_MODEL))
+    get_settings.cache_clear()
+    yield get_settings()
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def default_tokenizer_path() -> Path:
+    if not (DEFAULT_MODEL / "tokenizer.json").is_file():
+        pytest.fail(f"{DEFAULT_MODEL} is missing: run `make model` (make test does it)")
+    return DEFAULT_MODEL
