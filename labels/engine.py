@@ -7,7 +7,7 @@ from typing import Any
 
 from rapidfuzz.distance import Levenshtein
 
-from labels.align import Label, apply_script, edit_script, equal_blocks, labels_from_script
+from labels.align import Label, edit_script, equal_blocks, labels_from_script
 from labels.chardiff import Diff, anchored_diff, changed_runs
 from labels.tokenizer import LabelTokenizer
 
