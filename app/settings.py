@@ -32,6 +32,11 @@ class Settings(BaseSettings):
     worker_stale_after_s: float = 60.0
     worker_poll_s: float = 1.0
     webhook_timeout_s: float = 5.0
+    # Deliveries that keep failing are retried with exponential backoff (30 s doubling, capped at 1 h)
+    # and marked failed after this many attempts.
+    webhook_max_attempts: int = 8
+    # Rows fetched per round trip when building and streaming dataset exports: bounds export memory.
+    export_chunk_rows: int = 2000
     pseudonym_salt: str = ""
 
     @field_validator("data_dir")

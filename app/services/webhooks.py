@@ -1,0 +1,212 @@
+"""Outgoing webhooks: queued inside the request's transaction, delivered later by the worker.
+
+`enqueue(session, event, payload)` only inserts `WebhookDelivery` rows, so a request never waits on a
+remote server and a rolled-back request sends nothing. `deliver_due(session_factory)` (called by the
+worker loop) claims due deliveries, POSTs them signed with HMAC-SHA256, and retries failures with
+exponential backoff until `webhook_max_attempts`.
+
+Signature: header `X-Redline-Signature: sha256=<hex>` is HMAC-SHA256 with the webhook's secret over
+`f"{timestamp}.{body}"`, where `timestamp` is the `X-Redline-Timestamp` header (Unix seconds) and `body`
+the raw request body; receivers should also reject stale timestamps to stop replays.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from app.models import User, Webhook, WebhookDelivery, utcnow
+from app.settings import get_settings
+
+EVENTS = ("edit.submitted", "item.completed", "dataset_version.created")
+ALL_EVENTS = "*"
+BACKOFF_BASE_S = 30
+BACKOFF_CAP_S = 3600
+# A claimed delivery is hidden from other workers this long; a worker that dies mid-send frees it then.
+CLAIM_SECONDS = 120
+
+SessionFactory = Callable[[], AbstractContextManager[Session]]
+
+
+class WebhookError(ValueError):
+    """A webhook definition that cannot be accepted (bad URL, unknown event)."""
+
+
+@dataclass(frozen=True)
+class Attempt:
+    ok: bool
+    error: str = ""
+
+
+def validate_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.netloc:
+        raise WebhookError(f"webhook url must be an absolute http(s) URL, got {url!r}")
+    return url
+
+
+def validate_events(events: Iterable[str]) -> list[str]:
+    chosen = sorted(set(events))
+    unknown = [e for e in chosen if e not in EVENTS and e != ALL_EVENTS]
+    if unknown:
+        raise WebhookError(f"unknown webhook event(s) {unknown}; known: {[*EVENTS, ALL_EVENTS]}")
+    if not chosen:
+        raise WebhookError("a webhook needs at least one event")
+    return chosen
+
+
+def create_webhook(session: Session, url: str, events: Iterable[str], actor: User | None) -> Webhook:
+    hook = Webhook(
+        url=validate_url(url),
+        events=validate_events(events),
+        secret=secrets.token_urlsafe(32),
+        created_by_id=actor.id if actor else None,
+    )
+    session.add(hook)
+    session.flush()
+    return hook
+
+
+def enqueue(session: Session, event: str, payload: dict[str, Any]) -> int:
+    """Queue `event` for every active webhook subscribed to it; returns how many deliveries were queued.
+
+    Call it inside the transaction of the change it reports: the deliveries commit (or roll back) with it.
+    `payload` must be JSON-serialisable; it is sent as `{"event", "delivery_id", "created_at", "data"}`.
+    """
+    if event not in EVENTS:
+        raise WebhookError(f"unknown webhook event {event!r}; known: {list(EVENTS)}")
+    hooks = session.scalars(select(Webhook).where(Webhook.active.is_(True))).all()
+    subscribed = [h for h in hooks if event in h.events or ALL_EVENTS in h.events]
+    for hook in subscribed:
+        session.add(WebhookDelivery(webhook_id=hook.id, event=event, payload=payload))
+    session.flush()
+    return len(subscribed)
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return f"sha256={mac.hexdigest()}"
+
+
+def backoff(attempts: int) -> timedelta:
+    return timedelta(seconds=min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** max(0, attempts - 1)))
+
+
+def _claim_due(session_factory: SessionFactory, limit: int, now: datetime) -> list[int]:
+    """Reserve up to `limit` due deliveries by pushing their next attempt past the claim window.
+
+    The claim commits before any network call, so no transaction stays open while a remote server is
+    slow, and concurrent workers (SKIP LOCKED on Postgres) never send the same delivery twice at once.
+    """
+    with session_factory() as session:
+        query = (
+            select(WebhookDelivery.id)
+            .where(WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= now)
+            .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id)
+            .limit(limit)
+        )
+        if session.get_bind().dialect.name == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        ids = list(session.scalars(query))
+        if ids:
+            session.execute(
+                update(WebhookDelivery)
+                .where(WebhookDelivery.id.in_(ids))
+                .values(next_attempt_at=now + timedelta(seconds=CLAIM_SECONDS))
+            )
+        session.commit()
+    return ids
+
+
+def _request_parts(delivery: WebhookDelivery, hook: Webhook, now: datetime) -> tuple[bytes, dict[str, str]]:
+    body = json.dumps(
+        {
+            "event": delivery.event,
+            "delivery_id": delivery.id,
+            "created_at": delivery.created_at.isoformat(),
+            "data": delivery.payload,
+        },
+        sort_keys=True,
+    ).encode()
+    timestamp = int(now.timestamp())
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "Redline-Webhooks/1",
+        "X-Redline-Event": delivery.event,
+        "X-Redline-Delivery": str(delivery.id),
+        "X-Redline-Timestamp": str(timestamp),
+        "X-Redline-Signature": sign(hook.secret, timestamp, body),
+    }
+    return body, headers
+
+
+def _send(client: httpx.Client, url: str, body: bytes, headers: dict[str, str]) -> Attempt:
+    try:
+        response = client.post(url, content=body, headers=headers)
+    except httpx.HTTPError as exc:
+        return Attempt(False, f"{type(exc).__name__}: {exc}"[:1000])
+    if 200 <= response.status_code < 300:
+        return Attempt(True)
+    return Attempt(False, f"HTTP {response.status_code}: {response.text[:500]}")
+
+
+def _record(delivery: WebhookDelivery, attempt: Attempt, now: datetime, max_attempts: int) -> None:
+    delivery.attempts += 1
+    delivery.last_error = attempt.error
+    if attempt.ok:
+        delivery.status = "delivered"
+    elif delivery.attempts >= max_attempts:
+        delivery.status = "failed"
+    else:
+        delivery.next_attempt_at = now + backoff(delivery.attempts)
+
+
+def _deliver_one(session_factory: SessionFactory, client: httpx.Client, delivery_id: int) -> bool:
+    with session_factory() as session:
+        delivery = session.get(WebhookDelivery, delivery_id)
+        hook = session.get(Webhook, delivery.webhook_id) if delivery else None
+        if delivery is None or hook is None or delivery.status != "pending":
+            return False
+        now = utcnow()
+        if not hook.active:
+            delivery.status, delivery.last_error = "failed", "webhook deactivated"
+            session.commit()
+            return False
+        body, headers = _request_parts(delivery, hook, now)
+        url = hook.url
+        # End the read transaction before the network call; the row is ours through the claim.
+        session.commit()
+        attempt = _send(client, url, body, headers)
+        _record(delivery, attempt, utcnow(), get_settings().webhook_max_attempts)
+        session.commit()
+        return attempt.ok
+
+
+def deliver_due(session_factory: SessionFactory, *, limit: int = 50, client: httpx.Client | None = None) -> int:
+    """Send every due delivery (up to `limit`); returns how many were delivered successfully.
+
+    `session_factory()` must return a context manager yielding a Session (`app.db.session_scope`, or a
+    `sessionmaker`). Failures are retried later with backoff; none of them raises.
+    """
+    ids = _claim_due(session_factory, limit, utcnow())
+    if not ids:
+        return 0
+    own_client = client is None
+    client = client or httpx.Client(timeout=get_settings().webhook_timeout_s, follow_redirects=False)
+    try:
+        return sum(_deliver_one(session_factory, client, delivery_id) for delivery_id in ids)
+    finally:
+        if own_client:
+            client.close()
