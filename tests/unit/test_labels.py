@@ -185,7 +185,7 @@ def test_display_diff_stays_close_to_plain_diff_match_patch(tok: LabelTokenizer)
     """Over many edits, the anchored diff marks about as many characters changed as diff-match-patch on
     the whole texts (it shows a replaced word whole where dmp may keep a coincidental shared letter)."""
     rng = random.Random(3)
-    vocab = "the model wrote a long answer about gradient descent and its learning rate".split()  # noqa: SIM905
+    vocab = "the model wrote a long answer about gradient descent and its learning rate".split()
     ours = plain = 0
     for _ in range(60):
         words = [rng.choice(vocab) for _ in range(120)]
