@@ -1,0 +1,302 @@
+"""Run configurations: one dataclass per kind, TRL-style names, with form metadata for the dashboard.
+
+Every field carries `metadata={"help": ..., and optionally "min", "max", "choices"}` so the web app can
+render a form and validate it from `config_schema(kind)` without importing torch. `load_config` reads
+a YAML file, applies `key=value` overrides, and rejects unknown keys and out-of-range values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_MODEL = "var/models/SmolLM2-135M-Instruct"
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the kind's dataclass."""
+
+
+def _f(default: Any, help: str, **limits: Any) -> Any:
+    return field(default=default, metadata={"help": help, **limits})
+
+
+@dataclass
+class BaseConfig:
+    """Keys shared by every kind."""
+
+    output_dir: str = _f("", "Folder for config.yaml, metrics.jsonl, TensorBoard events, checkpoints, eval.json.")
+    model: str = _f(DEFAULT_MODEL, "Local Hugging Face folder (causal LM, or a reward model for score/evaluate).")
+    data: str = _f("", "Edit-pair export (.jsonl or .parquet); prompt file for `generate`.")
+    seed: int = _f(0, "Random seed (shuffling, initialisation, sampling).", min=0)
+    val_fraction: float = _f(0.1, "Share of prompts held out for evaluation (split by prompt).", min=0.0, max=0.9)
+    max_length: int = _f(512, "Maximum tokens of prompt + response; responses are truncated on the right.", min=8)
+    max_prompt_length: int = _f(256, "Maximum prompt tokens; prompts are truncated on the left.", min=1)
+    batch_size: int = _f(8, "Rows (pairs for pairwise kinds) per device per micro-batch.", min=1)
+    mixed_precision: str = _f(
+        "auto", "auto = bf16 where the device supports it, else fp32.", choices=["auto", "no", "bf16", "fp16"]
+    )
+    num_threads: int = _f(0, "CPU threads for torch; 0 = all cores shared among local processes.", min=0)
+
+
+@dataclass
+class TrainConfig(BaseConfig):
+    """Keys of every kind that updates weights."""
+
+    learning_rate: float = _f(1e-5, "Peak learning rate (AdamW).", min=0.0, max=1.0)
+    lr_scheduler_type: str = _f("constant", "Learning-rate schedule.", choices=["constant", "linear", "cosine"])
+    warmup_steps: int = _f(0, "Linear warm-up optimizer steps.", min=0)
+    weight_decay: float = _f(0.0, "AdamW weight decay.", min=0.0, max=1.0)
+    max_grad_norm: float = _f(1.0, "Gradient clipping norm; 0 disables clipping.", min=0.0)
+    num_train_epochs: float = _f(1.0, "Passes over the training split (ignored when max_steps > 0).", min=0.0)
+    max_steps: int = _f(-1, "Optimizer steps to run; -1 = derive from num_train_epochs.", min=-1)
+    gradient_accumulation_steps: int = _f(1, "Micro-batches per optimizer step.", min=1)
+    gradient_checkpointing: bool = _f(False, "Recompute activations in backward to save memory.")
+    use_lora: bool = _f(False, "Train LoRA adapters (peft) instead of all weights; merged on the final save.")
+    lora_r: int = _f(16, "LoRA rank.", min=1)
+    lora_alpha: int = _f(32, "LoRA scaling alpha.", min=1)
+    lora_dropout: float = _f(0.05, "LoRA dropout.", min=0.0, max=1.0)
+    logging_steps: int = _f(10, "Log metrics every N optimizer steps.", min=1)
+    eval_steps: int = _f(0, "Evaluate every N optimizer steps; 0 = only at the end.", min=0)
+    save_steps: int = _f(0, "Write a checkpoint every N optimizer steps; 0 = only at the end.", min=0)
+    save_total_limit: int = _f(2, "Keep at most this many checkpoints (oldest removed).", min=1)
+    resume: bool = _f(False, "Continue from the last checkpoint in output_dir.")
+
+
+@dataclass
+class TokenRMConfig(TrainConfig):
+    """Token-level reward model (algorithms.md §3)."""
+
+    loss: str = _f("edit_span", "edit_span: BT on edited tokens; tlcr: 2-class soft-target token head.",
+                   choices=["edit_span", "tlcr"])
+    edit_span_weight: float = _f(1.0, "Weight of the edited-span BT loss (edit_span only).", min=0.0)
+    full_seq_weight: float = _f(0.0, "Weight of the full-sequence BT loss (our choice; 0 = off).", min=0.0)
+    keep_l2_weight: float = _f(0.0, "λ_keep: L2 pull of keep tokens' rewards toward 0 (our choice).", min=0.0)
+
+
+@dataclass
+class FigaConfig(TrainConfig):
+    """FIGA (algorithms.md §2)."""
+
+    alpha: float = _f(1.0, "Weight of inserted/replaced y1 tokens and the EOS of the revised row.", min=0.0)
+    beta: float = _f(0.5, "Weight (negated) of deleted/replaced y0 tokens while CE ≤ τ.", min=0.0)
+    gamma: float = _f(0.0, "Weight of kept y1 tokens (0 = reference recipe; >0 interpolates to SFT).", min=0.0)
+    tau: float = _f(0.6, "CE gate of the negative term: push down only while CE ≤ τ.", min=0.0)
+    normalize: str = _f("token", "token: Σ w·CE / #non-zero weights in the micro-batch; sequence: mean "
+                        "over rows of each row's token mean.", choices=["token", "sequence"])
+
+
+@dataclass
+class SFTConfig(TrainConfig):
+    """SFT on prompt ⊕ edited response (algorithms.md §5)."""
+
+    include_unchanged: bool = _f(True, "Also train on rows marked no_change_needed (their response is good).")
+
+
+@dataclass
+class SeqRMConfig(TrainConfig):
+    """Sequence reward model: BT on (y1 chosen, y0 rejected), last-token scalar head."""
+
+
+@dataclass
+class DPOConfig(TrainConfig):
+    """DPO on (y1 chosen, y0 rejected)."""
+
+    beta: float = _f(0.1, "DPO temperature β.", min=0.0)
+    ref_model: str = _f("", "Frozen reference policy folder; empty = the starting model.")
+
+
+@dataclass
+class DenseDPOConfig(DPOConfig):
+    """Dense DPO (RLHF-V): replace tokens weighted γ_d in every log-prob sum."""
+
+    gamma_d: float = _f(1.1, "Weight of replace tokens in the log-prob sums.", min=0.0)
+    reduce: str = _f("sum", "sum, or weighted mean (our option) of the token log-probs.", choices=["sum", "mean"])
+
+
+@dataclass
+class PPOConfig(TrainConfig):
+    """Fine-grained PPO and its sequence-level baseline (algorithms.md §4)."""
+
+    learning_rate: float = _f(1e-6, "Peak learning rate (AdamW) of policy and value model.", min=0.0, max=1.0)
+    reward: str = _f("token", "token: s_t = r_t on every token; sequence: R(x,y) on the last generated token.",
+                     choices=["token", "sequence"])
+    reward_model: str = _f("", "Trained reward model folder (token RM; a sequence RM for reward=sequence).")
+    value_model: str = _f("", "Value model init folder; empty = the reward model's backbone (and head).")
+    ref_model: str = _f("", "Frozen reference policy folder; empty = the starting model.")
+    num_iterations: int = _f(100, "Rollout + update iterations.", min=1)
+    rollout_batch_size: int = _f(8, "Prompts sampled per iteration (per process).", min=1)
+    num_mini_batches: int = _f(1, "Minibatches per PPO epoch.", min=1)
+    ppo_epochs: int = _f(4, "Passes over each rollout batch.", min=1)
+    max_new_tokens: int = _f(64, "Maximum generated tokens per response.", min=1)
+    temperature: float = _f(1.0, "Sampling temperature of rollouts.", min=0.01)
+    top_p: float = _f(1.0, "Nucleus sampling of rollouts.", min=0.0, max=1.0)
+    top_k: int = _f(0, "Top-k sampling of rollouts (0 = off).", min=0)
+    kl_coef: float = _f(0.05, "β of the per-token KL penalty r_t = s_t − β·k_t.", min=0.0)
+    kl_estimator: str = _f("k1", "k1 = log π − log π_ref; k3 = (ρ−1) − log ρ with ρ = π_ref/π.",
+                           choices=["k1", "k3"])
+    adaptive_kl: bool = _f(False, "Adapt β toward target_kl (Ziegler et al. proportional controller).")
+    target_kl: float = _f(6.0, "Target sequence KL of the adaptive controller.", min=0.0)
+    kl_horizon: int = _f(10000, "Horizon of the adaptive controller.", min=1)
+    whiten_rewards: bool = _f(False, "Scale per-token rewards to unit variance (no mean shift).")
+    missing_eos_penalty: float = _f(0.0, "Subtracted from the last token's score when no EOS was generated.",
+                                    min=0.0)
+    approx_kl_stop: float = _f(0.0, "Stop an update's remaining epochs when approx-KL exceeds this (0 = off).",
+                               min=0.0)
+    gamma: float = _f(1.0, "GAE discount γ.", min=0.0, max=1.0)
+    lam: float = _f(0.95, "GAE λ.", min=0.0, max=1.0)
+    cliprange: float = _f(0.2, "Clip ε of the policy ratio.", min=0.0)
+    cliprange_value: float = _f(0.2, "Clip of the value prediction around its rollout value.", min=0.0)
+    vf_coef: float = _f(0.1, "Coefficient of the value loss.", min=0.0)
+    logging_steps: int = _f(1, "Log metrics every N iterations.", min=1)
+
+
+@dataclass
+class GenerateConfig(BaseConfig):
+    """Initial responses for a prompt file (FIGA's first step)."""
+
+    max_new_tokens: int = _f(256, "Maximum generated tokens per response.", min=1)
+    do_sample: bool = _f(True, "Sample (true) or greedy decode (false).")
+    temperature: float = _f(0.7, "Sampling temperature.", min=0.01)
+    top_p: float = _f(0.95, "Nucleus sampling.", min=0.0, max=1.0)
+    top_k: int = _f(0, "Top-k sampling (0 = off).", min=0)
+    num_return_sequences: int = _f(1, "Responses per prompt.", min=1)
+
+
+@dataclass
+class ScoreConfig(BaseConfig):
+    """Reward-model scores for a file of (prompt, response) rows or edit pairs."""
+
+
+@dataclass
+class EvaluateConfig(BaseConfig):
+    """Reward-model accuracies, or a policy's judge score / win rate / KL / length."""
+
+    split: str = _f("val", "val: the held-out split of `data` (same seed and val_fraction as training); all.",
+                    choices=["val", "all"])
+    judge: str = _f("", "Policies: a reward model folder, or `module:function` taking (prompts, responses).")
+    ref_model: str = _f("", "Policies: reference for the KL; empty = the default model.")
+    max_new_tokens: int = _f(128, "Policies: maximum generated tokens.", min=1)
+    do_sample: bool = _f(False, "Policies: sample (true) or greedy decode (false).")
+    temperature: float = _f(1.0, "Policies: sampling temperature when do_sample.", min=0.01)
+
+
+KINDS: dict[str, type[BaseConfig]] = {
+    "token-rm": TokenRMConfig,
+    "figa": FigaConfig,
+    "ppo": PPOConfig,
+    "sft": SFTConfig,
+    "seq-rm": SeqRMConfig,
+    "dpo": DPOConfig,
+    "dense-dpo": DenseDPOConfig,
+    "generate": GenerateConfig,
+    "score": ScoreConfig,
+    "evaluate": EvaluateConfig,
+}
+
+
+def _config_class(kind: str) -> type[BaseConfig]:
+    if kind not in KINDS:
+        raise ConfigError(f"unknown kind {kind!r}; kinds: {', '.join(KINDS)}")
+    return KINDS[kind]
+
+
+def _field_type(cls: type, f: dataclasses.Field) -> type:
+    return typing.get_type_hints(cls)[f.name]
+
+
+def config_schema(kind: str) -> list[dict[str, Any]]:
+    """One description per key: name, type, default, help, and min/max/choices where they apply."""
+    cls = _config_class(kind)
+    out = []
+    for f in dataclasses.fields(cls):
+        entry = {"name": f.name, "type": _field_type(cls, f).__name__, "default": f.default}
+        entry.update(f.metadata)
+        out.append(entry)
+    return out
+
+
+def _coerce(name: str, value: Any, typ: type) -> Any:
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in {"true", "false", "yes", "no", "1", "0"}:
+            return value.lower() in {"true", "yes", "1"}
+        raise ConfigError(f"{name}: expected true or false, got {value!r}")
+    if typ is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ConfigError(f"{name}: expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}: expected an integer, got {value!r}") from None
+    if typ is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{name}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}: expected a number, got {value!r}") from None
+    if value is None:
+        return ""
+    return str(value)
+
+
+def _check_limits(name: str, value: Any, meta: typing.Mapping[str, Any]) -> None:
+    if "choices" in meta and value not in meta["choices"]:
+        raise ConfigError(f"{name}: {value!r} is not one of {', '.join(map(str, meta['choices']))}")
+    if "min" in meta and value < meta["min"]:
+        raise ConfigError(f"{name}: {value!r} is below the minimum {meta['min']}")
+    if "max" in meta and value > meta["max"]:
+        raise ConfigError(f"{name}: {value!r} is above the maximum {meta['max']}")
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`key=value` strings; values are parsed as YAML scalars (so `1e-5`, `true`, `0.2` work)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {pair!r} is not key=value")
+        out[key.strip().replace("-", "_")] = yaml.safe_load(raw) if raw.strip() else ""
+    return out
+
+
+def build_config(kind: str, values: dict[str, Any]) -> BaseConfig:
+    """Validate a mapping of keys against the kind's dataclass (unknown keys are an error)."""
+    cls = _config_class(kind)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        hints = [f"{k} (did you mean {', '.join(difflib.get_close_matches(k, fields, n=1))}?)"
+                 if difflib.get_close_matches(k, fields, n=1) else k for k in unknown]
+        raise ConfigError(f"unknown key(s) for {kind}: {'; '.join(hints)}")
+    kwargs = {}
+    for name, value in values.items():
+        f = fields[name]
+        coerced = _coerce(name, value, _field_type(cls, f))
+        _check_limits(name, coerced, f.metadata)
+        kwargs[name] = coerced
+    return cls(**kwargs)
+
+
+def load_config(kind: str, path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> BaseConfig:
+    """Config of `kind` from an optional YAML file plus overrides (which win)."""
+    values: dict[str, Any] = {}
+    if path:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of keys to values")
+        values.update(loaded)
+    values.update(overrides or {})
+    return build_config(kind, values)
+
+
+def config_dict(cfg: BaseConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,134 @@
+"""What every run shares: the output folder (config, metrics, TensorBoard, progress, checkpoints,
+eval.json), the Accelerate setup, and CPU thread counts."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from training.config import BaseConfig, config_dict
+
+CHECKPOINT_PREFIX = "checkpoint-"
+STATE_FILE = "trainer_state.pt"
+
+
+def make_accelerator(cfg: BaseConfig, gradient_accumulation_steps: int = 1):
+    """One Accelerator for CPU, one GPU or many (`accelerate launch`); bf16 when `auto` and supported."""
+    from accelerate import Accelerator
+
+    precision = cfg.mixed_precision
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    accelerator = Accelerator(mixed_precision=precision, gradient_accumulation_steps=gradient_accumulation_steps)
+    set_threads(cfg.num_threads, accelerator.num_processes if accelerator.device.type == "cpu" else 1)
+    return accelerator
+
+
+def set_threads(requested: int, local_processes: int) -> None:
+    """All cores by default, divided among CPU processes so they do not oversubscribe each other."""
+    threads = requested or max(1, (os.cpu_count() or 1) // max(1, local_processes))
+    torch.set_num_threads(threads)
+
+
+class RunDir:
+    """The output folder of one run. Only the main process writes."""
+
+    def __init__(self, cfg: BaseConfig, kind: str, is_main: bool = True) -> None:
+        if not cfg.output_dir:
+            raise ValueError("output_dir is required (--set output_dir=DIR)")
+        self.path = Path(cfg.output_dir)
+        self.kind = kind
+        self.is_main = is_main
+        self._tb = None
+        self._started = time.monotonic()
+        if is_main:
+            self.path.mkdir(parents=True, exist_ok=True)
+            resolved = {"kind": kind, **config_dict(cfg)}
+            (self.path / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+
+    def log(self, step: int, total_steps: int, metrics: dict[str, float]) -> None:
+        """Append one line to metrics.jsonl, mirror it to TensorBoard, rewrite progress.json."""
+        if not self.is_main:
+            return
+        record = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
+        with (self.path / "metrics.jsonl").open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        writer = self._writer()
+        for key, value in record.items():
+            if key != "step" and isinstance(value, int | float) and math.isfinite(value):
+                writer.add_scalar(key, value, step)
+        writer.flush()
+        self.progress(step, total_steps)
+
+    def progress(self, step: int, total_steps: int) -> None:
+        if not self.is_main:
+            return
+        elapsed = time.monotonic() - self._started
+        payload = {"step": step, "total_steps": total_steps, "progress": step / max(1, total_steps),
+                   "elapsed_s": round(elapsed, 1)}
+        tmp = self.path / "progress.json.tmp"
+        tmp.write_text(json.dumps(payload) + "\n")
+        tmp.replace(self.path / "progress.json")  # readers never see a half-written file
+
+    def write_eval(self, metrics: dict[str, Any]) -> None:
+        if self.is_main:
+            (self.path / "eval.json").write_text(json.dumps({k: _plain(v) for k, v in metrics.items()},
+                                                            indent=2) + "\n")
+
+    def _writer(self):
+        if self._tb is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(self.path / "tensorboard"))
+        return self._tb
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+    # -- checkpoints --
+
+    def checkpoint_dir(self, step: int) -> Path:
+        return self.path / f"{CHECKPOINT_PREFIX}{step}"
+
+    def checkpoints(self) -> list[Path]:
+        """Complete checkpoints (those with a trainer state), oldest first."""
+        found = [p for p in self.path.glob(f"{CHECKPOINT_PREFIX}*") if (p / STATE_FILE).is_file()]
+        return sorted(found, key=lambda p: int(p.name.removeprefix(CHECKPOINT_PREFIX)))
+
+    def last_checkpoint(self) -> Path | None:
+        found = self.checkpoints()
+        return found[-1] if found else None
+
+    def prune(self, keep: int) -> None:
+        if self.is_main:
+            for old in self.checkpoints()[:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
+
+
+def save_state(folder: Path, state: dict[str, Any]) -> None:
+    """Written last, so a checkpoint folder counts as complete only once everything else is in it."""
+    state = {**state, "torch_rng": torch.get_rng_state()}
+    tmp = folder / (STATE_FILE + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(folder / STATE_FILE)
+
+
+def load_state(folder: Path) -> dict[str, Any]:
+    state = torch.load(folder / STATE_FILE, weights_only=False)
+    torch.set_rng_state(state.pop("torch_rng"))
+    return state
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.item()
+    return value

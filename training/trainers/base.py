@@ -1,0 +1,189 @@
+"""The one supervised training loop (token-rm, seq-rm, figa, sft, dpo, dense-dpo), nanoGPT-style.
+
+A kind subclasses `Trainer` and fills in: which rows it trains on, how to build and save its model,
+the loss of one micro-batch, and its evaluation. The loop handles Accelerate, gradient accumulation,
+clipping, the schedule, logging, evaluation, checkpoints and resume.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from training.config import TrainConfig
+from training.data import EditPair, EncodedPair, EpochSampler, Formatter, encode_pairs, read_export, split_by_prompt
+from training.run import RunDir, load_state, make_accelerator, save_state
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+class Trainer:
+    kind = ""
+    outcomes: tuple[str, ...] = ("edited",)
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.accelerator = make_accelerator(cfg, cfg.gradient_accumulation_steps)
+        self.run_dir = RunDir(cfg, self.kind, self.accelerator.is_main_process)
+        torch.manual_seed(cfg.seed)
+        self.tokenizer = load_tokenizer(cfg.model)
+        self.fmt = Formatter(self.tokenizer, cfg.max_length, cfg.max_prompt_length)
+        self.train_items, self.val_items = self.load_data()
+
+    # -- hooks of a kind --
+
+    def load_data(self) -> tuple[list[EncodedPair], list[EncodedPair]]:
+        pairs = [p for p in read_export(self.cfg.data, self.outcomes) if self.keep_pair(p)]
+        if not pairs:
+            raise ValueError(f"{self.cfg.data}: no rows usable by {self.kind} (outcomes {self.outcomes})")
+        train, val = split_by_prompt(pairs, lambda p: p.prompt, self.cfg.val_fraction, self.cfg.seed)
+        return encode_pairs(train, self.fmt), encode_pairs(val, self.fmt)
+
+    def keep_pair(self, pair: EditPair) -> bool:
+        """Pairwise kinds need an actual edit; SFT overrides this."""
+        return pair.original != pair.edited
+
+    def build_model(self, resume_from: Path | None) -> nn.Module:
+        raise NotImplementedError
+
+    def collate(self, items: list[EncodedPair]) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def compute_loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, items: list[EncodedPair]) -> dict[str, float]:
+        raise NotImplementedError
+
+    def save_model(self, model: nn.Module, folder: Path, final: bool) -> None:
+        raise NotImplementedError
+
+    # -- the loop --
+
+    def lora_settings(self) -> dict | None:
+        c = self.cfg
+        return {"r": c.lora_r, "alpha": c.lora_alpha, "dropout": c.lora_dropout} if c.use_lora else None
+
+    def _dataloader(self) -> tuple[torch.utils.data.DataLoader, EpochSampler]:
+        sampler = EpochSampler(len(self.train_items), self.cfg.seed)
+        loader = torch.utils.data.DataLoader(
+            self.train_items, batch_size=self.cfg.batch_size, sampler=sampler, collate_fn=self.collate
+        )
+        return loader, sampler
+
+    def _schedule(self, optimizer, total_steps: int):
+        from transformers import get_scheduler
+
+        return get_scheduler(self.cfg.lr_scheduler_type, optimizer, num_warmup_steps=self.cfg.warmup_steps,
+                             num_training_steps=total_steps)
+
+    def _evaluate(self, model: nn.Module) -> dict[str, float]:
+        if not self.val_items:
+            return {}
+        model.eval()
+        result = self.evaluate(self.accelerator.unwrap_model(model), self.val_items)
+        model.train()
+        return result
+
+    def _checkpoint(self, model, optimizer, scheduler, step: int) -> None:
+        folder = self.run_dir.checkpoint_dir(step)
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            folder.mkdir(parents=True, exist_ok=True)
+            self.save_model(self.accelerator.unwrap_model(model), folder, final=False)
+            save_state(folder, {"step": step, "optimizer": optimizer.state_dict(),
+                                "scheduler": scheduler.state_dict()})
+            self.run_dir.prune(self.cfg.save_total_limit)
+        self.accelerator.wait_for_everyone()
+
+    def train(self) -> dict[str, Any]:
+        cfg, acc = self.cfg, self.accelerator
+        resume_from = self.run_dir.last_checkpoint() if cfg.resume else None
+        model = self.build_model(resume_from)
+        model.train()
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        loader, sampler = self._dataloader()
+        model, optimizer, loader = acc.prepare(model, optimizer, loader)
+
+        steps_per_epoch = max(1, math.ceil(len(loader) / cfg.gradient_accumulation_steps))
+        total = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.num_train_epochs * steps_per_epoch))
+        scheduler = self._schedule(optimizer, total)
+        step = 0
+        if resume_from is not None:
+            state = load_state(resume_from)
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            step = state["step"]
+
+        pending: dict[str, list[Tensor]] = defaultdict(list)
+        tokens, window_start = 0, time.perf_counter()
+        bar = tqdm(total=total, initial=step, desc=self.kind, disable=not acc.is_main_process)
+        while step < total:
+            sampler.set_epoch(step // steps_per_epoch)
+            skip = (step % steps_per_epoch) * cfg.gradient_accumulation_steps
+            batches = acc.skip_first_batches(loader, skip) if skip else loader
+            for batch in batches:
+                with acc.accumulate(model):
+                    loss, metrics = self.compute_loss(model, batch)
+                    acc.backward(loss)
+                    grad_norm = None
+                    if acc.sync_gradients and cfg.max_grad_norm > 0:
+                        grad_norm = acc.clip_grad_norm_(params, cfg.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                pending["loss"].append(loss.detach())
+                for key, value in metrics.items():
+                    pending[key].append(value.detach())
+                tokens += int(batch["attention_mask"].sum())
+                if not acc.sync_gradients:
+                    continue
+                scheduler.step()
+                step += 1
+                bar.update(1)
+                if grad_norm is not None:
+                    pending["grad_norm"].append(torch.as_tensor(grad_norm, dtype=torch.float32))
+                if step % cfg.logging_steps == 0 or step == total:
+                    elapsed = time.perf_counter() - window_start
+                    logged = {k: acc.reduce(torch.stack(v).float().mean().to(acc.device), "mean").item()
+                              for k, v in pending.items()}
+                    logged.update({"learning_rate": scheduler.get_last_lr()[0], "epoch": step / steps_per_epoch,
+                                   "train/tokens_per_second": tokens * acc.num_processes / elapsed,
+                                   "train/step_time": elapsed / cfg.logging_steps})
+                    self.run_dir.log(step, total, logged)
+                    bar.set_postfix(loss=f"{logged['loss']:.4f}")
+                    pending.clear()
+                if cfg.eval_steps and step % cfg.eval_steps == 0 and step < total:
+                    self.run_dir.log(step, total, {f"eval/{k}": v for k, v in self._evaluate(model).items()})
+                if cfg.save_steps and step % cfg.save_steps == 0 and step < total:
+                    self._checkpoint(model, optimizer, scheduler, step)
+                if step % cfg.logging_steps == 0:
+                    tokens, window_start = 0, time.perf_counter()
+                if step >= total:
+                    break
+        bar.close()
+
+        self._checkpoint(model, optimizer, scheduler, step)
+        result = self._evaluate(model)
+        if result:
+            self.run_dir.log(step, total, {f"eval/{k}": v for k, v in result.items()})
+        final = self.run_dir.path / "model"
+        if acc.is_main_process:
+            self.save_model(acc.unwrap_model(model), final, final=True)
+        result = {"step": step, **result}
+        self.run_dir.write_eval(result)
+        self.run_dir.close()
+        acc.wait_for_everyone()
+        return result
