@@ -1,0 +1,312 @@
+"""Fine-grained PPO and the sequence-level baseline (algorithms.md §4), one loop for both.
+
+Each iteration: sample prompts, roll out with the pluggable generator, score every response token with
+the frozen reward model in one forward pass, form per-token rewards r_t = s_t − β·k_t, run GAE with a
+separate value model, and take `ppo_epochs` passes of clipped policy and value updates.
+
+Where the sequence score sits (reward=sequence): on the last generated token, which is the EOS when
+the policy generated one and the last sampled token when it ran out of `max_new_tokens`.
+Alignment: the log-prob and the value of response token y_t read the hidden state of the position
+before it (the state (x, y_<t)); the token reward r_φ(x, y_≤t) reads the position of y_t itself.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from training import losses
+from training.config import PPOConfig
+from training.data import (
+    Formatter,
+    Row,
+    collate_rows,
+    encode_pairs,
+    read_export,
+    read_prompts,
+    read_rows,
+    split_by_prompt,
+)
+from training.evaluate import policy_metrics, score_rows
+from training.generate import Generator, HFGenerator
+from training.models import Policy, RewardModel, is_adapter, sequence_scores, token_rewards
+from training.run import RunDir, load_state, make_accelerator, save_state
+from training.trainers.base import load_tokenizer
+
+VALUE_DIR = "value_model"
+
+
+def response_index(batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """[B, L] input positions of each row's response tokens (left-aligned) and the mask of real ones."""
+    response = batch["response_mask"]
+    starts = response.float().argmax(-1)
+    lengths = response.sum(-1)
+    offsets = torch.arange(int(lengths.max()), device=response.device)
+    index = (starts[:, None] + offsets[None, :]).clamp(max=response.shape[1] - 1)
+    return index, offsets[None, :] < lengths[:, None]
+
+
+def gather(x: Tensor, index: Tensor) -> Tensor:
+    return x.gather(1, index)
+
+
+class PPOTrainer:
+    def __init__(self, cfg: PPOConfig, generator: Generator | None = None, reward_model: nn.Module | None = None
+                 ) -> None:
+        """`generator` replaces HF sampling; `reward_model` replaces the one loaded from cfg.reward_model
+        (any module mapping (input_ids, attention_mask) to per-position rewards, with a `head_kind`)."""
+        if not cfg.reward_model and (reward_model is None or not cfg.value_model):
+            raise ValueError("ppo needs reward_model (a trained token-rm or seq-rm folder)")
+        self.cfg = cfg
+        self.accelerator = make_accelerator(cfg)
+        self.run_dir = RunDir(cfg, "ppo", self.accelerator.is_main_process)
+        torch.manual_seed(cfg.seed)
+        self.tokenizer = load_tokenizer(cfg.model)
+        self.fmt = Formatter(self.tokenizer, cfg.max_length, cfg.max_prompt_length)
+        self.train_prompts, self.val_prompts = split_by_prompt(
+            [p for _, p in read_prompts(cfg.data)], lambda p: p, cfg.val_fraction, cfg.seed)
+        if not self.train_prompts:
+            raise ValueError(f"{cfg.data}: no prompts to train on")
+        if reward_model is None:
+            reward_model = RewardModel.from_pretrained(cfg.reward_model)
+            self._check_tokenizer()
+        self.reward_model = reward_model.to(self.accelerator.device).eval().requires_grad_(False)
+        if cfg.reward == "token" and self.reward_model.head_kind not in ("token", "tlcr"):
+            raise ValueError(f"reward=token needs a token reward model, not a {self.reward_model.head_kind} head")
+        ref = Policy.load(cfg.ref_model or cfg.model).to(self.accelerator.device).eval()
+        self.ref = ref.requires_grad_(False)
+        self.kl = losses.AdaptiveKLController(cfg.kl_coef, cfg.target_kl, cfg.kl_horizon)
+        self._generator = generator
+
+    def _check_tokenizer(self) -> None:
+        rm_vocab = load_tokenizer(self.cfg.reward_model).get_vocab()
+        if rm_vocab != self.tokenizer.get_vocab():
+            raise ValueError("the reward model's tokenizer differs from the policy's; token rewards would not align")
+
+    # -- models --
+
+    def _build(self, resume_from: Path | None) -> tuple[Policy, RewardModel]:
+        cfg = self.cfg
+        lora = {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout} if cfg.use_lora else None
+        ckpt = cfg.gradient_checkpointing
+        if resume_from is None:
+            policy = Policy.load(cfg.model, lora=lora, gradient_checkpointing=ckpt)
+            value = RewardModel.from_pretrained(cfg.value_model or cfg.reward_model, head_kind="value",
+                                                gradient_checkpointing=ckpt)
+        elif is_adapter(resume_from):
+            policy = Policy.load(cfg.model, adapter=str(resume_from), gradient_checkpointing=ckpt)
+            value = RewardModel.from_pretrained(resume_from / VALUE_DIR, gradient_checkpointing=ckpt)
+        else:
+            policy = Policy.load(str(resume_from), gradient_checkpointing=ckpt)
+            value = RewardModel.from_pretrained(resume_from / VALUE_DIR, gradient_checkpointing=ckpt)
+        return policy, value
+
+    def _save(self, policy: Policy, value: RewardModel, folder: Path, final: bool) -> None:
+        policy.save(folder, merge=final)
+        self.tokenizer.save_pretrained(folder)
+        value.save(folder / VALUE_DIR, base_model=self.cfg.value_model or self.cfg.reward_model)
+
+    def _checkpoint(self, policy, value, optimizer, iteration: int) -> None:
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            folder = self.run_dir.checkpoint_dir(iteration)
+            folder.mkdir(parents=True, exist_ok=True)
+            self._save(acc.unwrap_model(policy), acc.unwrap_model(value), folder, final=False)
+            save_state(folder, {"step": iteration, "optimizer": optimizer.state_dict(), "kl_coef": self.kl.value})
+            self.run_dir.prune(self.cfg.save_total_limit)
+        acc.wait_for_everyone()
+
+    # -- rollout --
+
+    def generator(self, policy: Policy) -> Generator:
+        if self._generator is not None:
+            return self._generator
+        cfg = self.cfg
+        return HFGenerator(self.accelerator.unwrap_model(policy).lm, self.fmt.pad_id, self.fmt.eos_id,
+                           cfg.max_new_tokens, True, cfg.temperature, cfg.top_p, cfg.top_k,
+                           batch_size=cfg.rollout_batch_size)
+
+    def sample_prompts(self, iteration: int) -> list[str]:
+        """Deterministic per iteration and process, so a resumed run draws the same prompts."""
+        rng = random.Random(self.cfg.seed * 1_000_003 + iteration * 1009 + self.accelerator.process_index)
+        pool = self.train_prompts
+        return [pool[rng.randrange(len(pool))] for _ in range(self.cfg.rollout_batch_size)]
+
+    def scores(self, batch: dict[str, Tensor], index: Tensor, mask: Tensor, has_eos: Tensor) -> Tensor:
+        """s_t on the response grid: token rewards (fine-grained) or R(x, y) on the last token (sequence)."""
+        with self.accelerator.autocast():
+            out = self.reward_model(batch["input_ids"], batch["attention_mask"])
+        r = token_rewards(out, self.reward_model.head_kind)
+        last = (mask.sum(-1) - 1).clamp(min=0)[:, None]
+        if self.cfg.reward == "token":
+            s = gather(r, index) * mask
+        else:
+            total = sequence_scores(r, batch["response_mask"], self.reward_model.head_kind)
+            s = torch.zeros(mask.shape, device=r.device).scatter(1, last, total[:, None])
+        if self.cfg.missing_eos_penalty:
+            penalty = (~has_eos).float() * self.cfg.missing_eos_penalty
+            s = s.scatter_add(1, last, -penalty[:, None])
+        return s
+
+    @torch.no_grad()
+    def rollout(self, policy: Policy, value: RewardModel, prompts: list[str]) -> dict[str, Tensor]:
+        cfg, device = self.cfg, self.accelerator.device
+        prompt_ids = [self.fmt.prompt_ids(p) for p in prompts]
+        responses = self.generator(policy)(prompt_ids)
+        rows = [Row(p, r, [0] * len(r), has_eos=bool(r) and r[-1] == self.fmt.eos_id)
+                for p, r in zip(prompt_ids, responses, strict=True)]
+        batch = {k: v.to(device) for k, v in collate_rows(rows, self.fmt.pad_id).items()}
+        has_eos = torch.tensor([row.has_eos for row in rows], device=device)
+        index, mask = response_index(batch)
+        args = (batch["input_ids"], batch["attention_mask"])
+        logp, entropy = policy(*args, batch["response_mask"], with_entropy=True)
+        with self.accelerator.autocast():
+            ref_logp, _ = self.ref(*args, batch["response_mask"])
+        values = gather(value(*args), index - 1)  # V of y_t reads the state before it
+        old_logp, ref_logp = gather(logp, index) * mask, gather(ref_logp, index) * mask
+        values = values * mask
+        s = self.scores(batch, index, mask, has_eos)
+        kl = losses.kl_per_token(old_logp, ref_logp, cfg.kl_estimator) * mask
+        non_score = -self.kl.value * kl
+        rewards = s + non_score
+        if cfg.whiten_rewards:
+            rewards = losses.whiten(rewards, mask, shift_mean=False)
+        advantages, returns = losses.gae(rewards, values, mask, cfg.gamma, cfg.lam)
+        advantages = losses.whiten(advantages, mask)
+        return {**batch, "index": index, "mask": mask, "old_logp": old_logp, "values": values,
+                "advantages": advantages, "returns": returns, "scores": s, "kl": kl, "non_score": non_score,
+                "entropy": gather(entropy, index) * mask, "has_eos": has_eos}
+
+    # -- update --
+
+    def update(self, policy, value, optimizer, params, data: dict[str, Tensor]) -> dict[str, float]:
+        cfg, acc = self.cfg, self.accelerator
+        n = data["input_ids"].shape[0]
+        stats: dict[str, list[float]] = defaultdict(list)
+        for _ in range(cfg.ppo_epochs):
+            epoch_kl = []
+            for rows in torch.randperm(n).chunk(cfg.num_mini_batches):
+                mb = {k: v[rows] for k, v in data.items()}
+                mask, index = mb["mask"], mb["index"]
+                logp, _ = policy(mb["input_ids"], mb["attention_mask"], mb["response_mask"])
+                new_values = gather(value(mb["input_ids"], mb["attention_mask"]), index - 1)
+                pg_loss, pg = losses.policy_loss(gather(logp, index), mb["old_logp"], mb["advantages"], mask,
+                                                 cfg.cliprange)
+                vf_loss, vf_clipfrac = losses.value_loss(new_values, mb["values"], mb["returns"], mask,
+                                                         cfg.cliprange_value)
+                acc.backward(pg_loss + cfg.vf_coef * vf_loss)
+                if cfg.max_grad_norm > 0:
+                    acc.clip_grad_norm_(params, cfg.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                for key, val in (("policy/approxkl_avg", pg["approxkl"]), ("policy/clipfrac_avg", pg["clipfrac"]),
+                                 ("loss/policy_avg", pg_loss), ("loss/value_avg", vf_loss),
+                                 ("val/clipfrac_avg", vf_clipfrac), ("val/ratio", pg["ratio"])):
+                    stats[key].append(float(val.detach()))
+                epoch_kl.append(float(pg["approxkl"]))
+            if cfg.approx_kl_stop and sum(epoch_kl) / len(epoch_kl) > cfg.approx_kl_stop:
+                stats["policy/early_stop"].append(1.0)
+                break
+        out = {k: sum(v) / len(v) for k, v in stats.items()}
+        out.setdefault("policy/early_stop", 0.0)
+        return out
+
+    @staticmethod
+    def rollout_stats(data: dict[str, Tensor], kl_coef: float) -> dict[str, float]:
+        mask = data["mask"]
+        scores = data["scores"].sum(-1)
+        non_score = data["non_score"].sum(-1)
+        task, penalty = data["scores"].abs().sum(), data["non_score"].abs().sum()
+        return {
+            "objective/kl": float(data["kl"].sum(-1).mean()),
+            "objective/entropy": float(data["entropy"].sum(-1).mean()),
+            "objective/scores": float(scores.mean()),
+            "objective/non_score_reward": float(non_score.mean()),
+            "objective/rlhf_reward": float((scores + non_score).mean()),
+            "objective/kl_coef": kl_coef,
+            "objective/response_length": float(mask.sum(-1).float().mean()),
+            "val/num_eos_tokens": float(data["has_eos"].float().sum()),
+            "dense/score_mean": float(losses.masked_mean(data["scores"], mask)),
+            "dense/score_std": float(losses.masked_var(data["scores"], mask).sqrt()),
+            "dense/task_share": float(task / (task + penalty).clamp(min=1e-8)),
+        }
+
+    # -- loop --
+
+    def train(self) -> dict[str, Any]:
+        cfg, acc = self.cfg, self.accelerator
+        resume_from = self.run_dir.last_checkpoint() if cfg.resume else None
+        policy, value = self._build(resume_from)
+        policy.train()
+        value.train()
+        params = [p for m in (policy, value) for p in m.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        policy, value, optimizer = acc.prepare(policy, value, optimizer)
+        iteration = 0
+        if resume_from is not None:
+            state = load_state(resume_from)
+            optimizer.load_state_dict(state["optimizer"])
+            self.kl.value = state["kl_coef"]
+            iteration = state["step"]
+
+        bar = tqdm(total=cfg.num_iterations, initial=iteration, desc="ppo", disable=not acc.is_main_process)
+        while iteration < cfg.num_iterations:
+            started = time.perf_counter()
+            data = self.rollout(policy, value, self.sample_prompts(iteration))
+            logged = self.rollout_stats(data, self.kl.value)
+            logged.update(self.update(policy, value, optimizer, params, data))
+            if cfg.adaptive_kl:
+                self.kl.update(logged["objective/kl"], cfg.rollout_batch_size * acc.num_processes)
+            iteration += 1
+            bar.update(1)
+            logged.update({"learning_rate": cfg.learning_rate, "iteration_time": time.perf_counter() - started,
+                           "episode": iteration * cfg.rollout_batch_size * acc.num_processes})
+            if iteration % cfg.logging_steps == 0 or iteration == cfg.num_iterations:
+                self.run_dir.log(iteration, cfg.num_iterations, logged)
+                bar.set_postfix(score=f"{logged['objective/scores']:.3f}")
+            if cfg.save_steps and iteration % cfg.save_steps == 0 and iteration < cfg.num_iterations:
+                self._checkpoint(policy, value, optimizer, iteration)
+        bar.close()
+
+        self._checkpoint(policy, value, optimizer, iteration)
+        result = {"step": iteration, **self.evaluate(acc.unwrap_model(policy))}
+        self.run_dir.log(iteration, cfg.num_iterations, {f"eval/{k}": v for k, v in result.items() if k != "step"})
+        if acc.is_main_process:
+            self._save(acc.unwrap_model(policy), acc.unwrap_model(value), self.run_dir.path / "model", final=True)
+        self.run_dir.write_eval(result)
+        self.run_dir.close()
+        return result
+
+    @torch.no_grad()
+    def evaluate(self, policy: Policy) -> dict[str, float]:
+        """Greedy responses to held-out prompts, judged by the training reward model against the edited
+        responses of those prompts (the export's references)."""
+        val = set(self.val_prompts)
+        rows = read_rows(self.cfg.data) if Path(self.cfg.data).suffix != ".txt" else []
+        if not rows or not all("edited" in r for r in rows):
+            return {}  # a plain prompt file has no reference responses to compare against
+        pairs = [p for p in read_export(self.cfg.data) if p.prompt in val]
+        if not pairs:
+            return {}
+        policy.eval()
+        generator = HFGenerator(policy.lm, self.fmt.pad_id, self.fmt.eos_id, self.cfg.max_new_tokens,
+                                do_sample=False, batch_size=self.cfg.batch_size)
+
+        def judge(prompts: list[str], responses: list[str]) -> list[float]:
+            rows = [self.fmt.row(self.fmt.prompt_ids(p), self.fmt.response_ids(r))
+                    for p, r in zip(prompts, responses, strict=True)]
+            device = self.accelerator.device
+            return score_rows(self.reward_model, rows, self.fmt.pad_id, self.cfg.batch_size, device)[0]
+
+        result = policy_metrics(policy, self.ref, self.fmt, encode_pairs(pairs, self.fmt), judge, generator,
+                                self.cfg.batch_size, self.accelerator.device)
+        policy.train()
+        return result
