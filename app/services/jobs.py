@@ -1,0 +1,273 @@
+"""Training jobs: their lifecycle in the database, shared by the dashboard and the worker.
+
+A job moves queued → running → succeeded | failed | cancelled. Every transition is a conditional
+UPDATE (`WHERE status = ... AND worker_id = ...`), so a worker whose job was reaped as stale, or a
+cancel racing a claim, can never overwrite a later state.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, timedelta
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from app.models import Job, JobLogChunk, JobMetric, JobStatus, User, utcnow
+
+FINISHED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+# Log text kept per chunk row; the worker splits larger reads.
+LOG_CHUNK_CHARS = 32_000
+
+
+class JobError(ValueError):
+    """A request about a job that cannot be honoured (e.g. cancelling a finished job)."""
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What a researcher asks for; validated by app.services.job_config before it gets here."""
+
+    kind: str
+    config: dict[str, Any]
+    base_model: str
+    dataset_version_id: int | None = None
+    project_id: int | None = None
+    num_processes: int = 1
+    name: str = ""
+
+
+def create_job(session: Session, spec: JobSpec, actor: User | None) -> Job:
+    job = Job(
+        kind=spec.kind,
+        name=spec.name or spec.kind,
+        config=dict(spec.config),
+        base_model=spec.base_model,
+        dataset_version_id=spec.dataset_version_id,
+        project_id=spec.project_id,
+        num_processes=spec.num_processes,
+        status=JobStatus.QUEUED,
+        created_by_id=actor.id if actor else None,
+    )
+    session.add(job)
+    session.flush()
+    return job
+
+
+def request_cancel(session: Session, job_id: int) -> str:
+    """Cancel a queued job at once; ask the worker of a running job to stop it. Returns the new state."""
+    now = utcnow()
+    cancelled = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+        .values(status=JobStatus.CANCELLED, cancel_requested=True, finished_at=now)
+    ).rowcount
+    if cancelled:
+        append_log(session, job_id, "cancelled before it started\n")
+        return JobStatus.CANCELLED
+    flagged = session.execute(
+        update(Job).where(Job.id == job_id, Job.status == JobStatus.RUNNING).values(cancel_requested=True)
+    ).rowcount
+    if flagged:
+        return "cancelling"
+    job = session.get(Job, job_id)
+    if job is None:
+        raise JobError(f"job {job_id} does not exist")
+    raise JobError(f"job {job_id} is already {job.status}")
+
+
+def claim_next_job(session: Session, worker_id: str) -> Job | None:
+    """Atomically take the oldest queued job for `worker_id`; None when the queue is empty.
+
+    Postgres: `FOR UPDATE SKIP LOCKED`, so concurrent workers take different rows without waiting.
+    SQLite has no row locks, but it serialises writers: the conditional UPDATE below succeeds for
+    exactly one of two workers that picked the same row, and the loser looks again.
+    """
+    is_postgres = session.get_bind().dialect.name == "postgresql"
+    while True:
+        query = select(Job.id).where(Job.status == JobStatus.QUEUED).order_by(Job.id).limit(1)
+        if is_postgres:
+            query = query.with_for_update(skip_locked=True)
+        job_id = session.scalar(query)
+        if job_id is None:
+            return None
+        now = utcnow()
+        claimed = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+            .values(status=JobStatus.RUNNING, worker_id=worker_id, started_at=now, heartbeat_at=now)
+        ).rowcount
+        if claimed:
+            session.flush()
+            job = session.get(Job, job_id)
+            session.refresh(job)
+            return job
+
+
+def set_run_paths(session: Session, job_id: int, *, output_dir: str, log_path: str, pid: int | None) -> None:
+    session.execute(
+        update(Job).where(Job.id == job_id).values(output_dir=output_dir, log_path=log_path, pid=pid)
+    )
+
+
+def heartbeat(session: Session, job_id: int, worker_id: str, progress: float | None) -> Job | None:
+    """Record that `worker_id` still runs the job. None when the job is no longer ours (reaped)."""
+    values: dict[str, Any] = {"heartbeat_at": utcnow()}
+    if progress is not None:
+        values["progress"] = progress
+    updated = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.RUNNING, Job.worker_id == worker_id)
+        .values(**values)
+    ).rowcount
+    if not updated:
+        return None
+    return session.get(Job, job_id, populate_existing=True)
+
+
+def finish_job(
+    session: Session,
+    job_id: int,
+    worker_id: str,
+    status: JobStatus,
+    *,
+    error: str = "",
+    eval_result: dict[str, Any] | None = None,
+    artifacts: list[dict[str, Any]] | None = None,
+    progress: float | None = None,
+) -> bool:
+    """The final transition of a running job; False when another party already ended it."""
+    values: dict[str, Any] = {
+        "status": status,
+        "finished_at": utcnow(),
+        "error": error,
+        "eval": eval_result,
+        "artifacts": artifacts or [],
+        "pid": None,
+    }
+    if progress is not None:
+        values["progress"] = progress
+    return bool(
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.RUNNING, Job.worker_id == worker_id)
+            .values(**values)
+        ).rowcount
+    )
+
+
+def fail_stale_jobs(session: Session, stale_after_s: float) -> list[int]:
+    """Mark failed every running job whose worker stopped heartbeating; returns their ids."""
+    cutoff = utcnow() - timedelta(seconds=stale_after_s)
+    stale = session.execute(
+        select(Job.id, Job.worker_id, Job.heartbeat_at)
+        .where(Job.status == JobStatus.RUNNING, Job.heartbeat_at < cutoff)
+        .order_by(Job.id)
+    ).all()
+    reaped = []
+    for job_id, worker_id, beat in stale:
+        message = (
+            f"worker {worker_id} stopped heartbeating (last heartbeat {beat:%Y-%m-%d %H:%M:%S} UTC, "
+            f"more than {stale_after_s:g} s ago); the job's process was lost"
+        )
+        updated = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.RUNNING, Job.heartbeat_at < cutoff)
+            .values(status=JobStatus.FAILED, finished_at=utcnow(), error=message, pid=None)
+        ).rowcount
+        if updated:
+            append_log(session, job_id, f"\n[redline] {message}\n")
+            reaped.append(job_id)
+    return reaped
+
+
+# --- log and metrics ---------------------------------------------------------------------------
+
+
+def append_log(session: Session, job_id: int, text: str) -> None:
+    """Append text to the job's stored log, split into bounded chunks."""
+    if not text:
+        return
+    last = session.scalar(select(func.max(JobLogChunk.seq)).where(JobLogChunk.job_id == job_id))
+    seq = -1 if last is None else last
+    for start in range(0, len(text), LOG_CHUNK_CHARS):
+        seq += 1
+        session.add(JobLogChunk(job_id=job_id, seq=seq, text=text[start : start + LOG_CHUNK_CHARS]))
+    session.flush()
+
+
+def stored_log_bytes(session: Session, job_id: int) -> int:
+    """Bytes of the log file already stored: where a reader of the file picks up."""
+    chunks = session.scalars(select(JobLogChunk.text).where(JobLogChunk.job_id == job_id))
+    return sum(len(text.encode("utf-8")) for text in chunks)
+
+
+def log_tail(session: Session, job_id: int, max_chars: int = 20_000) -> str:
+    """The end of the job's log (the newest chunks, up to about `max_chars`)."""
+    rows = session.scalars(
+        select(JobLogChunk.text)
+        .where(JobLogChunk.job_id == job_id)
+        .order_by(JobLogChunk.seq.desc())
+        .limit(max_chars // LOG_CHUNK_CHARS + 2)
+    ).all()
+    return "".join(reversed(rows))[-max_chars:]
+
+
+def record_metrics(session: Session, job_id: int, rows: Iterable[Mapping[str, Any]]) -> int:
+    """Store numeric values of metrics.jsonl rows (each with "step"); a repeated (name, step) wins last."""
+    values = [
+        {"job_id": job_id, "step": int(row["step"]), "name": name, "value": float(value)}
+        for row in rows
+        for name, value in row.items()
+        if name != "step" and isinstance(value, int | float) and not isinstance(value, bool)
+    ]
+    if not values:
+        return 0
+    dialect = session.get_bind().dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    statement = insert(JobMetric).values(values)
+    statement = statement.on_conflict_do_update(
+        index_elements=["job_id", "name", "step"], set_={"value": statement.excluded.value}
+    )
+    session.execute(statement)
+    return len(values)
+
+
+def metric_names(session: Session, job_ids: Iterable[int]) -> list[str]:
+    return list(
+        session.scalars(
+            select(JobMetric.name).where(JobMetric.job_id.in_(list(job_ids))).distinct().order_by(JobMetric.name)
+        )
+    )
+
+
+def metric_series(
+    session: Session, job_ids: Iterable[int], names: Iterable[str] | None = None, after_step: int = -1
+) -> dict[int, dict[str, list[tuple[int, float]]]]:
+    """{job_id: {name: [(step, value), ...]}} in step order, optionally only steps after `after_step`."""
+    query = select(JobMetric.job_id, JobMetric.name, JobMetric.step, JobMetric.value).where(
+        JobMetric.job_id.in_(list(job_ids)), JobMetric.step > after_step
+    )
+    if names is not None:
+        query = query.where(JobMetric.name.in_(list(names)))
+    series: dict[int, dict[str, list[tuple[int, float]]]] = defaultdict(lambda: defaultdict(list))
+    for job_id, name, step, value in session.execute(query.order_by(JobMetric.step)):
+        series[job_id][name].append((step, value))
+    return {job_id: dict(by_name) for job_id, by_name in series.items()}
+
+
+def list_jobs(session: Session, limit: int = 200) -> list[Job]:
+    return list(session.scalars(select(Job).order_by(Job.id.desc()).limit(limit)))
+
+
+def heartbeat_age_s(job: Job) -> float | None:
+    if job.heartbeat_at is None:
+        return None
+    # SQLite hands datetimes back naive; they were stored in UTC.
+    beat = job.heartbeat_at if job.heartbeat_at.tzinfo else job.heartbeat_at.replace(tzinfo=UTC)
+    return (utcnow() - beat).total_seconds()

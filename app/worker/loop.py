@@ -1,0 +1,83 @@
+"""The worker loop: reap jobs of dead workers, deliver webhooks, claim and run the next job."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from contextlib import AbstractContextManager
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from app.db import session_scope
+from app.services import jobs, webhooks
+from app.settings import Settings
+from app.worker.command import CommandBuilder, job_command
+from app.worker.runner import JobRunner
+
+log = logging.getLogger(__name__)
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class Worker:
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        *,
+        worker_id: str | None = None,
+        command_for: CommandBuilder = job_command,
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.worker_id = worker_id or new_worker_id()
+        self.stopping = threading.Event()
+        self.runner = JobRunner(
+            self.session, settings, self.worker_id, command_for, should_stop=self.stopping.is_set, tick=self.chores
+        )
+
+    def session(self) -> AbstractContextManager[Session]:
+        return session_scope(self.engine)
+
+    def stop(self) -> None:
+        """Finish soon: a running job is stopped (and marked failed), no new job is claimed."""
+        self.stopping.set()
+
+    def chores(self) -> None:
+        """Duties that must not wait for the current job to end."""
+        with self.session() as session:
+            for job_id in jobs.fail_stale_jobs(session, self.settings.worker_stale_after_s):
+                log.warning("job %s failed: its worker stopped heartbeating", job_id)
+        webhooks.deliver_due(self.session)
+
+    def run_once(self) -> bool:
+        """Do the chores and run one job if one is queued; returns whether a job ran."""
+        self.chores()
+        if self.stopping.is_set():
+            return False
+        with self.session() as session:
+            job = jobs.claim_next_job(session, self.worker_id)
+        if job is None:
+            return False
+        log.info("worker %s runs job %s (%s)", self.worker_id, job.id, job.kind)
+        self.runner.run(job)
+        return True
+
+    def run_forever(self) -> None:
+        log.info("worker %s started", self.worker_id)
+        while not self.stopping.is_set():
+            try:
+                ran = self.run_once()
+            except Exception:
+                # A database outage must not kill the worker: log it and try again after a pause.
+                log.exception("worker %s: error in the loop", self.worker_id)
+                ran = False
+            if not ran:
+                self.stopping.wait(self.settings.worker_poll_s)
+        log.info("worker %s stopped", self.worker_id)

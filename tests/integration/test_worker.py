@@ -1,0 +1,334 @@
+"""The job worker on real databases, running a real (small) Python program in place of a training run.
+
+The program honours the training CLI's contract (config.yaml in, metrics.jsonl / progress.json /
+eval.json / a checkpoint folder out, output on stdout) and can be told to crash or to ignore SIGTERM.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import sys
+import textwrap
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from app.db import engine_for, session_scope
+from app.models import Job, JobLogChunk, JobMetric, JobStatus
+from app.services import jobs
+from app.settings import Settings
+from app.worker.loop import Worker
+
+PROGRAM = textwrap.dedent(
+    """
+    import json, pathlib, signal, sys, time
+    import yaml
+
+    kind, _, config_path, _, output = sys.argv[1:6]
+    cfg = yaml.safe_load(open(config_path))
+    out = pathlib.Path(output.split("=", 1)[1])
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.get("ignore_term"):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if cfg.get("ledger"):
+        with open(cfg["ledger"], "a") as fh:
+            fh.write(f"{out}\\n")
+    print(f"start {kind} model={cfg['model']}", flush=True)
+    steps = cfg.get("steps", 3)
+    for step in range(1, steps + 1):
+        time.sleep(cfg.get("sleep", 0.0))
+        if step == cfg.get("crash_at"):
+            raise RuntimeError(f"boom at step {step}")
+        with open(out / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps({"step": step, "loss": 1.0 / step, "objective/kl": 0.1 * step}) + "\\n")
+        (out / "progress.json").write_text(json.dumps({"step": step, "total_steps": steps}))
+        print(f"step {step}", flush=True)
+    (out / "eval.json").write_text(json.dumps({"accuracy": 0.75, "pairs": 4}))
+    (out / "final").mkdir(exist_ok=True)
+    (out / "final" / "model.safetensors").write_bytes(b"0" * 64)
+    print("done", flush=True)
+    """
+)
+
+
+@pytest.fixture
+def program(tmp_path: Path) -> Path:
+    path = tmp_path / "fake_training.py"
+    path.write_text(PROGRAM)
+    return path
+
+
+def command_for(program: Path):
+    def build(kind: str, config: Path, output: Path, num_processes: int) -> list[str]:
+        return [sys.executable, str(program), kind, "--config", str(config), "--set", f"output_dir={output}"]
+
+    return build
+
+
+def worker_settings(tmp_path: Path, **overrides: float) -> Settings:
+    values = {
+        "data_dir": tmp_path / "data",
+        "worker_heartbeat_s": 0.2,
+        "worker_stale_after_s": 3.0,
+        "worker_poll_s": 0.05,
+        "worker_cancel_grace_s": 1.0,
+        **overrides,
+    }
+    return Settings(**values)
+
+
+def add_job(url: str, **config: object) -> int:
+    with session_scope(engine_for(url)) as session:
+        spec = jobs.JobSpec(kind="token-rm", config=dict(config), base_model="tiny-model")
+        return jobs.create_job(session, spec, actor=None).id
+
+
+def load(url: str, job_id: int) -> Job:
+    with session_scope(engine_for(url)) as session:
+        return session.get(Job, job_id)
+
+
+def log_text(url: str, job_id: int) -> str:
+    with session_scope(engine_for(url)) as session:
+        chunks = session.scalars(select(JobLogChunk.text).where(JobLogChunk.job_id == job_id).order_by(JobLogChunk.seq))
+        return "".join(chunks)
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def start_worker_process(url: str, settings: Settings, program: Path) -> multiprocessing.Process:
+    """A worker in its own process (forked), so it can be killed like a real one."""
+
+    def target() -> None:
+        engine = engine_for(url)
+        engine.dispose(close=False)  # the parent's pooled connections stay the parent's
+        Worker(engine, settings, command_for=command_for(program)).run_forever()
+
+    proc = multiprocessing.get_context("fork").Process(target=target, daemon=True)
+    proc.start()
+    return proc
+
+
+def stop_processes(processes: list[multiprocessing.Process]) -> None:
+    for proc in processes:
+        if proc.is_alive():
+            proc.kill()
+        proc.join(10)
+
+
+def test_job_runs_to_success_with_metrics_log_progress_eval_and_artifacts(db_url, tmp_path, program):
+    job_id = add_job(db_url, steps=3)
+    worker = Worker(engine_for(db_url), worker_settings(tmp_path), command_for=command_for(program))
+
+    assert worker.run_once() is True
+
+    job = load(db_url, job_id)
+    assert job.status == JobStatus.SUCCEEDED, job.error
+    assert job.progress == 1.0
+    assert job.eval == {"accuracy": 0.75, "pairs": 4}
+    assert {"name": "final", "type": "dir", "bytes": 64} in job.artifacts
+    assert {a["name"] for a in job.artifacts} >= {"metrics.jsonl", "eval.json", "progress.json", "final"}
+    with session_scope(engine_for(db_url)) as session:
+        metrics = session.execute(
+            select(JobMetric.name, JobMetric.step, JobMetric.value).where(JobMetric.job_id == job_id)
+        ).all()
+    assert sorted((name, step) for name, step, _ in metrics) == sorted(
+        [(n, s) for n in ("loss", "objective/kl") for s in (1, 2, 3)]
+    )
+    text = log_text(db_url, job_id)
+    assert "start token-rm model=tiny-model" in text
+    assert "step 3" in text and "done" in text
+    config = (tmp_path / "data" / "jobs" / str(job_id) / "config.yaml").read_text()
+    assert "model: tiny-model" in config
+    assert worker.run_once() is False  # queue empty
+
+
+def test_metrics_appear_while_the_job_runs(db_url, tmp_path, program):
+    job_id = add_job(db_url, steps=30, sleep=0.1)
+    worker = Worker(engine_for(db_url), worker_settings(tmp_path), command_for=command_for(program))
+    thread = threading.Thread(target=worker.run_once)
+    thread.start()
+
+    def partial_metrics() -> bool:
+        with session_scope(engine_for(db_url)) as session:
+            steps = set(session.scalars(select(JobMetric.step).where(JobMetric.job_id == job_id)))
+        job = load(db_url, job_id)
+        return bool(steps) and max(steps) < 30 and job.status == JobStatus.RUNNING and 0 < job.progress < 1
+
+    wait_for(partial_metrics, 20, "metrics and progress of a running job")
+    assert "step 1" in log_text(db_url, job_id)
+    thread.join(30)
+    assert load(db_url, job_id).status == JobStatus.SUCCEEDED
+
+
+@pytest.mark.postgres
+def test_crashing_training_marks_the_job_failed_with_the_error(pg_url, tmp_path, program):
+    job_id = add_job(pg_url, steps=5, crash_at=2)
+    worker = Worker(engine_for(pg_url), worker_settings(tmp_path), command_for=command_for(program))
+
+    worker.run_once()
+
+    job = load(pg_url, job_id)
+    assert job.status == JobStatus.FAILED
+    assert "training exited with code 1" in job.error
+    assert "RuntimeError: boom at step 2" in job.error
+    assert "RuntimeError: boom at step 2" in log_text(pg_url, job_id)
+    assert job.finished_at is not None and job.eval is None
+
+
+def test_a_training_command_that_cannot_start_fails_the_job(db_url, tmp_path):
+    job_id = add_job(db_url)
+    worker = Worker(
+        engine_for(db_url),
+        worker_settings(tmp_path),
+        command_for=lambda *_: ["/nonexistent/training-binary"],
+    )
+    worker.run_once()
+    job = load(db_url, job_id)
+    assert job.status == JobStatus.FAILED
+    assert "/nonexistent/training-binary" in job.error
+
+
+def run_in_thread(worker: Worker) -> threading.Thread:
+    thread = threading.Thread(target=worker.run_once)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("ignore_term", [False, True], ids=["graceful", "forced"])
+def test_cancel_stops_a_running_job(db_url, tmp_path, program, ignore_term):
+    job_id = add_job(db_url, steps=1000, sleep=0.05, ignore_term=ignore_term)
+    worker = Worker(engine_for(db_url), worker_settings(tmp_path), command_for=command_for(program))
+    thread = run_in_thread(worker)
+    wait_for(lambda: "step 2" in log_text(db_url, job_id), 20, "the job to make progress")
+
+    with session_scope(engine_for(db_url)) as session:
+        assert jobs.request_cancel(session, job_id) == "cancelling"
+    thread.join(20)
+
+    assert not thread.is_alive()
+    job = load(db_url, job_id)
+    assert job.status == JobStatus.CANCELLED
+    text = log_text(db_url, job_id)
+    assert "cancel requested: sending SIGTERM" in text
+    assert ("sending SIGKILL" in text) == ignore_term
+    assert "step 1000" not in text
+
+
+def test_cancel_of_a_queued_job_is_immediate_and_final(db_url, tmp_path, program):
+    job_id = add_job(db_url)
+    with session_scope(engine_for(db_url)) as session:
+        assert jobs.request_cancel(session, job_id) == JobStatus.CANCELLED
+    worker = Worker(engine_for(db_url), worker_settings(tmp_path), command_for=command_for(program))
+    assert worker.run_once() is False
+    assert load(db_url, job_id).status == JobStatus.CANCELLED
+    with session_scope(engine_for(db_url)) as session, pytest.raises(jobs.JobError, match="already cancelled"):
+        jobs.request_cancel(session, job_id)
+
+
+def test_concurrent_claims_never_hand_out_a_job_twice(db_url):
+    job_ids = {add_job(db_url) for _ in range(24)}
+    claimed: list[int] = []
+    lock = threading.Lock()
+
+    def claim_all(worker_id: str) -> None:
+        while True:
+            with session_scope(engine_for(db_url)) as session:
+                job = jobs.claim_next_job(session, worker_id)
+            if job is None:
+                return
+            with lock:
+                claimed.append(job.id)
+
+    threads = [threading.Thread(target=claim_all, args=(f"w{i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(claimed) == sorted(job_ids)
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_two_worker_processes_never_run_the_same_job(pg_url, tmp_path, program):
+    ledger = tmp_path / "ledger.txt"
+    job_ids = [add_job(pg_url, steps=2, sleep=0.05, ledger=str(ledger)) for _ in range(8)]
+    settings = worker_settings(tmp_path)
+    workers = [start_worker_process(pg_url, settings, program) for _ in range(2)]
+    try:
+        wait_for(
+            lambda: all(load(pg_url, j).status == JobStatus.SUCCEEDED for j in job_ids), 90, "all jobs to succeed"
+        )
+    finally:
+        stop_processes(workers)
+    runs = Counter(ledger.read_text().split())
+    assert len(runs) == len(job_ids) and set(runs.values()) == {1}
+    assert len({load(pg_url, j).worker_id for j in job_ids}) == 2  # both took part
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purposes.
+    status = Path(f"/proc/{pid}/status")
+    return status.exists() and "zombie" not in status.read_text()
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_sigkilled_worker_leads_to_failed_job_and_the_next_job_still_runs(pg_url, tmp_path, program):
+    settings = worker_settings(tmp_path, worker_stale_after_s=2.0)
+    doomed = add_job(pg_url, steps=1000, sleep=0.05)
+    victim = start_worker_process(pg_url, settings, program)
+    wait_for(lambda: "step 3" in log_text(pg_url, doomed), 30, "the first job to make progress")
+    training_pid = load(pg_url, doomed).pid
+    next_job = add_job(pg_url, steps=2)
+
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.join(5)
+    killed_at = time.monotonic()
+    survivor = start_worker_process(pg_url, settings, program)
+    try:
+        wait_for(lambda: load(pg_url, doomed).status == JobStatus.FAILED, 15, "the orphaned job to be failed")
+        detected_after = time.monotonic() - killed_at
+        wait_for(lambda: load(pg_url, next_job).status == JobStatus.SUCCEEDED, 30, "the next job to run")
+    finally:
+        stop_processes([survivor])
+
+    assert detected_after < settings.worker_stale_after_s + 3 * settings.worker_heartbeat_s + 2
+    job = load(pg_url, doomed)
+    assert "stopped heartbeating" in job.error
+    text = log_text(pg_url, doomed)
+    assert "step 3" in text and "stopped heartbeating" in text  # the log up to the crash is kept
+    wait_for(lambda: not process_alive(training_pid), 10, "the orphaned training process to exit")
+
+
+@pytest.mark.postgres
+def test_a_worker_whose_job_was_reaped_stops_its_process(pg_url, tmp_path, program):
+    job_id = add_job(pg_url, steps=1000, sleep=0.05)
+    worker = Worker(engine_for(pg_url), worker_settings(tmp_path), command_for=command_for(program))
+    thread = run_in_thread(worker)
+    wait_for(lambda: "step 2" in log_text(pg_url, job_id), 20, "the job to make progress")
+    training_pid = load(pg_url, job_id).pid
+    with session_scope(engine_for(pg_url)) as session:  # as a stale reaper would
+        session.execute(
+            Job.__table__.update().where(Job.id == job_id).values(status=JobStatus.FAILED, error="reaped")
+        )
+    thread.join(20)
+    assert not thread.is_alive()
+    assert load(pg_url, job_id).error == "reaped"  # the reaper's verdict stands
+    wait_for(lambda: not process_alive(training_pid), 10, "the training process to be stopped")
