@@ -1,7 +1,7 @@
 """`python -m training KIND [--config run.yaml] [--set key=value ...] [--KEY VALUE ...]`.
 
 Any `--key value` after the kind is an override like `--set key=value` (so `--reward token` works);
-`schema KIND` prints the kind's config fields as JSON for form generation; `prepare-model --out DIR`
+`schema [KIND]` prints the kind's config fields (all kinds without KIND) as JSON for form generation; `prepare-model --out DIR`
 converts the default model.
 """
 
@@ -78,8 +78,9 @@ def main(argv: list[str] | None = None) -> int:
             print(prepare_default_model(Path(args.out), force=args.force))
             return 0
         if args.kind == "schema":
-            kind = extra[0] if extra else ""
-            print(json.dumps(config_schema(kind), indent=2))
+            # Without a kind: every kind, {kind: fields} (the dashboard builds its forms from this).
+            schema = config_schema(extra[0]) if extra else {kind: config_schema(kind) for kind in KINDS}
+            print(json.dumps(schema, indent=2))
             return 0
         overrides = parse_overrides(args.overrides + _extra_overrides(extra))
         cfg = load_config(args.kind, args.config, overrides)
