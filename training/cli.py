@@ -1,8 +1,8 @@
 """`python -m training KIND [--config run.yaml] [--set key=value ...] [--KEY VALUE ...]`.
 
 Any `--key value` after the kind is an override like `--set key=value` (so `--reward token` works);
-`schema [KIND]` prints the kind's config fields (all kinds without KIND) as JSON for form generation; `prepare-model --out DIR`
-converts the default model.
+`schema [KIND]` prints the kind's config fields (every kind's without KIND) as JSON for form generation;
+`prepare-model --out DIR` converts the default model.
 """
 
 from __future__ import annotations
