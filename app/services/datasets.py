@@ -1,0 +1,305 @@
+"""Dataset versions: a filter over the collected edits, frozen into an immutable snapshot.
+
+`create_version` selects the edits matching a `DatasetFilter`, builds each one's export row (the edit-pair
+contract of product.md "Export"), stores the rows in `DatasetRow.data` and a SHA-256 over their canonical
+JSON. Later edits and reviews never change a version; the same filter over the same data gives the same
+hash. Rows are built and written in chunks, so a version of millions of edits needs little memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from sqlalchemy import Select, func, insert, select
+from sqlalchemy.orm import Session, aliased
+
+from app.models import (
+    DatasetRow,
+    DatasetVersion,
+    Edit,
+    Item,
+    Outcome,
+    Project,
+    Review,
+    User,
+    Verdict,
+)
+from app.services import audit, webhooks
+from app.settings import get_settings
+
+ExportableOutcome = Literal["edited", "no_change_needed", "unfixable"]
+ReviewState = Literal["accepted", "pending", "rejected"]
+
+
+class DatasetError(ValueError):
+    """A filter or request that cannot make a dataset version; the message says what is wrong."""
+
+
+class DatasetFilter(BaseModel):
+    """Which edits a version contains. Defaults: edited responses whose review accepted them.
+
+    Unreviewed edits are left out unless `review_statuses` includes "pending" (a project without
+    reviewers exports with `["accepted", "pending"]`). Skipped items are never exported.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    project_id: int | None = Field(default=None, ge=1, description="Only this project (default: all).")
+    outcomes: list[ExportableOutcome] = Field(default=["edited"], min_length=1)
+    review_statuses: list[ReviewState] = Field(default=["accepted"], min_length=1)
+    verdicts: list[Verdict] | None = Field(
+        default=None, description="Only edits whose latest review has one of these verdicts."
+    )
+    min_edit_rate: float | None = Field(default=None, ge=0)
+    max_edit_rate: float | None = Field(default=None, ge=0)
+    exclude_not_minimal: bool = Field(default=False, description="Drop edits above the project budget.")
+    annotator_ids: list[int] | None = Field(default=None, min_length=1)
+    created_after: datetime | None = Field(default=None, description="Inclusive lower bound.")
+    created_before: datetime | None = Field(default=None, description="Exclusive upper bound.")
+
+    @field_validator("outcomes", "review_statuses", "verdicts", "annotator_ids")
+    @classmethod
+    def _canonical_list(cls, value: list[Any] | None) -> list[Any] | None:
+        # Sorted and deduplicated, so equivalent filters are stored (and compared) identically.
+        return None if value is None else sorted(set(value))
+
+    @field_validator("created_after", "created_before")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+    @model_validator(mode="after")
+    def _ranges(self) -> DatasetFilter:
+        if None not in (self.min_edit_rate, self.max_edit_rate) and self.min_edit_rate > self.max_edit_rate:
+            raise ValueError(f"min_edit_rate {self.min_edit_rate} is above max_edit_rate {self.max_edit_rate}")
+        if None not in (self.created_after, self.created_before) and self.created_after >= self.created_before:
+            raise ValueError("created_after must be before created_before")
+        return self
+
+
+# --- pseudonyms -----------------------------------------------------------------------------------
+
+
+def _pseudonym_key() -> bytes:
+    settings = get_settings()
+    return (settings.pseudonym_salt or settings.resolved_secret_key()).encode()
+
+
+def pseudonym(prefix: str, user_id: int, key: bytes | None = None) -> str:
+    """A stable, non-reversible id for a user in exported data (`ann_…`, `rev_…`)."""
+    digest = hmac.new(key or _pseudonym_key(), f"user:{user_id}".encode(), hashlib.sha256).hexdigest()
+    return f"{prefix}_{digest[:12]}"
+
+
+# --- selecting edits ------------------------------------------------------------------------------
+
+LatestReview = aliased(Review, name="latest_review")
+
+
+def _latest_review_ids() -> Any:
+    return select(Review.edit_id, func.max(Review.id).label("review_id")).group_by(Review.edit_id).subquery()
+
+
+def _selection(flt: DatasetFilter) -> Select:
+    latest = _latest_review_ids()
+    query = (
+        select(Edit, Item.prompt, Item.original, Project.name, LatestReview)
+        .join(Item, Item.id == Edit.item_id)
+        .join(Project, Project.id == Item.project_id)
+        .outerjoin(latest, latest.c.edit_id == Edit.id)
+        .outerjoin(LatestReview, LatestReview.id == latest.c.review_id)
+        .where(Edit.outcome.in_(flt.outcomes), Edit.outcome != Outcome.SKIPPED)
+        .where(Edit.review_status.in_(flt.review_statuses))
+        .order_by(Edit.id)
+    )
+    conditions = [
+        (flt.project_id is not None, lambda: Item.project_id == flt.project_id),
+        (flt.verdicts is not None, lambda: LatestReview.verdict.in_(flt.verdicts)),
+        (flt.min_edit_rate is not None, lambda: Edit.edit_rate >= flt.min_edit_rate),
+        (flt.max_edit_rate is not None, lambda: Edit.edit_rate <= flt.max_edit_rate),
+        (flt.exclude_not_minimal, lambda: Edit.not_minimal.is_(False)),
+        (flt.annotator_ids is not None, lambda: Edit.annotator_id.in_(flt.annotator_ids)),
+        (flt.created_after is not None, lambda: Edit.created_at >= flt.created_after),
+        (flt.created_before is not None, lambda: Edit.created_at < flt.created_before),
+    ]
+    for applies, condition in conditions:
+        if applies:
+            query = query.where(condition())
+    return query
+
+
+# --- the export row -------------------------------------------------------------------------------
+
+
+def iso(moment: datetime) -> str:
+    # SQLite hands back naive datetimes; every stored time is UTC.
+    aware = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return aware.astimezone(UTC).isoformat()
+
+
+def _review_record(review: Review | None, edit: Edit, key: bytes) -> dict[str, Any] | None:
+    if review is None:
+        return None
+    fixed = review.verdict == Verdict.FIX_AND_ACCEPT and review.fixed_text is not None
+    return {
+        "verdict": review.verdict,
+        "reviewer_id": pseudonym("rev", review.reviewer_id, key),
+        "comment": review.comment,
+        "annotator_edited": edit.edited_text if fixed else None,
+        "created_at": iso(review.created_at),
+    }
+
+
+def export_row(
+    edit: Edit, prompt: str, original: str, project: str, review: Review | None, key: bytes
+) -> dict[str, Any]:
+    """The edit-pair row of product.md "Export". A reviewer's fix replaces the edited text and labels."""
+    fixed = review is not None and review.verdict == Verdict.FIX_AND_ACCEPT and review.fixed_text is not None
+    layer = review if fixed else edit
+    return {
+        "id": f"edit-{edit.id}",
+        "item_id": edit.item_id,
+        "project": project,
+        "prompt": prompt,
+        "original": original,
+        "edited": review.fixed_text if fixed else edit.edited_text,
+        "outcome": edit.outcome,
+        "token_labels": layer.token_labels,
+        "char_diff": layer.char_diff,
+        "stats": layer.stats,
+        "annotator_id": pseudonym("ann", edit.annotator_id, key),
+        "review": _review_record(review, edit, key),
+        "created_at": iso(edit.created_at),
+    }
+
+
+def canonical_json(row: dict[str, Any]) -> str:
+    """The one serialisation the content hash is defined over: sorted keys, no whitespace, UTF-8."""
+    return json.dumps(row, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def iter_rows(session: Session, flt: DatasetFilter, chunk_rows: int) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(edit id, export row) for every edit the filter selects, in edit-id order, fetched in chunks."""
+    key = _pseudonym_key()
+    result = session.execute(_selection(flt).execution_options(yield_per=chunk_rows))
+    for edit, prompt, original, project, review in result:
+        yield edit.id, export_row(edit, prompt, original, project, review, key)
+        # Rows stay out of the identity map, so memory is bounded by one chunk whatever the size.
+        session.expunge(edit)
+        if review is not None:
+            session.expunge(review)
+
+
+# --- writing a version ----------------------------------------------------------------------------
+
+
+def _chunks(rows: Iterator[tuple[int, dict[str, Any]]], size: int) -> Iterator[list[tuple[int, dict]]]:
+    chunk: list[tuple[int, dict[str, Any]]] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _write_rows_postgres(session: Session, version_id: int, lines: Sequence[tuple[int, int, str]]) -> None:
+    # COPY takes the canonical JSON text as is: no second serialisation, far faster than INSERTs.
+    cursor = session.connection().connection.driver_connection.cursor()
+    with cursor.copy("COPY dataset_rows (dataset_version_id, seq, edit_id, data) FROM STDIN") as copy:
+        for seq, edit_id, text in lines:
+            copy.write_row((version_id, seq, edit_id, text))
+
+
+def _write_rows_generic(session: Session, version_id: int, lines: Sequence[tuple[int, int, str]]) -> None:
+    session.execute(
+        insert(DatasetRow),
+        [
+            {"dataset_version_id": version_id, "seq": seq, "edit_id": edit_id, "data": json.loads(text)}
+            for seq, edit_id, text in lines
+        ],
+    )
+
+
+def _freeze(session: Session, version: DatasetVersion, flt: DatasetFilter, chunk_rows: int) -> None:
+    """Write the version's rows and set its row count and content hash."""
+    write = _write_rows_postgres if session.get_bind().dialect.name == "postgresql" else _write_rows_generic
+    digest = hashlib.sha256()
+    count = 0
+    # The reader shares the caller's connection and transaction (it sees what the caller flushed) but
+    # has its own identity map, so streaming millions of rows never touches the caller's objects.
+    with Session(bind=session.connection()) as reader:
+        for chunk in _chunks(iter_rows(reader, flt, chunk_rows), chunk_rows):
+            lines = []
+            for edit_id, row in chunk:
+                text = canonical_json(row)
+                digest.update(text.encode())
+                digest.update(b"\n")
+                lines.append((count, edit_id, text))
+                count += 1
+            write(session, version.id, lines)
+    version.row_count = count
+    version.content_hash = digest.hexdigest()
+
+
+def validate_filter_targets(session: Session, flt: DatasetFilter) -> None:
+    if flt.project_id is not None and session.get(Project, flt.project_id) is None:
+        raise DatasetError(f"filter.project_id: project {flt.project_id} does not exist")
+    if flt.annotator_ids:
+        known = set(session.scalars(select(User.id).where(User.id.in_(flt.annotator_ids))))
+        missing = sorted(set(flt.annotator_ids) - known)
+        if missing:
+            raise DatasetError(f"filter.annotator_ids: no user with id {missing}")
+
+
+def create_version(
+    session: Session, filter: DatasetFilter, name: str, actor: User | None, *, chunk_rows: int | None = None
+) -> DatasetVersion:
+    """Freeze `filter` into a new version (in the caller's transaction) and announce it by webhook."""
+    name = name.strip()
+    if not name or len(name) > 200:
+        raise DatasetError("name: give a dataset name of 1 to 200 characters")
+    validate_filter_targets(session, filter)
+    version = DatasetVersion(
+        name=name,
+        project_id=filter.project_id,
+        filter=filter.model_dump(mode="json"),
+        content_hash="",
+        created_by_id=actor.id if actor else None,
+    )
+    session.add(version)
+    session.flush()
+    _freeze(session, version, filter, chunk_rows or get_settings().export_chunk_rows)
+    if version.row_count == 0:
+        raise DatasetError("the filter selects no edits: widen it (e.g. include pending reviews)")
+    session.flush()
+    audit.record(session, actor, "dataset_version.create", "dataset_version", str(version.id),
+                 after={"name": name, "row_count": version.row_count, "content_hash": version.content_hash})
+    webhooks.enqueue(session, "dataset_version.created", version_summary(version))
+    return version
+
+
+def version_summary(version: DatasetVersion) -> dict[str, Any]:
+    return {
+        "id": version.id,
+        "name": version.name,
+        "project_id": version.project_id,
+        "filter": version.filter,
+        "row_count": version.row_count,
+        "content_hash": version.content_hash,
+        "created_by_id": version.created_by_id,
+        "created_at": iso(version.created_at),
+    }
+
+
+def matching_count(session: Session, flt: DatasetFilter) -> int:
+    """How many edits the filter selects right now (the preview before freezing)."""
+    return session.scalar(select(func.count()).select_from(_selection(flt).order_by(None).subquery())) or 0
+
