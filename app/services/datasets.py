@@ -13,7 +13,7 @@ import hmac
 import json
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlalchemy import Select, func, insert, select
@@ -35,6 +35,8 @@ from app.settings import get_settings
 
 ExportableOutcome = Literal["edited", "no_change_needed", "unfixable"]
 ReviewState = Literal["accepted", "pending", "rejected"]
+MAX_ID = 2**31 - 1  # users and projects have 32-bit keys; larger ids are refused before any query
+RowId = Annotated[int, Field(ge=1, le=MAX_ID)]
 
 
 class DatasetError(ValueError):
@@ -50,16 +52,16 @@ class DatasetFilter(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    project_id: int | None = Field(default=None, ge=1, description="Only this project (default: all).")
+    project_id: RowId | None = Field(default=None, description="Only this project (default: all).")
     outcomes: list[ExportableOutcome] = Field(default=["edited"], min_length=1)
     review_statuses: list[ReviewState] = Field(default=["accepted"], min_length=1)
     verdicts: list[Verdict] | None = Field(
         default=None, description="Only edits whose latest review has one of these verdicts."
     )
-    min_edit_rate: float | None = Field(default=None, ge=0)
-    max_edit_rate: float | None = Field(default=None, ge=0)
+    min_edit_rate: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    max_edit_rate: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     exclude_not_minimal: bool = Field(default=False, description="Drop edits above the project budget.")
-    annotator_ids: list[int] | None = Field(default=None, min_length=1)
+    annotator_ids: list[RowId] | None = Field(default=None, min_length=1, max_length=1000)
     created_after: datetime | None = Field(default=None, description="Inclusive lower bound.")
     created_before: datetime | None = Field(default=None, description="Exclusive upper bound.")
 
@@ -86,14 +88,14 @@ class DatasetFilter(BaseModel):
 # --- pseudonyms -----------------------------------------------------------------------------------
 
 
-def _pseudonym_key() -> bytes:
+def pseudonym_key() -> bytes:
     settings = get_settings()
     return (settings.pseudonym_salt or settings.resolved_secret_key()).encode()
 
 
 def pseudonym(prefix: str, user_id: int, key: bytes | None = None) -> str:
     """A stable, non-reversible id for a user in exported data (`ann_…`, `rev_…`)."""
-    digest = hmac.new(key or _pseudonym_key(), f"user:{user_id}".encode(), hashlib.sha256).hexdigest()
+    digest = hmac.new(key or pseudonym_key(), f"user:{user_id}".encode(), hashlib.sha256).hexdigest()
     return f"{prefix}_{digest[:12]}"
 
 
@@ -186,7 +188,7 @@ def canonical_json(row: dict[str, Any]) -> str:
 
 def iter_rows(session: Session, flt: DatasetFilter, chunk_rows: int) -> Iterator[tuple[int, dict[str, Any]]]:
     """(edit id, export row) for every edit the filter selects, in edit-id order, fetched in chunks."""
-    key = _pseudonym_key()
+    key = pseudonym_key()
     result = session.execute(_selection(flt).execution_options(yield_per=chunk_rows))
     for edit, prompt, original, project, review in result:
         yield edit.id, export_row(edit, prompt, original, project, review, key)
@@ -264,8 +266,8 @@ def create_version(
 ) -> DatasetVersion:
     """Freeze `filter` into a new version (in the caller's transaction) and announce it by webhook."""
     name = name.strip()
-    if not name or len(name) > 200:
-        raise DatasetError("name: give a dataset name of 1 to 200 characters")
+    if not name or len(name) > 200 or not name.isprintable():
+        raise DatasetError("name: give a dataset name of 1 to 200 printable characters")
     validate_filter_targets(session, filter)
     version = DatasetVersion(
         name=name,

@@ -40,6 +40,10 @@ class ExportError(ValueError):
     """An export that cannot be produced (unknown format or version, bad tokenizer)."""
 
 
+class VersionNotFound(ExportError):
+    pass
+
+
 @dataclass(frozen=True)
 class ExportFormat:
     name: str
@@ -395,7 +399,7 @@ def open_export(source: SessionSource, version_id: int, fmt: str, tokenizer: str
     with _session_context(source) as session:
         version = session.get(DatasetVersion, version_id)
         if version is None:
-            raise ExportError(f"dataset version {version_id} does not exist")
+            raise VersionNotFound(f"dataset version {version_id} does not exist")
         session.expunge(version)
     return version, stream_export(source, version_id, fmt, tokenizer=tokenizer)
 
@@ -413,5 +417,5 @@ def stream_export(
     with _session_context(source) as session:
         version = session.get(DatasetVersion, version_id)
         if version is None:
-            raise ExportError(f"dataset version {version_id} does not exist")
+            raise VersionNotFound(f"dataset version {version_id} does not exist")
         yield from _format_stream(session, version, fmt, tok)

@@ -51,9 +51,15 @@ class Attempt:
 
 
 def validate_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in {"http", "https"} or not parts.netloc:
-        raise WebhookError(f"webhook url must be an absolute http(s) URL, got {url!r}")
+    if not url.isprintable() or " " in url:
+        raise WebhookError("webhook url must not contain spaces or control characters")
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError as exc:  # e.g. an unbalanced IPv6 bracket
+        raise WebhookError(f"webhook url is not a valid URL: {exc}") from exc
+    if parts.scheme not in {"http", "https"} or not host:
+        raise WebhookError(f"webhook url must be an absolute http(s) URL, got {url[:200]!r}")
     return url
 
 

@@ -1,0 +1,15 @@
+"""The JSON API under /api/v1, documented by FastAPI's OpenAPI schema (/openapi.json, /docs).
+
+Every route authenticates with a bearer API token (or a browser session) and checks a scope that the
+caller's role allows; see app/services/api_tokens.py.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app.api import datasets, edits, projects, webhooks
+
+router = APIRouter(prefix="/api/v1")
+for module in (projects, edits, datasets, webhooks):
+    router.include_router(module.router)

@@ -1,0 +1,132 @@
+"""/api/v1/datasets: create dataset versions from a filter, list them, download them in any format."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
+from fastapi.responses import StreamingResponse
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.api.auth import Principal, require_scope
+from app.api.schemas import DatasetCreate, DatasetOut, Problem
+from app.db import session_scope
+from app.deps import get_db
+from app.models import DatasetVersion, Project
+from app.services import datasets, export
+from app.services.datasets import MAX_ID
+from app.settings import get_settings
+
+router = APIRouter(tags=["datasets"])
+# The OpenAPI schema lists the formats as an enum, so a bad one is a 422 naming the choices.
+ExportFormatName = Literal[tuple(export.EXPORT_FORMATS)]  # type: ignore[valid-type]
+VersionId = Annotated[int, Path(ge=1, le=MAX_ID)]
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def download_links(request: Request, version_id: int) -> dict[str, str]:
+    url = request.url_for("download_dataset", version_id=version_id)
+    return {name: f"{url.path}?format={name}" for name in export.EXPORT_FORMATS}
+
+
+def _out(request: Request, version: DatasetVersion) -> DatasetOut:
+    summary = datasets.version_summary(version)
+    return DatasetOut(**{**summary, "downloads": download_links(request, version.id)})
+
+
+def permitted_tokenizer(db: Session, name: str) -> str:
+    """Export-time tokenizers: a project's tokenizer, the default model, or a Hugging Face hub id.
+
+    Arbitrary server paths are refused, so the API cannot be used to probe the file system.
+    """
+    known = set(db.scalars(select(Project.tokenizer))) | {get_settings().default_model}
+    if name in known or (HUB_ID.match(name) and ".." not in name):
+        return name
+    raise HTTPException(
+        status_code=422,
+        detail=f"tokenizer {name[:200]!r} is not allowed: use a project's tokenizer, the default model, or a hub id",
+    )
+
+
+@router.get("/datasets", response_model=list[DatasetOut], summary="List dataset versions, newest first")
+def list_datasets(
+    request: Request,
+    project_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+    db: Session = Depends(get_db),
+    _caller: Principal = Depends(require_scope("datasets:read")),
+) -> list[DatasetOut]:
+    query = select(DatasetVersion).order_by(DatasetVersion.id.desc())
+    if project_id is not None:
+        query = query.where(DatasetVersion.project_id == project_id)
+    return [_out(request, version) for version in db.scalars(query)]
+
+
+@router.post(
+    "/datasets", response_model=DatasetOut, status_code=201, summary="Freeze a filter into a new version",
+    responses={422: {"model": Problem, "description": "Malformed filter, unknown project, or no matching edit"}},
+)
+def create_dataset(
+    request: Request,
+    body: DatasetCreate,
+    db: Session = Depends(get_db),
+    caller: Principal = Depends(require_scope("datasets:write")),
+) -> DatasetOut:
+    try:
+        version = datasets.create_version(db, body.filter, body.name, caller.user)
+    except datasets.DatasetError as exc:
+        raise HTTPException(status_code=422, detail=str(exc)) from exc
+    db.commit()
+    return _out(request, version)
+
+
+@router.get(
+    "/datasets/{version_id}", response_model=DatasetOut, summary="One dataset version",
+    responses={404: {"model": Problem}},
+)
+def get_dataset(
+    request: Request,
+    version_id: VersionId,
+    db: Session = Depends(get_db),
+    _caller: Principal = Depends(require_scope("datasets:read")),
+) -> DatasetOut:
+    version = db.get(DatasetVersion, version_id)
+    if version is None:
+        raise HTTPException(status_code=404, detail=f"dataset version {version_id} not found")
+    return _out(request, version)
+
+
+@router.get(
+    "/datasets/{version_id}/download",
+    summary="Download a dataset version (streamed)",
+    response_class=StreamingResponse,
+    responses={
+        200: {"description": "The file, streamed", "content": {"application/x-ndjson": {}}},
+        404: {"model": Problem},
+        422: {"model": Problem, "description": "Unknown format or tokenizer"},
+    },
+)
+def download_dataset(
+    version_id: VersionId,
+    format: Annotated[ExportFormatName, Query(description="Export format")] = "pairs-jsonl",
+    tokenizer: Annotated[
+        str | None, Query(max_length=500, description="Recompute token labels for this tokenizer")
+    ] = None,
+    db: Session = Depends(get_db),
+    _caller: Principal = Depends(require_scope("datasets:read")),
+) -> StreamingResponse:
+    if tokenizer:
+        permitted_tokenizer(db, tokenizer)
+    try:
+        version, stream = export.open_export(session_scope, version_id, format, tokenizer or None)
+    except export.VersionNotFound as exc:
+        raise HTTPException(status_code=404, detail=str(exc)) from exc
+    except export.ExportError as exc:
+        raise HTTPException(status_code=422, detail=str(exc)) from exc
+    spec = export.EXPORT_FORMATS[format]
+    filename = export.export_filename(version, format)
+    return StreamingResponse(
+        stream, media_type=spec.media_type,
+        headers={"Content-Disposition": f'attachment; filename="{filename}"', "X-Content-Hash": version.content_hash},
+    )

@@ -1,0 +1,112 @@
+"""Response and request bodies of the JSON API (they are its OpenAPI schema)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.services.datasets import DatasetFilter
+
+
+class Problem(BaseModel):
+    detail: Any = Field(description="What is wrong: a message, or FastAPI's list of field errors.")
+
+
+class ProjectProgress(BaseModel):
+    items_total: int
+    items_complete: int
+    items_open: int
+    annotations_needed: int = Field(description="items × annotations per item")
+    annotations_done: int = Field(description="completed annotations (edited, no change, unfixable)")
+    edits_by_outcome: dict[str, int]
+    reviews_pending: int
+    progress: float = Field(description="annotations_done / annotations_needed, 0..1")
+
+
+class ProjectOut(BaseModel):
+    id: int
+    name: str
+    description: str
+    tokenizer: str
+    annotations_per_item: int
+    minimality_budget: float
+    archived: bool
+    created_at: datetime
+    progress: ProjectProgress
+
+
+class EditOut(BaseModel):
+    id: int
+    item_id: int
+    project_id: int
+    annotator_id: str = Field(description="Pseudonymous annotator id (`ann_…`), as in exports.")
+    outcome: str
+    review_status: str
+    prompt: str
+    original: str
+    edited: str
+    edit_rate: float
+    not_minimal: bool
+    stats: dict[str, Any]
+    char_diff: list[Any] | None = None
+    token_labels: dict[str, Any] | None = None
+    created_at: datetime
+
+
+class EditPage(BaseModel):
+    items: list[EditOut]
+    next_after_id: int | None = Field(description="Pass as `after_id` for the next page; null at the end.")
+
+
+class DatasetCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    filter: DatasetFilter = Field(default_factory=DatasetFilter)
+
+
+class DatasetOut(BaseModel):
+    id: int
+    name: str
+    project_id: int | None
+    filter: dict[str, Any]
+    row_count: int
+    content_hash: str
+    created_by_id: int | None
+    created_at: datetime
+    downloads: dict[str, str] = Field(description="Format name → download URL.")
+
+
+class WebhookCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(min_length=1, max_length=1000)
+    events: list[str] = Field(min_length=1)
+
+
+class WebhookOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    url: str
+    events: list[str]
+    active: bool
+    created_at: datetime
+
+
+class WebhookCreated(WebhookOut):
+    secret: str = Field(description="HMAC-SHA256 signing secret; shown only in this response.")
+
+
+class DeliveryOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    event: str
+    status: str
+    attempts: int
+    next_attempt_at: datetime
+    last_error: str
+    created_at: datetime
