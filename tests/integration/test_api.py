@@ -130,7 +130,8 @@ def test_create_list_and_download_dataset_versions(web_client, corpus, admin_hea
 
     download = web_client.get(version["downloads"]["pairs-jsonl"], headers=admin_headers)
     assert download.status_code == 200
-    assert download.headers["content-disposition"] == f'attachment; filename="dataset-{version["id"]}-pairs-jsonl.jsonl"'
+    filename = f"dataset-{version['id']}-pairs-jsonl.jsonl"
+    assert download.headers["content-disposition"] == f'attachment; filename="{filename}"'
     assert download.headers["x-content-hash"] == version["content_hash"]
     lines = [json.loads(line) for line in download.text.splitlines()]
     with session_scope() as session:
