@@ -55,5 +55,13 @@ bench: setup
 bench-%: setup
 	$(BIN)/python -m bench $*
 
+# Regenerates app/demo/items.jsonl: the default model answers app/demo/prompts.jsonl (about 6 min on CPU).
+demo-data: setup
+	$(BIN)/python -m training generate --set model=$(MODEL_DIR) --set data=app/demo/prompts.jsonl \
+		--set output_dir=var/demo-gen --set max_new_tokens=220 --set seed=0 --set batch_size=12
+	$(BIN)/python -c 'import json; rows = map(json.loads, open("var/demo-gen/responses.jsonl")); \
+		print(*(json.dumps({"prompt": r["prompt"], "response": r["response"], "model": "SmolLM2-135M-Instruct"}) \
+		for r in rows), sep="\n")' > app/demo/items.jsonl
+
 clean:
 	rm -rf $(VENV) node_modules static/vendor var
