@@ -21,6 +21,11 @@ from sqlalchemy.orm import Session
 from app.models import Job, JobLogChunk, JobMetric, JobStatus, User, utcnow
 
 FINISHED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+# Options for the worker itself (e.g. how a `generate` job feeds a project) live beside the training
+# keys in Job.config under this key and are never passed to the training CLI.
+WORKER_OPTIONS_KEY = "_redline"
+# Where the training CLI saves a run's final model inside its output folder.
+FINAL_MODEL_DIR = "model"
 # Log text kept per chunk row; the worker splits larger reads.
 LOG_CHUNK_CHARS = 32_000
 
@@ -40,13 +45,17 @@ class JobSpec:
     project_id: int | None = None
     num_processes: int = 1
     name: str = ""
+    worker_options: dict[str, Any] | None = None
 
 
 def create_job(session: Session, spec: JobSpec, actor: User | None) -> Job:
+    config = dict(spec.config)
+    if spec.worker_options:
+        config[WORKER_OPTIONS_KEY] = dict(spec.worker_options)
     job = Job(
         kind=spec.kind,
         name=spec.name or spec.kind,
-        config=dict(spec.config),
+        config=config,
         base_model=spec.base_model,
         dataset_version_id=spec.dataset_version_id,
         project_id=spec.project_id,
@@ -57,6 +66,14 @@ def create_job(session: Session, spec: JobSpec, actor: User | None) -> Job:
     session.add(job)
     session.flush()
     return job
+
+
+def training_config(job: Job) -> dict[str, Any]:
+    return {key: value for key, value in job.config.items() if key != WORKER_OPTIONS_KEY}
+
+
+def worker_options(job: Job) -> dict[str, Any]:
+    return dict(job.config.get(WORKER_OPTIONS_KEY) or {})
 
 
 def request_cancel(session: Session, job_id: int) -> str:
@@ -247,11 +264,11 @@ def metric_names(session: Session, job_ids: Iterable[int]) -> list[str]:
 
 
 def metric_series(
-    session: Session, job_ids: Iterable[int], names: Iterable[str] | None = None, after_step: int = -1
+    session: Session, job_ids: Iterable[int], names: Iterable[str] | None = None
 ) -> dict[int, dict[str, list[tuple[int, float]]]]:
-    """{job_id: {name: [(step, value), ...]}} in step order, optionally only steps after `after_step`."""
+    """{job_id: {name: [(step, value), ...]}} in step order."""
     query = select(JobMetric.job_id, JobMetric.name, JobMetric.step, JobMetric.value).where(
-        JobMetric.job_id.in_(list(job_ids)), JobMetric.step > after_step
+        JobMetric.job_id.in_(list(job_ids))
     )
     if names is not None:
         query = query.where(JobMetric.name.in_(list(names)))
@@ -259,6 +276,59 @@ def metric_series(
     for job_id, name, step, value in session.execute(query.order_by(JobMetric.step)):
         series[job_id][name].append((step, value))
     return {job_id: dict(by_name) for job_id, by_name in series.items()}
+
+
+def metric_points_since(session: Session, job_id: int, cursor: int) -> tuple[list[tuple[str, int, float]], int]:
+    """Metric points stored after `cursor` (a row id), and the new cursor: what a live chart lacks."""
+    rows = session.execute(
+        select(JobMetric.id, JobMetric.name, JobMetric.step, JobMetric.value)
+        .where(JobMetric.job_id == job_id, JobMetric.id > cursor)
+        .order_by(JobMetric.id)
+    ).all()
+    return [(name, step, value) for _, name, step, value in rows], (rows[-1][0] if rows else cursor)
+
+
+def latest_metrics(session: Session, job_id: int) -> dict[str, tuple[int, float]]:
+    """{name: (step, value)} of each metric's last logged step."""
+    last_step = (
+        select(JobMetric.name, func.max(JobMetric.step).label("step"))
+        .where(JobMetric.job_id == job_id)
+        .group_by(JobMetric.name)
+        .subquery()
+    )
+    rows = session.execute(
+        select(JobMetric.name, JobMetric.step, JobMetric.value)
+        .join(last_step, (JobMetric.name == last_step.c.name) & (JobMetric.step == last_step.c.step))
+        .where(JobMetric.job_id == job_id)
+        .order_by(JobMetric.name)
+    )
+    return {name: (step, value) for name, step, value in rows}
+
+
+def full_log(session: Session, job_id: int) -> str:
+    return "".join(
+        session.scalars(select(JobLogChunk.text).where(JobLogChunk.job_id == job_id).order_by(JobLogChunk.seq))
+    )
+
+
+def default_compare_metric(names: list[str]) -> str:
+    """The metric a comparison shows first: "loss" if logged, else the first loss-like one, else any."""
+    if "loss" in names:
+        return "loss"
+    return next((name for name in names if "loss" in name), names[0] if names else "")
+
+
+def trained_model_folders(session: Session, limit: int = 50) -> list[str]:
+    """Final model folders of succeeded jobs (newest first): suggestions for base and reward models."""
+    finished = session.scalars(
+        select(Job).where(Job.status == JobStatus.SUCCEEDED).order_by(Job.id.desc()).limit(limit)
+    )
+    return [
+        f"{job.output_dir}/{artifact['name']}"
+        for job in finished
+        for artifact in job.artifacts
+        if artifact.get("type") == "dir" and artifact.get("name") == FINAL_MODEL_DIR
+    ]
 
 
 def list_jobs(session: Session, limit: int = 200) -> list[Job]:

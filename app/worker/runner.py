@@ -89,7 +89,7 @@ class JobRunner:
         tmp.replace(paths.data)
 
     def _write_config(self, job: Job, paths: JobPaths) -> None:
-        config: dict[str, Any] = {**job.config, "model": job.base_model}
+        config: dict[str, Any] = {**jobs.training_config(job), "model": job.base_model}
         if job.dataset_version_id is not None:
             config["data"] = str(paths.data)
         paths.config.write_text(yaml.safe_dump(config, sort_keys=True))

@@ -1,0 +1,251 @@
+"""The research dashboard: start, watch, cancel and compare training jobs (researchers and admins)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import (
+    FileResponse,
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from starlette.datastructures import FormData, UploadFile
+
+from app.deps import get_db, require_roles
+from app.models import DatasetVersion, Job, Project, Role, User
+from app.services import audit, job_artifacts, job_config, jobs
+from app.services.job_form import JobForm, parse_job_form
+from app.settings import get_settings
+from app.templating import render
+
+router = APIRouter(prefix="/jobs")
+researcher = require_roles(Role.RESEARCHER)
+COMPARE_MAX_RUNS = 12
+
+
+def _job_or_404(session: Session, job_id: int) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise HTTPException(404, f"job {job_id} does not exist")
+    return job
+
+
+def _form_choices(session: Session) -> dict[str, Any]:
+    return {
+        "kinds": job_config.kinds(),
+        "datasets": list(session.scalars(select(DatasetVersion).order_by(DatasetVersion.id.desc()).limit(200))),
+        "projects": list(
+            session.scalars(select(Project).where(Project.archived.is_(False)).order_by(Project.name))
+        ),
+        "model_suggestions": jobs.trained_model_folders(session),
+    }
+
+
+def _new_job_page(request: Request, session: Session, form: JobForm, *, status_code: int = 200) -> Response:
+    return render(
+        request,
+        "jobs/new.html",
+        status_code=status_code,
+        title="New training job",
+        form=form,
+        fields=job_config.form_fields(form.kind),
+        **_form_choices(session),
+    )
+
+
+# --- list and creation ---------------------------------------------------------------------------
+
+
+@router.get("")
+def job_list(request: Request, session: Session = Depends(get_db), user: User = Depends(researcher)) -> Response:
+    return render(request, "jobs/list.html", title="Training jobs", jobs=jobs.list_jobs(session))
+
+
+@router.get("/table")
+def job_table(request: Request, session: Session = Depends(get_db), user: User = Depends(researcher)) -> Response:
+    return render(request, "jobs/_table.html", jobs=jobs.list_jobs(session))
+
+
+@router.get("/new")
+def new_job(
+    request: Request,
+    kind: str = "token-rm",
+    dataset_version_id: int | None = None,
+    session: Session = Depends(get_db),
+    user: User = Depends(researcher),
+) -> Response:
+    if kind not in job_config.kinds():
+        raise HTTPException(404, f"unknown job kind {kind!r}")
+    form = JobForm.defaults(kind, get_settings().default_model, dataset_version_id)
+    return _new_job_page(request, session, form)
+
+
+@router.get("/new/fields")
+def new_job_fields(
+    request: Request, kind: str, session: Session = Depends(get_db), user: User = Depends(researcher)
+) -> Response:
+    """The hyperparameter fieldset of `kind`, swapped in by htmx when the kind changes."""
+    if kind not in job_config.kinds():
+        raise HTTPException(404, f"unknown job kind {kind!r}")
+    form = JobForm.defaults(kind, get_settings().default_model)
+    return render(
+        request, "jobs/_fields.html", form=form, fields=job_config.form_fields(kind), **_form_choices(session)
+    )
+
+
+async def _read_form(request: Request) -> FormData:
+    return await request.form(max_files=1, max_fields=500)
+
+
+@router.post("")
+async def create_job(
+    request: Request, session: Session = Depends(get_db), user: User = Depends(researcher)
+) -> Response:
+    data = await _read_form(request)
+    upload = data.get("prompts_file")
+    form = parse_job_form(session, data, upload if isinstance(upload, UploadFile) else None)
+    if form.errors:
+        return _new_job_page(request, session, form, status_code=422)
+    job = jobs.create_job(session, form.spec(), user)
+    audit.record(session, user, "job.create", "job", job.id, after={"kind": job.kind, "config": job.config})
+    session.commit()
+    return RedirectResponse(f"/jobs/{job.id}", status_code=303)
+
+
+# --- comparison ----------------------------------------------------------------------------------
+
+
+@router.get("/compare")
+def compare(
+    request: Request,
+    ids: list[int] = Query(default=[]),
+    metric: str = "",
+    session: Session = Depends(get_db),
+    user: User = Depends(researcher),
+) -> Response:
+    runs = [job for job in (session.get(Job, job_id) for job_id in dict.fromkeys(ids)) if job][:COMPARE_MAX_RUNS]
+    names = jobs.metric_names(session, [job.id for job in runs])
+    metric = metric if metric in names else jobs.default_compare_metric(names)
+    series = jobs.metric_series(session, [job.id for job in runs], [metric]) if metric else {}
+    chart = {
+        "metric": metric,
+        "runs": [
+            {"label": f"#{job.id} {job.name}", "points": series.get(job.id, {}).get(metric, [])} for job in runs
+        ],
+    }
+    eval_keys = sorted({key for job in runs for key in (job.eval or {})})
+    return render(
+        request,
+        "jobs/compare.html",
+        title="Compare runs",
+        runs=runs,
+        names=names,
+        metric=metric,
+        chart=chart,
+        eval_keys=eval_keys,
+        all_jobs=jobs.list_jobs(session),
+    )
+
+
+# --- one job -------------------------------------------------------------------------------------
+
+
+def _live_context(session: Session, job: Job) -> dict[str, Any]:
+    return {
+        "job": job,
+        "latest": jobs.latest_metrics(session, job.id),
+        "log": jobs.log_tail(session, job.id),
+        "heartbeat_age": jobs.heartbeat_age_s(job),
+        "finished": job.status in jobs.FINISHED,
+    }
+
+
+@router.get("/{job_id}")
+def job_page(
+    request: Request, job_id: int, session: Session = Depends(get_db), user: User = Depends(researcher)
+) -> Response:
+    job = _job_or_404(session, job_id)
+    dataset = session.get(DatasetVersion, job.dataset_version_id) if job.dataset_version_id else None
+    project = session.get(Project, job.project_id) if job.project_id else None
+    return render(
+        request,
+        "jobs/detail.html",
+        title=f"Job #{job.id}",
+        dataset=dataset,
+        project=project,
+        training_config=jobs.training_config(job),
+        options=jobs.worker_options(job),
+        **_live_context(session, job),
+    )
+
+
+@router.get("/{job_id}/live")
+def job_live(
+    request: Request, job_id: int, session: Session = Depends(get_db), user: User = Depends(researcher)
+) -> Response:
+    """The parts of the job page that change while it runs; polled by htmx until the job ends."""
+    job = _job_or_404(session, job_id)
+    return render(request, "jobs/_live.html", **_live_context(session, job))
+
+
+@router.get("/{job_id}/metrics")
+def job_metrics(
+    job_id: int, after: int = 0, session: Session = Depends(get_db), user: User = Depends(researcher)
+) -> JSONResponse:
+    """Metric points stored after cursor `after`, for the live charts: {"points": [[name, step, value]], "cursor"}."""
+    job = _job_or_404(session, job_id)
+    points, cursor = jobs.metric_points_since(session, job.id, after)
+    return JSONResponse({"points": points, "cursor": cursor, "status": job.status})
+
+
+@router.post("/{job_id}/cancel")
+def cancel_job(
+    request: Request, job_id: int, session: Session = Depends(get_db), user: User = Depends(researcher)
+) -> Response:
+    _job_or_404(session, job_id)
+    try:
+        state = jobs.request_cancel(session, job_id)
+    except jobs.JobError as exc:
+        raise HTTPException(409, str(exc)) from exc
+    audit.record(session, user, "job.cancel", "job", job_id, after={"state": state})
+    session.commit()
+    if request.headers.get("hx-request") == "true":
+        job = session.get(Job, job_id, populate_existing=True)
+        return render(request, "jobs/_live.html", **_live_context(session, job))
+    return RedirectResponse(f"/jobs/{job_id}", status_code=303)
+
+
+@router.get("/{job_id}/log")
+def job_log(job_id: int, session: Session = Depends(get_db), user: User = Depends(researcher)) -> Response:
+    _job_or_404(session, job_id)
+    return PlainTextResponse(
+        jobs.full_log(session, job_id),
+        headers={"Content-Disposition": f'attachment; filename="job-{job_id}.log"'},
+    )
+
+
+@router.get("/{job_id}/artifacts/{name}")
+def download_artifact(
+    job_id: int, name: str, session: Session = Depends(get_db), user: User = Depends(researcher)
+) -> Response:
+    """A recorded artifact: a file as is, a folder (a checkpoint) as a streamed zip."""
+    job = _job_or_404(session, job_id)
+    try:
+        path = job_artifacts.resolve(job, name)
+    except job_artifacts.ArtifactMissing as exc:
+        raise HTTPException(404, str(exc)) from exc
+    if path.is_file():
+        return FileResponse(path, filename=f"job-{job.id}-{path.name}")
+    return StreamingResponse(
+        job_artifacts.zip_stream(path),
+        media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="job-{job.id}-{Path(name).name}.zip"'},
+    )
+

@@ -1,0 +1,138 @@
+// Training curves with Chart.js (installed from npm into /static/vendor): the live charts of a job page,
+// refreshed whenever htmx re-polls the job's live panel, and the comparison chart of several runs.
+(function () {
+  "use strict";
+
+  const GROUPS = [
+    ["KL", /(^|[^a-z])kl([^a-z]|$)|approxkl/i],
+    ["Accuracy", /acc|auroc/i],
+    ["Reward", /reward|score/i],
+    ["Loss", /loss/i],
+  ];
+  const COLORS = ["#b3261e", "#0b57d0", "#1e7b34", "#9a6700", "#6a1b9a", "#00838f", "#5d4037", "#c2185b"];
+
+  function groupOf(name) {
+    for (const [group, pattern] of GROUPS) {
+      if (pattern.test(name)) return group;
+    }
+    return "Other";
+  }
+
+  function lineChart(canvas, title) {
+    return new window.Chart(canvas, {
+      type: "line",
+      data: { datasets: [] },
+      options: {
+        animation: false,
+        parsing: false,
+        responsive: true,
+        maintainAspectRatio: false,
+        elements: { point: { radius: 0 } },
+        interaction: { mode: "nearest", intersect: false },
+        scales: { x: { type: "linear", title: { display: true, text: "step" } } },
+        plugins: { title: { display: Boolean(title), text: title }, legend: { position: "bottom" } },
+      },
+    });
+  }
+
+  function addDataset(chart, label) {
+    const color = COLORS[chart.data.datasets.length % COLORS.length];
+    const dataset = { label: label, data: [], borderColor: color, backgroundColor: color, borderWidth: 1.5 };
+    chart.data.datasets.push(dataset);
+    return dataset;
+  }
+
+  // Insert or replace the point at `step`, keeping the series ordered by step.
+  function upsert(data, step, value) {
+    let i = data.length;
+    while (i > 0 && data[i - 1].x > step) i--;
+    if (i > 0 && data[i - 1].x === step) data[i - 1].y = value;
+    else data.splice(i, 0, { x: step, y: value });
+  }
+
+  function JobCharts(container) {
+    this.container = container;
+    this.url = container.dataset.metricsUrl;
+    this.cursor = 0;
+    this.points = 0;
+    this.charts = {};
+    this.series = {};
+    this.busy = false;
+  }
+
+  JobCharts.prototype.chartFor = function (group) {
+    if (!this.charts[group]) {
+      const box = document.createElement("div");
+      box.className = "chart-box";
+      box.dataset.group = group;
+      const canvas = document.createElement("canvas");
+      canvas.setAttribute("aria-label", group + " curves");
+      box.appendChild(canvas);
+      const empty = this.container.querySelector(".charts-empty");
+      if (empty) empty.remove();
+      this.container.appendChild(box);
+      this.charts[group] = lineChart(canvas, group);
+    }
+    return this.charts[group];
+  };
+
+  JobCharts.prototype.add = function (points) {
+    const touched = new Set();
+    for (const [name, step, value] of points) {
+      const chart = this.chartFor(groupOf(name));
+      if (!this.series[name]) this.series[name] = addDataset(chart, name);
+      upsert(this.series[name].data, step, value);
+      touched.add(chart);
+    }
+    touched.forEach(function (chart) { chart.update("none"); });
+    this.points += points.length;
+    this.container.dataset.points = String(this.points);
+  };
+
+  JobCharts.prototype.refresh = function () {
+    if (this.busy) return;
+    this.busy = true;
+    const self = this;
+    fetch(this.url + "?after=" + this.cursor, { headers: { Accept: "application/json" }, credentials: "same-origin" })
+      .then(function (response) {
+        if (!response.ok) throw new Error("metrics: HTTP " + response.status);
+        return response.json();
+      })
+      .then(function (body) {
+        self.cursor = body.cursor;
+        if (body.points.length) self.add(body.points);
+      })
+      .catch(function (error) { console.error(error); })
+      .finally(function () { self.busy = false; });
+  };
+
+  function startJobCharts() {
+    const container = document.querySelector("[data-job-charts]");
+    if (!container) return;
+    const charts = new JobCharts(container);
+    charts.refresh();
+    // The live panel is the page's only htmx swap: it is re-polled while the job runs, and each swap
+    // (the last one included, which carries the final status) pulls the points logged since the last.
+    document.body.addEventListener("htmx:afterSwap", function () { charts.refresh(); });
+  }
+
+  function startCompareChart() {
+    const canvas = document.querySelector("[data-compare-chart]");
+    const source = document.getElementById("compare-data");
+    if (!canvas || !source) return;
+    const spec = JSON.parse(source.textContent);
+    const chart = lineChart(canvas, "");
+    spec.runs.forEach(function (run) {
+      const dataset = addDataset(chart, run.label);
+      run.points.forEach(function (point) { dataset.data.push({ x: point[0], y: point[1] }); });
+    });
+    chart.options.scales.y = { title: { display: true, text: spec.metric } };
+    chart.update();
+    canvas.dataset.series = String(spec.runs.length);
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    startJobCharts();
+    startCompareChart();
+  });
+})();

@@ -1,0 +1,243 @@
+"""The research dashboard's routes through the whole app (security middleware included), on real databases."""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import re
+import zipfile
+from pathlib import Path
+
+import pytest
+from conftest import TEST_PASSWORD
+from factories import make_corpus
+from sqlalchemy import select
+
+from app.db import session_scope
+from app.models import AuditEvent, Job, JobStatus, Project
+from app.services import jobs
+from app.services.datasets import DatasetFilter, create_version
+
+
+@pytest.fixture
+def researcher(make_user, web_client, login_as):
+    make_user("rita", "researcher")
+    return login_as(web_client, "rita")
+
+
+@pytest.fixture
+def dataset_id(settings_env) -> int:
+    with session_scope() as session:
+        corpus = make_corpus(session)
+        flt = DatasetFilter(project_id=corpus["project"].id, review_statuses=["accepted", "pending"])
+        return create_version(session, flt, "pairs v1", corpus["admin"]).id
+
+
+def form(csrf: str, **fields: str) -> dict[str, str]:
+    return {"csrf_token": csrf, "kind": "token-rm", "base_model": "tiny-model", "num_processes": "1", **fields}
+
+
+def errors_of(page: str) -> dict[str, str]:
+    found = re.findall(r'<div class="field-error" id="error-([a-z_]+)" role="alert">([^<]*)</div>', page)
+    return {name: html.unescape(message) for name, message in found}
+
+
+def add_job(**fields) -> int:
+    with session_scope() as session:
+        spec = jobs.JobSpec(kind="token-rm", config={}, base_model="m", **fields)
+        return jobs.create_job(session, spec, None).id
+
+
+def test_pages_need_a_researcher_or_admin(web_client, make_user):
+    page = web_client.get("/jobs", headers={"accept": "text/html"}, follow_redirects=False)
+    assert page.headers["location"].startswith("/login")
+    assert web_client.get("/jobs/1/metrics").status_code == 401
+    make_user("anna", "annotator")
+    token = re.search(r'name="csrf_token" value="([^"]+)"', web_client.get("/login").text)[1]
+    login = {"username": "anna", "password": TEST_PASSWORD, "csrf_token": token}
+    assert web_client.post("/login", data=login, follow_redirects=False).status_code == 303
+    assert web_client.get("/jobs").status_code == 403
+    assert web_client.get("/jobs/new").status_code == 403
+
+
+def test_new_job_form_is_generated_from_the_training_config(web_client, researcher, dataset_id):
+    page = web_client.get(f"/jobs/new?dataset_version_id={dataset_id}")
+    assert page.status_code == 200
+    html = page.text
+    for field in ("learning_rate", "batch_size", "edit_span_weight", "keep_l2_weight", "use_lora"):
+        assert f'name="{field}"' in html
+    assert 'name="output_dir"' not in html and 'name="data"' not in html
+    assert '<option value="edit_span" selected>' in html  # choices with the default selected
+    assert f'<option value="{dataset_id}" selected>' in html
+    fields = web_client.get("/jobs/new/fields?kind=ppo").text
+    assert 'name="kl_coef"' in fields and 'name="edit_span_weight"' not in fields
+
+
+def test_invalid_values_get_one_message_per_field_and_no_job(web_client, researcher, dataset_id):
+    response = web_client.post(
+        "/jobs",
+        data=form(
+            researcher,
+            dataset_version_id=str(dataset_id),
+            learning_rate="fast",
+            batch_size="0",
+            loss="hinge",
+            max_steps="2.5",
+            num_processes="0",
+        ),
+    )
+    assert response.status_code == 422
+    errors = errors_of(response.text)
+    assert errors["learning_rate"] == "'fast' is not a number"
+    assert errors["batch_size"] == "must be at least 1"
+    assert errors["loss"] == "must be one of: edit_span, tlcr"
+    assert errors["max_steps"] == "'2.5' is not a whole number"
+    assert "num_processes" in errors
+    assert 'value="fast"' in response.text  # the submitted values are kept
+    with session_scope() as session:
+        assert session.scalars(select(Job)).all() == []
+
+
+def test_a_job_needs_a_dataset_version(web_client, researcher):
+    response = web_client.post("/jobs", data=form(researcher))
+    assert response.status_code == 422
+    assert errors_of(response.text)["dataset_version_id"] == "choose a dataset version"
+
+
+def test_posting_without_the_csrf_token_is_refused(web_client, researcher, dataset_id):
+    data = form(researcher, dataset_version_id=str(dataset_id))
+    del data["csrf_token"]
+    assert web_client.post("/jobs", data=data).status_code == 403
+
+
+def test_a_valid_job_is_queued_with_typed_config_and_audited(web_client, researcher, dataset_id):
+    response = web_client.post(
+        "/jobs",
+        data=form(researcher, dataset_version_id=str(dataset_id), name="rm <b>one</b>", learning_rate="3e-4",
+                  max_steps="7", use_lora="true", loss="tlcr"),
+        follow_redirects=False,
+    )
+    assert response.status_code == 303
+    job_id = int(response.headers["location"].rsplit("/", 1)[1])
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert job.status == JobStatus.QUEUED and job.dataset_version_id == dataset_id
+        assert job.config["learning_rate"] == 3e-4 and job.config["max_steps"] == 7
+        assert job.config["use_lora"] is True and job.config["gradient_checkpointing"] is False
+        assert job.config["loss"] == "tlcr" and "output_dir" not in job.config
+        audited = select(AuditEvent.action).where(AuditEvent.object_type == "job", AuditEvent.object_id == str(job_id))
+        assert session.scalars(audited).all() == ["job.create"]
+    page = web_client.get(f"/jobs/{job_id}").text
+    assert "rm &lt;b&gt;one&lt;/b&gt;" in page and "<b>one</b>" not in page
+    assert 'hx-trigger="every 2s"' in page  # live panel polls while the job is active
+
+
+def test_generate_validates_the_uploaded_prompt_file_by_line(web_client, researcher, settings_env):
+    bad = b'{"prompt": "Say hi"}\n{"text": "no prompt here"}\n'
+    response = web_client.post(
+        "/jobs",
+        data=form(researcher, kind="generate"),
+        files={"prompts_file": ("prompts.jsonl", io.BytesIO(bad), "application/jsonl")},
+    )
+    assert response.status_code == 422
+    assert errors_of(response.text)["prompts_file"] == 'prompts.jsonl: line 2: needs a non-empty string field "prompt"'
+    assert not (settings_env.data_dir / "uploads").exists() or not any((settings_env.data_dir / "uploads").iterdir())
+
+    good = b"Write a haiku about rain.\n\nName three rivers.\n"
+    response = web_client.post(
+        "/jobs",
+        data=form(researcher, kind="generate", max_new_tokens="16"),
+        files={"prompts_file": ("prompts.txt", io.BytesIO(good), "text/plain")},
+        follow_redirects=False,
+    )
+    assert response.status_code == 303, errors_of(response.text)
+    with session_scope() as session:
+        job = session.scalars(select(Job)).one()
+        assert Path(job.config["data"]).read_bytes() == good
+        assert job.config["max_new_tokens"] == 16
+
+
+def test_generate_feed_needs_a_threshold_with_its_reward_model(web_client, researcher, dataset_id):
+    with session_scope() as session:
+        project_id = session.scalars(select(Project.id)).first()
+    response = web_client.post(
+        "/jobs",
+        data=form(researcher, kind="generate", dataset_version_id=str(dataset_id), project_id=str(project_id),
+                  score_model="var/rm"),
+    )
+    assert response.status_code == 422
+    assert "score_below" in errors_of(response.text)
+
+
+def test_cancel_from_the_dashboard(web_client, researcher):
+    job_id = add_job()
+    response = web_client.post(f"/jobs/{job_id}/cancel", data={"csrf_token": researcher}, follow_redirects=False)
+    assert response.status_code == 303
+    with session_scope() as session:
+        assert session.get(Job, job_id).status == JobStatus.CANCELLED
+    again = web_client.post(f"/jobs/{job_id}/cancel", data={"csrf_token": researcher})
+    assert again.status_code == 409
+    assert web_client.post("/jobs/999/cancel", data={"csrf_token": researcher}).status_code == 404
+
+
+def test_metrics_endpoint_returns_points_after_a_cursor(web_client, researcher):
+    job_id = add_job()
+    with session_scope() as session:
+        jobs.record_metrics(session, job_id, [{"step": 1, "loss": 2.0, "lr": 1e-5}])
+    first = web_client.get(f"/jobs/{job_id}/metrics").json()
+    assert sorted(map(tuple, first["points"])) == [("loss", 1, 2.0), ("lr", 1, 1e-5)]
+    with session_scope() as session:
+        jobs.record_metrics(session, job_id, [{"step": 2, "loss": 1.5}])
+    second = web_client.get(f"/jobs/{job_id}/metrics?after={first['cursor']}").json()
+    assert second["points"] == [["loss", 2, 1.5]]
+
+
+def finished_job_with_files(tmp_path: Path) -> int:
+    out = tmp_path / "out"
+    (out / "model").mkdir(parents=True)
+    (out / "model" / "model.safetensors").write_bytes(b"w" * 3000)
+    (out / "model" / "config.json").write_text("{}")
+    (out / "eval.json").write_text(json.dumps({"accuracy": 0.8}))
+    job_id = add_job(name="a")
+    with session_scope() as session:
+        claimed = jobs.claim_next_job(session, "w1")
+        jobs.set_run_paths(session, claimed.id, output_dir=str(out), log_path="", pid=None)
+        jobs.finish_job(
+            session, job_id, "w1", JobStatus.SUCCEEDED, eval_result={"accuracy": 0.8},
+            artifacts=[
+                {"name": "model", "type": "dir", "bytes": 3002},
+                {"name": "eval.json", "type": "file", "bytes": 17},
+            ],
+        )
+    return job_id
+
+
+def test_artifacts_download_files_and_folders_as_zip(web_client, researcher, tmp_path):
+    job_id = finished_job_with_files(tmp_path)
+    assert web_client.get(f"/jobs/{job_id}/artifacts/eval.json").json() == {"accuracy": 0.8}
+    response = web_client.get(f"/jobs/{job_id}/artifacts/model")
+    assert response.status_code == 200 and response.headers["content-type"] == "application/zip"
+    archive = zipfile.ZipFile(io.BytesIO(response.content))
+    assert sorted(archive.namelist()) == ["model/config.json", "model/model.safetensors"]
+    assert archive.read("model/model.safetensors") == b"w" * 3000
+    assert web_client.get(f"/jobs/{job_id}/artifacts/metrics.jsonl").status_code == 404
+    assert web_client.get(f"/jobs/{job_id}/artifacts/..%2F..%2Fetc").status_code == 404
+    page = web_client.get(f"/jobs/{job_id}").text
+    assert 'id="eval-table"' in page and "0.8" in page
+    assert "hx-trigger" not in page  # a finished job is not polled
+
+
+def test_compare_plots_one_metric_of_several_runs_and_tabulates_eval(web_client, researcher):
+    first, second = add_job(name="lr-high"), add_job(name="lr-low")
+    with session_scope() as session:
+        for job_id, scale in ((first, 1.0), (second, 0.5)):
+            jobs.record_metrics(session, job_id, [{"step": s, "loss": scale / s, "objective/kl": 0.1} for s in (1, 2)])
+            session.get(Job, job_id).eval = {"accuracy": scale, f"only_{job_id}": 1}
+    page = web_client.get(f"/jobs/compare?ids={first}&ids={second}").text
+    chart = json.loads(re.search(r'<script type="application/json" id="compare-data">(.*?)</script>', page, re.S)[1])
+    assert chart["metric"] == "loss"
+    assert [run["points"] for run in chart["runs"]] == [[[1, 1.0], [2, 0.5]], [[1, 0.5], [2, 0.25]]]
+    assert f"only_{first}" in page and f"only_{second}" in page
+    kl = web_client.get(f"/jobs/compare?ids={first}&ids={second}&metric=objective/kl").text
+    assert '"metric": "objective/kl"' in kl
