@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from app.commands import db, models, serve, train, worker
+from app.commands import db, export, models, serve, train, webhooks, worker
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -12,5 +12,6 @@ def main() -> None:
     """Redline: minimal-edit annotation and token-level training."""
 
 
-for command in (db.db, models.models, serve.serve, train.train, worker.worker):
+for command in (db.db, models.models, serve.serve, train.train, worker.worker, export.export_group,
+                webhooks.webhooks):
     main.add_command(command)
