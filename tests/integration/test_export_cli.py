@@ -36,7 +36,8 @@ def test_create_list_download_and_all(corpus, tmp_path):
     assert done.exit_code == 0 and f"wrote {out}" in done.output
     assert len(out.read_text().splitlines()) == 4
     stdout = _run("export", "download", "1", "-f", "sft-jsonl", "-o", "-")
-    assert [json.loads(line)["completion"] for line in stdout.output.splitlines()][0]
+    sft = [json.loads(line) for line in stdout.output.splitlines()]
+    assert len(sft) == 4 and all(row["completion"] for row in sft)
 
     folder = tmp_path / "all"
     assert _run("export", "all", "1", "--dir", str(folder)).exit_code == 0
