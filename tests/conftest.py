@@ -87,3 +87,30 @@ def default_tokenizer_path() -> Path:
     if not (DEFAULT_MODEL / "tokenizer.json").is_file():
         pytest.fail(f"{DEFAULT_MODEL} is missing: run `make model` (make test does it)")
     return DEFAULT_MODEL
+
+
+# --- jobs (worker and dashboard) -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory, default_tokenizer_path: Path) -> Path:
+    """A randomly initialised 2-layer Llama (hidden 32) with the real SmolLM2 tokenizer: trains in seconds."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny-model")
+    tokenizer = AutoTokenizer.from_pretrained(default_tokenizer_path)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

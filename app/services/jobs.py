@@ -132,6 +132,10 @@ def set_run_paths(session: Session, job_id: int, *, output_dir: str, log_path: s
     )
 
 
+def set_pid(session: Session, job_id: int, pid: int) -> None:
+    session.execute(update(Job).where(Job.id == job_id).values(pid=pid))
+
+
 def heartbeat(session: Session, job_id: int, worker_id: str, progress: float | None) -> Job | None:
     """Record that `worker_id` still runs the job. None when the job is no longer ours (reaped)."""
     values: dict[str, Any] = {"heartbeat_at": utcnow()}
@@ -216,12 +220,6 @@ def append_log(session: Session, job_id: int, text: str) -> None:
         seq += 1
         session.add(JobLogChunk(job_id=job_id, seq=seq, text=text[start : start + LOG_CHUNK_CHARS]))
     session.flush()
-
-
-def stored_log_bytes(session: Session, job_id: int) -> int:
-    """Bytes of the log file already stored: where a reader of the file picks up."""
-    chunks = session.scalars(select(JobLogChunk.text).where(JobLogChunk.job_id == job_id))
-    return sum(len(text.encode("utf-8")) for text in chunks)
 
 
 def log_tail(session: Session, job_id: int, max_chars: int = 20_000) -> str:

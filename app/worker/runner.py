@@ -20,7 +20,7 @@ from app.models import Job, JobStatus
 from app.services import jobs
 from app.services.export import stream_export
 from app.settings import Settings
-from app.worker import process
+from app.worker import feed, process
 from app.worker.command import CommandBuilder
 from app.worker.tailer import LogTailer, MetricsTailer
 
@@ -111,36 +111,69 @@ class JobRunner:
             log.exception("job %s: preparation failed", job.id)
             self._append_log(job.id, f"[redline] could not prepare the job: {exc}\n")
             return self._finish(job.id, JobStatus.FAILED, error=f"could not prepare the job: {exc}")
-        argv = self.command_for(job.kind, paths.config, paths.output, job.num_processes)
-        self._append_log(job.id, f"[redline] worker {self.worker_id} runs: {' '.join(argv)}\n")
-        log_offset = paths.log.stat().st_size if paths.log.exists() else 0
+        with self.session_factory() as session:
+            jobs.set_run_paths(session, job.id, output_dir=str(paths.output), log_path=str(paths.log), pid=None)
+        log_tail = LogTailer(paths.log, paths.log.stat().st_size if paths.log.exists() else 0)
         try:
-            with paths.log.open("ab") as log_file:
+            step = self._run_step(job.id, job.kind, paths.config, paths.output, job.num_processes, log_tail)
+            if step.ok and feed.requested(job):
+                step = self._feed(job, paths, log_tail)
+        except JobLost:
+            log.warning("job %s was taken from worker %s; its process was stopped", job.id, self.worker_id)
+            return None
+        return self._conclude(job.id, step, paths)
+
+    def _run_step(
+        self, job_id: int, kind: str, config: Path, output: Path, num_processes: int, log_tail: LogTailer
+    ) -> StepResult:
+        """Run one training CLI process to its end (or until stopped); raises JobLost."""
+        argv = self.command_for(kind, config, output, num_processes)
+        self._append_log(job_id, f"[redline] worker {self.worker_id} runs: {' '.join(argv)}\n")
+        try:
+            with log_tail.path.open("ab") as log_file:
                 proc = process.start(argv, log_file)
         except OSError as exc:
-            self._append_log(job.id, f"[redline] could not start the training process: {exc}\n")
-            return self._finish(job.id, JobStatus.FAILED, error=f"could not start {argv[0]}: {exc}")
+            return StepResult(None, "", f"could not start {argv[0]}: {exc}")
         with self.session_factory() as session:
-            jobs.set_run_paths(session, job.id, output_dir=str(paths.output), log_path=str(paths.log), pid=proc.pid)
-        watch = _Watch(LogTailer(paths.log, log_offset), MetricsTailer(paths.output / "metrics.jsonl"))
+            jobs.set_pid(session, job_id, proc.pid)
+        watch = _Watch(log_tail, MetricsTailer(output / "metrics.jsonl"))
         try:
-            stop_reason = self._monitor(job.id, proc, paths, watch)
+            stop_reason = self._monitor(job_id, proc, output, watch)
         except JobLost:
-            log.warning("job %s was taken from worker %s; stopping its process", job.id, self.worker_id)
             process.signal_group(proc, signal.SIGKILL)
             proc.wait()
-            return None
+            raise
         finally:
             process.signal_group(proc, signal.SIGKILL)  # leftovers of the group (data loaders, ranks)
-        self._ingest(job.id, paths, watch, final=True)
-        return self._conclude(job.id, proc.returncode, stop_reason, paths)
+        self._ingest(job_id, output, watch, final=True)
+        return StepResult(proc.returncode, stop_reason)
 
-    def _monitor(self, job_id: int, proc: subprocess.Popen[bytes], paths: JobPaths, watch: _Watch) -> str:
+    def _feed(self, job: Job, paths: JobPaths, log_tail: LogTailer) -> StepResult:
+        """A generate job's second half: optionally score the responses, then import them into the project."""
+        options = jobs.worker_options(job)
+        scores = None
+        if options.get("score_model"):
+            score_dir = paths.root / "score"
+            score_config = paths.root / "score.yaml"
+            score_config.write_text(yaml.safe_dump(feed.score_config(options, paths.output)))
+            step = self._run_step(job.id, "score", score_config, score_dir, 1, log_tail)
+            if not step.ok:
+                return step
+            scores = feed.read_scores(score_dir)
+        try:
+            with self.session_factory() as session:
+                summary = feed.import_responses(session, job, paths.output, scores)
+        except feed.FeedError as exc:
+            return StepResult(0, "", f"could not import the responses: {exc}")
+        self._append_log(job.id, f"[redline] {summary}\n")
+        return StepResult(0, "")
+
+    def _monitor(self, job_id: int, proc: subprocess.Popen[bytes], output: Path, watch: _Watch) -> str:
         """Watch until the process exits; returns why we stopped it ("" when it ended by itself)."""
         stop_reason, kill_at = "", None
         next_beat = 0.0
         while proc.poll() is None:
-            self._ingest(job_id, paths, watch)
+            self._ingest(job_id, output, watch)
             now = time.monotonic()
             if now >= next_beat:
                 next_beat = now + self.settings.worker_heartbeat_s
@@ -167,18 +200,18 @@ class JobRunner:
             return "worker shutting down"
         return ""
 
-    def _conclude(self, job_id: int, returncode: int, stop_reason: str, paths: JobPaths) -> JobStatus | None:
+    def _conclude(self, job_id: int, step: StepResult, paths: JobPaths) -> JobStatus | None:
         artifacts = list_artifacts(paths.output)
         eval_result = read_eval(paths.output)
-        if stop_reason == "cancel requested":
-            self._append_log(job_id, f"[redline] cancelled (exit code {returncode})\n")
+        if step.stop_reason == "cancel requested":
+            self._append_log(job_id, f"[redline] cancelled (exit code {step.returncode})\n")
             return self._finish(job_id, JobStatus.CANCELLED, artifacts=artifacts, eval_result=eval_result)
-        if returncode == 0 and not stop_reason:
+        if step.ok:
             self._append_log(job_id, "[redline] finished\n")
             return self._finish(
                 job_id, JobStatus.SUCCEEDED, artifacts=artifacts, eval_result=eval_result, progress=1.0
             )
-        error = stop_reason or f"training exited with code {returncode}"
+        error = step.error or step.stop_reason or f"training exited with code {step.returncode}"
         tail = "\n".join(paths.log.read_text(errors="replace").splitlines()[-ERROR_TAIL_LINES:])
         self._append_log(job_id, f"[redline] failed: {error}\n")
         return self._finish(
@@ -194,11 +227,11 @@ class JobRunner:
                 raise JobLost(job_id)
             return job
 
-    def _ingest(self, job_id: int, paths: JobPaths, watch: _Watch, *, final: bool = False) -> None:
+    def _ingest(self, job_id: int, output: Path, watch: _Watch, *, final: bool = False) -> None:
         text = watch.log.read_text(final=final)
         rows, problems = watch.metrics.read_rows(final=final)
         text += "".join(f"[redline] {problem}\n" for problem in problems)
-        watch.progress = read_progress(paths.output, watch.progress)
+        watch.progress = read_progress(output, watch.progress)
         if not text and not rows:
             return
         with self.session_factory() as session:
@@ -215,6 +248,19 @@ class JobRunner:
                 log.info("job %s %s", job_id, status)
                 return status
         return None
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """How one process of a job ended: exit code (None: never started), why we stopped it, what failed."""
+
+    returncode: int | None
+    stop_reason: str = ""
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and not self.stop_reason and not self.error
 
 
 @dataclass

@@ -30,9 +30,15 @@ class LineTailer:
         return data[:end]
 
 
+def collapse_carriage_returns(text: str) -> str:
+    """Each line as a terminal would leave it: progress bars redraw with "\r", keep the last state."""
+    return "\n".join(line.rsplit("\r", 1)[-1] if "\r" in line.rstrip("\r") else line.rstrip("\r")
+                     for line in text.split("\n"))
+
+
 class LogTailer(LineTailer):
     def read_text(self, *, final: bool = False) -> str:
-        return self.read(final=final).decode("utf-8", errors="replace")
+        return collapse_carriage_returns(self.read(final=final).decode("utf-8", errors="replace"))
 
 
 class MetricsTailer(LineTailer):

@@ -17,12 +17,15 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from factories import make_corpus
 from sqlalchemy import select
 
 from app.db import engine_for, session_scope
 from app.models import Job, JobLogChunk, JobMetric, JobStatus
 from app.services import jobs
+from app.services.datasets import DatasetFilter, create_version
 from app.settings import Settings
+from app.worker.command import job_command
 from app.worker.loop import Worker
 
 PROGRAM = textwrap.dedent(
@@ -40,6 +43,9 @@ PROGRAM = textwrap.dedent(
         with open(cfg["ledger"], "a") as fh:
             fh.write(f"{out}\\n")
     print(f"start {kind} model={cfg['model']}", flush=True)
+    if cfg.get("data"):
+        rows = [json.loads(line) for line in open(cfg["data"]) if line.strip()]
+        print(f"data rows={len(rows)} first prompt={rows[0]['prompt']!r}", flush=True)
     steps = cfg.get("steps", 3)
     for step in range(1, steps + 1):
         time.sleep(cfg.get("sleep", 0.0))
@@ -83,10 +89,21 @@ def worker_settings(tmp_path: Path, **overrides: float) -> Settings:
     return Settings(**values)
 
 
-def add_job(url: str, **config: object) -> int:
+def add_job(url: str, dataset_version_id: int | None = None, base_model: str = "tiny-model", **config: object) -> int:
     with session_scope(engine_for(url)) as session:
-        spec = jobs.JobSpec(kind="token-rm", config=dict(config), base_model="tiny-model")
+        spec = jobs.JobSpec(
+            kind="token-rm", config=dict(config), base_model=base_model, dataset_version_id=dataset_version_id
+        )
         return jobs.create_job(session, spec, actor=None).id
+
+
+def add_dataset(url: str) -> tuple[int, int]:
+    """A dataset version of the factories' corpus (every edited pair); returns (version id, rows)."""
+    with session_scope(engine_for(url)) as session:
+        corpus = make_corpus(session)
+        flt = DatasetFilter(project_id=corpus["project"].id, review_statuses=["accepted", "pending"])
+        version = create_version(session, flt, "pairs", corpus["admin"])
+        return version.id, version.row_count
 
 
 def load(url: str, job_id: int) -> Job:
@@ -332,3 +349,35 @@ def test_a_worker_whose_job_was_reaped_stops_its_process(pg_url, tmp_path, progr
     assert not thread.is_alive()
     assert load(pg_url, job_id).error == "reaped"  # the reaper's verdict stands
     wait_for(lambda: not process_alive(training_pid), 10, "the training process to be stopped")
+
+
+def test_the_dataset_version_is_exported_for_the_run(db_url, tmp_path, program, settings_env):
+    version_id, rows = add_dataset(db_url)
+    job_id = add_job(db_url, dataset_version_id=version_id, steps=1)
+    worker = Worker(engine_for(db_url), worker_settings(tmp_path), command_for=command_for(program))
+    worker.run_once()
+
+    assert load(db_url, job_id).status == JobStatus.SUCCEEDED
+    data = tmp_path / "data" / "jobs" / str(job_id) / "data.jsonl"
+    assert len(data.read_text().splitlines()) == rows
+    assert f"data rows={rows} first prompt='What is the capital of France?'" in log_text(db_url, job_id)
+
+
+@pytest.mark.slow
+def test_a_real_token_rm_run_on_a_tiny_model(db_url, tmp_path, settings_env, tiny_model_path):
+    version_id, _ = add_dataset(db_url)
+    job_id = add_job(
+        db_url, dataset_version_id=version_id, base_model=str(tiny_model_path), max_steps=6, logging_steps=1,
+        batch_size=2, val_fraction=0.3,
+    )
+    worker = Worker(engine_for(db_url), worker_settings(tmp_path, worker_poll_s=0.2), command_for=job_command)
+    worker.run_once()
+
+    job = load(db_url, job_id)
+    assert job.status == JobStatus.SUCCEEDED, job.error
+    assert {"accuracy", "edit_span_accuracy"} <= set(job.eval)
+    assert "model" in {a["name"] for a in job.artifacts}
+    with session_scope(engine_for(db_url)) as session:
+        steps = session.scalars(select(JobMetric.step).where(JobMetric.job_id == job_id, JobMetric.name == "loss"))
+        assert sorted(steps) == [1, 2, 3, 4, 5, 6]
+    assert (Path(job.output_dir) / "model" / "model.safetensors").is_file()

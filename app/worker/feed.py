@@ -1,0 +1,91 @@
+"""How a `generate` job feeds the annotation side (FIGA's first two steps, algorithms.md §2).
+
+The generated responses (`responses.jsonl`: id, prompt, response, model) become items of the chosen
+project through the importer, optionally only those a reward model scores below a threshold (a
+second process, the training `score` kind, writes `scores.jsonl`: id, score, ...).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from app.models import Job, Project, User
+from app.services import jobs
+
+RESPONSES_FILE = "responses.jsonl"
+SCORES_FILE = "scores.jsonl"
+
+
+class FeedError(ValueError):
+    """The generated files cannot be imported (missing, unreadable, or rejected by the importer)."""
+
+
+def requested(job: Job) -> bool:
+    return job.kind == "generate" and bool(jobs.worker_options(job).get("import_into_project"))
+
+
+def score_config(options: dict[str, Any], generate_output: Path) -> dict[str, Any]:
+    return {"model": options["score_model"], "data": str(generate_output / RESPONSES_FILE)}
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise FeedError(f"{path.name} was not written")
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise FeedError(f"{path.name} line {number}: {exc.msg}") from exc
+    return rows
+
+
+def read_scores(score_dir: Path) -> dict[str, float]:
+    return {str(row["id"]): float(row["score"]) for row in _read_jsonl(score_dir / SCORES_FILE)}
+
+
+def select_records(
+    responses: list[dict[str, Any]], scores: dict[str, float] | None, below: float | None, job_id: int
+) -> list[dict[str, Any]]:
+    """Importer records of the responses to annotate: all of them, or those scoring below `below`."""
+    records = []
+    for row in responses:
+        source: dict[str, Any] = {"job_id": job_id, "model": row.get("model", ""), "generation_id": str(row["id"])}
+        if scores is not None:
+            score = scores.get(str(row["id"]))
+            if score is None:
+                raise FeedError(f"{SCORES_FILE} has no score for response {row['id']!r}")
+            if below is not None and score >= below:
+                continue
+            source["score"] = score
+        records.append({"prompt": row["prompt"], "response": row["response"], "source": source})
+    return records
+
+
+def import_responses(session: Session, job: Job, output: Path, scores: dict[str, float] | None) -> str:
+    """Import the job's responses into its project; returns a one-line summary for the log."""
+    options = jobs.worker_options(job)
+    project = session.get(Project, options["import_into_project"])
+    if project is None:
+        raise FeedError(f"project {options['import_into_project']} no longer exists")
+    responses = _read_jsonl(output / RESPONSES_FILE)
+    records = select_records(responses, scores, options.get("score_below"), job.id)
+    actor = session.get(User, job.created_by_id) if job.created_by_id else None
+    from app.services.importer import import_records  # TEMP until the importer is committed
+
+    try:
+        result = import_records(
+            session, project, records, filename=f"job-{job.id}-{RESPONSES_FILE}", fmt="records", actor=actor
+        )
+    except ValueError as exc:
+        raise FeedError(str(exc)) from exc
+    kept = f"{len(records)} of {len(responses)} responses"
+    if scores is not None:
+        kept += f" (scored below {options['score_below']:g})"
+    return f"imported {kept} into project {project.name!r}: {result}"
