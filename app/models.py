@@ -343,7 +343,10 @@ class DatasetRow(Base):
     )
     seq: Mapped[int] = mapped_column(Integer, primary_key=True)
     edit_id: Mapped[int | None] = mapped_column(ForeignKey("edits.id", ondelete="SET NULL"))
-    data: Mapped[dict[str, Any]] = mapped_column()
+    # Plain `json`, not JSONB, on Postgres: a frozen row is written once and streamed whole, and `json`
+    # keeps the canonical text verbatim, so exports skip JSONB's per-number conversion (about 5x faster
+    # on rows full of token ids) and the pairs-jsonl file hashes to the version's content hash.
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
 # --- jobs ----------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from training.models import RewardModel
 from training.ppo import PPOTrainer
 from training.trainers import FigaTrainer, TokenRMTrainer
 
-from .conftest import edit_rows, write_export
+from training_fixtures import edit_rows, write_export
 
 
 def test_token_rm_overfits_eight_pairs(tiny_model: Path, tmp_path: Path):

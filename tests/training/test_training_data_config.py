@@ -23,7 +23,7 @@ from training.data import (
     split_by_prompt,
 )
 
-from .conftest import SMOL, edit_rows, make_row, write_export
+from training_fixtures import SMOL, edit_rows, make_row, write_export
 
 
 @pytest.fixture(scope="module")
