@@ -7,6 +7,12 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
+from app import api
+from app.deps import install_auth_handlers
+from app.routes import auth
+from app.routes import jobs as job_routes
+from app.security import SecurityMiddleware
+
 ROOT = Path(__file__).resolve().parent.parent
 STATIC_DIR = ROOT / "static"
 TEMPLATES_DIR = ROOT / "templates"
@@ -15,6 +21,10 @@ TEMPLATES_DIR = ROOT / "templates"
 def create_app() -> FastAPI:
     app = FastAPI(title="Redline", version="0.1.0")
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.add_middleware(SecurityMiddleware)
+    install_auth_handlers(app)
+    for router in (auth.router, job_routes.router, api.router):
+        app.include_router(router)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

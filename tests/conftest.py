@@ -89,6 +89,55 @@ def default_tokenizer_path() -> Path:
     return DEFAULT_MODEL
 
 
+# --- annotation app (accounts, clients) -----------------------------------------------------------
+
+TEST_PASSWORD = "correct horse battery"
+
+
+@pytest.fixture
+def make_user(settings_env):
+    """Create a user directly in the test database: make_user("ann", "annotator") -> User."""
+    from app.db import session_scope
+    from app.services.users import create_user
+
+    def make(username: str, role: str = "annotator", password: str = TEST_PASSWORD):
+        with session_scope() as session:
+            return create_user(session, username, password, role)
+
+    return make
+
+
+@pytest.fixture
+def web_client(settings_env):
+    """An in-process HTTP client for the whole app (middleware included); no login yet."""
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    with TestClient(create_app(), base_url="http://testserver") as client:
+        yield client
+
+
+def _login_through_form(client, username: str, password: str = TEST_PASSWORD) -> str:
+    import re as _re
+
+    page = client.get("/login")
+    token = _re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+    response = client.post(
+        "/login", data={"username": username, "password": password, "csrf_token": token},
+        follow_redirects=False,
+    )
+    assert response.status_code == 303, response.text
+    page = client.get("/account")
+    return _re.search(r'<meta name="csrf-token" content="([^"]*)"', page.text).group(1)
+
+
+@pytest.fixture
+def login_as():
+    """login_as(client, username) logs in through the real form and returns the session's CSRF token."""
+    return _login_through_form
+
+
 # --- jobs (worker and dashboard) -------------------------------------------------------------------
 
 

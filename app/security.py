@@ -1,0 +1,256 @@
+"""Passwords, server-side login sessions, and the middleware that authenticates and enforces CSRF.
+
+The session cookie carries only a random token; the database keeps its SHA-256, so a leaked database
+cannot be replayed as cookies. Every unsafe request (POST/PUT/PATCH/DELETE) must carry the session's
+CSRF token as header `X-CSRF-Token` or form field `csrf_token`. Anonymous forms (the login page) use a
+double-submit cookie instead. Requests that authenticate with `Authorization: Bearer` and send no
+session cookie are exempt: they carry no ambient credential a third-party page could ride on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+from http.cookies import SimpleCookie
+from urllib.parse import parse_qs
+
+import anyio
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.db import session_scope
+from app.models import User, WebSession, utcnow
+from app.settings import get_settings
+
+SESSION_COOKIE = "redline_session"
+PRE_CSRF_COOKIE = "redline_csrf"  # double-submit token for forms shown before login
+CSRF_HEADER = "x-csrf-token"
+CSRF_FIELD = "csrf_token"
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+MAX_FORM_PEEK = 1 << 20  # bytes of a url-encoded body buffered to find the token
+
+_hasher = PasswordHasher()
+# Verified against when the username does not exist, so a miss costs as much time as a wrong password.
+_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+
+
+# --- passwords ----------------------------------------------------------------------------------
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def verify_password(password_hash: str | None, password: str) -> bool:
+    try:
+        return _hasher.verify(password_hash or _DUMMY_HASH, password) and password_hash is not None
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def password_needs_rehash(password_hash: str) -> bool:
+    return _hasher.check_needs_rehash(password_hash)
+
+
+def validate_new_password(password: str) -> None:
+    if len(password) < 10:
+        raise ValueError("password must be at least 10 characters")
+
+
+# --- sessions -----------------------------------------------------------------------------------
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def start_session(session: Session, user: User, user_agent: str = "") -> str:
+    """Create a login session and return the raw cookie token (shown only to the browser)."""
+    token = new_token()
+    session.add(
+        WebSession(
+            token_hash=token_digest(token),
+            user_id=user.id,
+            csrf_token=new_token(),
+            expires_at=utcnow() + timedelta(seconds=get_settings().session_max_age_s),
+            user_agent=user_agent[:255],
+        )
+    )
+    return token
+
+
+def end_session(session: Session, session_id: int) -> None:
+    session.execute(delete(WebSession).where(WebSession.id == session_id))
+
+
+def end_all_sessions(session: Session, user_id: int) -> None:
+    """Used on deactivation and password reset: existing logins stop working at once."""
+    session.execute(delete(WebSession).where(WebSession.user_id == user_id))
+
+
+def cookie_kwargs(max_age: int | None = None) -> dict:
+    return {
+        "httponly": True,
+        "samesite": "lax",
+        "secure": get_settings().secure_cookies,
+        "max_age": max_age,
+        "path": "/",
+    }
+
+
+@dataclass(frozen=True)
+class AuthContext:
+    """Who is making the request; set on `request.state.auth` by the middleware."""
+
+    user: User  # detached snapshot, safe to read after the lookup's session closed
+    session_id: int
+    csrf_token: str
+
+
+def load_auth(token: str) -> AuthContext | None:
+    """The active user and session behind a cookie token, or None (unknown, expired, deactivated)."""
+    with session_scope() as session:
+        row = session.execute(
+            select(WebSession, User)
+            .join(User, User.id == WebSession.user_id)
+            .where(
+                WebSession.token_hash == token_digest(token),
+                WebSession.expires_at > utcnow(),
+                User.is_active.is_(True),
+            )
+        ).first()
+        if row is None:
+            return None
+        web_session, user = row
+        session.expunge(user)
+        return AuthContext(user=user, session_id=web_session.id, csrf_token=web_session.csrf_token)
+
+
+# --- the middleware -----------------------------------------------------------------------------
+
+
+def _cookies(scope: Scope) -> dict[str, str]:
+    jar = SimpleCookie()
+    for name, value in scope.get("headers", []):
+        if name == b"cookie":
+            jar.load(value.decode("latin-1"))
+    return {key: morsel.value for key, morsel in jar.items()}
+
+
+def _header(scope: Scope, wanted: bytes) -> str | None:
+    for name, value in scope.get("headers", []):
+        if name == wanted:
+            return value.decode("latin-1")
+    return None
+
+
+def _token_from_urlencoded(body: bytes) -> str | None:
+    values = parse_qs(body.decode("latin-1"), keep_blank_values=True).get(CSRF_FIELD)
+    return values[0] if values else None
+
+
+_FIRST_PART = re.compile(
+    rb'\A--[^\r\n]+\r\nContent-Disposition:\s*form-data;\s*name="csrf_token"\r\n(?:[^\r\n]+\r\n)*\r\n'
+    rb"([^\r\n]*)\r\n--",
+    re.IGNORECASE,
+)
+
+
+def _token_from_multipart(head: bytes) -> str | None:
+    """Uploads stream, so only the first part is inspected: forms put `csrf_token` first."""
+    match = _FIRST_PART.match(head)
+    return match.group(1).decode("latin-1") if match else None
+
+
+class _Replay:
+    """Feeds the already-read body chunks back to the app, then continues with the live stream."""
+
+    def __init__(self, chunks: list[Message], receive: Receive) -> None:
+        self.chunks = chunks
+        self.receive = receive
+
+    async def __call__(self) -> Message:
+        if self.chunks:
+            return self.chunks.pop(0)
+        return await self.receive()
+
+
+async def _peek_body(receive: Receive, limit: int, done) -> tuple[list[Message], bytes]:
+    """Read body chunks until `done(buffer)` or `limit` bytes or the end of the body."""
+    chunks: list[Message] = []
+    buffer = b""
+    while True:
+        message = await receive()
+        chunks.append(message)
+        buffer += message.get("body", b"")
+        if not message.get("more_body", False) or len(buffer) >= limit or done(buffer):
+            return chunks, buffer
+
+
+async def _send_forbidden(send: Send, reason: str) -> None:
+    body = f"CSRF check failed: {reason}".encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 403,
+            "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"%d" % len(body))],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class SecurityMiddleware:
+    """Authenticates the session cookie (one query, off the event loop) and enforces CSRF."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        cookies = _cookies(scope)
+        auth = None
+        if SESSION_COOKIE in cookies:
+            auth = await anyio.to_thread.run_sync(load_auth, cookies[SESSION_COOKIE])
+        scope.setdefault("state", {})["auth"] = auth
+        if scope["method"] in UNSAFE_METHODS and not self._exempt(scope, cookies):
+            expected = auth.csrf_token if auth else cookies.get(PRE_CSRF_COOKIE)
+            if not expected:
+                await _send_forbidden(send, "no session; reload the page and try again")
+                return
+            given, receive = await self._given_token(scope, receive)
+            if not given or not hmac.compare_digest(given.encode(), expected.encode()):
+                await _send_forbidden(send, "missing or wrong token; reload the page and try again")
+                return
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    def _exempt(scope: Scope, cookies: dict[str, str]) -> bool:
+        bearer = (_header(scope, b"authorization") or "").lower().startswith("bearer ")
+        return bearer and SESSION_COOKIE not in cookies
+
+    @staticmethod
+    async def _given_token(scope: Scope, receive: Receive) -> tuple[str | None, Receive]:
+        header = _header(scope, CSRF_HEADER.encode())
+        if header:
+            return header, receive
+        content_type = (_header(scope, b"content-type") or "").lower()
+        if content_type.startswith("application/x-www-form-urlencoded"):
+            chunks, body = await _peek_body(receive, MAX_FORM_PEEK, lambda _buf: False)
+            return _token_from_urlencoded(body), _Replay(chunks, receive)
+        if content_type.startswith("multipart/form-data"):
+            chunks, head = await _peek_body(receive, 64 * 1024, lambda buf: _FIRST_PART.match(buf) is not None)
+            return _token_from_multipart(head), _Replay(chunks, receive)
+        return None, receive

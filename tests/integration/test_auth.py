@@ -1,0 +1,86 @@
+"""Login, logout, sessions, throttling and CSRF through the real app and database."""
+
+from __future__ import annotations
+
+import re
+
+from sqlalchemy import func, select
+
+from app.db import session_scope
+from app.models import AuditEvent, WebSession
+
+
+def test_login_sets_session_and_logout_ends_it(web_client, make_user, login_as):
+    make_user("ann", "annotator")
+    csrf = login_as(web_client, "ann")
+    assert web_client.get("/account", follow_redirects=False).status_code != 303
+    with session_scope() as session:
+        stored = session.scalars(select(WebSession)).one()
+    cookie = web_client.cookies.get("redline_session")
+    assert cookie and stored.token_hash != cookie  # only the digest is stored
+    response = web_client.post("/logout", headers={"X-CSRF-Token": csrf}, follow_redirects=False)
+    assert response.status_code == 303
+    with session_scope() as session:
+        assert session.scalar(select(func.count()).select_from(WebSession)) == 0
+    assert web_client.get("/account", follow_redirects=False).status_code == 401
+
+
+def test_wrong_password_is_refused_and_throttled(web_client, make_user, settings_env):
+    make_user("ann", "annotator")
+    page = web_client.get("/login")
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+    wrong = {"username": "ann", "password": "nope-nope-nope", "csrf_token": token}
+    statuses = [
+        web_client.post("/login", data=wrong).status_code
+        for _ in range(settings_env.login_attempts_per_minute + 1)
+    ]
+    assert statuses[:-1] == [401] * settings_env.login_attempts_per_minute
+    assert statuses[-1] == 429
+    # Even the right password waits out the throttle window.
+    ok = web_client.post(
+        "/login", data={"username": "ann", "password": "correct horse battery", "csrf_token": token},
+        follow_redirects=False,
+    )
+    assert ok.status_code == 429
+
+
+def test_login_without_csrf_is_refused(web_client, make_user):
+    make_user("ann", "annotator")
+    web_client.get("/login")
+    response = web_client.post("/login", data={"username": "ann", "password": "correct horse battery"})
+    assert response.status_code == 403
+
+
+def test_state_change_needs_session_csrf_token(web_client, make_user, login_as):
+    make_user("ann", "annotator")
+    csrf = login_as(web_client, "ann")
+    assert web_client.post("/logout", follow_redirects=False).status_code == 403
+    assert web_client.post("/logout", headers={"X-CSRF-Token": "x" * 43}).status_code == 403
+    assert web_client.post("/logout", data={"csrf_token": csrf}, follow_redirects=False).status_code == 303
+
+
+def test_open_redirect_after_login_is_blocked(web_client, make_user):
+    make_user("ann", "annotator")
+    page = web_client.get("/login")
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+    response = web_client.post(
+        "/login",
+        data={"username": "ann", "password": "correct horse battery", "csrf_token": token,
+              "next": "//evil.example/"},
+        follow_redirects=False,
+    )
+    assert response.headers["location"] == "/"
+
+
+def test_anonymous_page_redirects_and_htmx_gets_401(web_client):
+    page = web_client.get("/account", headers={"Accept": "text/html"}, follow_redirects=False)
+    assert page.status_code == 303 and page.headers["location"] == "/login?next=%2Faccount"
+    fragment = web_client.get("/account", headers={"HX-Request": "true"})
+    assert fragment.status_code == 401 and fragment.headers["HX-Redirect"] == "/login"
+
+
+def test_user_creation_is_audited(make_user):
+    user = make_user("rev", "reviewer")
+    with session_scope() as session:
+        event = session.scalars(select(AuditEvent).where(AuditEvent.object_id == str(user.id))).one()
+    assert event.action == "user.create" and event.after["role"] == "reviewer"
