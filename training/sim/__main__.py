@@ -1,0 +1,5 @@
+import sys
+
+from training.sim.build import main
+
+sys.exit(main())
