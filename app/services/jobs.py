@@ -223,14 +223,18 @@ def append_log(session: Session, job_id: int, text: str) -> None:
 
 
 def log_tail(session: Session, job_id: int, max_chars: int = 20_000) -> str:
-    """The end of the job's log (the newest chunks, up to about `max_chars`)."""
-    rows = session.scalars(
-        select(JobLogChunk.text)
-        .where(JobLogChunk.job_id == job_id)
-        .order_by(JobLogChunk.seq.desc())
-        .limit(max_chars // LOG_CHUNK_CHARS + 2)
-    ).all()
-    return "".join(reversed(rows))[-max_chars:]
+    """The last `max_chars` characters of the job's log (chunks vary in size: one per ingest round)."""
+    newest_first = session.scalars(
+        select(JobLogChunk.text).where(JobLogChunk.job_id == job_id).order_by(JobLogChunk.seq.desc())
+    ).yield_per(100)
+    texts, total = [], 0
+    for text in newest_first:
+        texts.append(text)
+        total += len(text)
+        if total >= max_chars:
+            break
+    newest_first.close()
+    return "".join(reversed(texts))[-max_chars:]
 
 
 def record_metrics(session: Session, job_id: int, rows: Iterable[Mapping[str, Any]]) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +31,18 @@ class LineTailer:
         return data[:end]
 
 
-def collapse_carriage_returns(text: str) -> str:
-    """Each line as a terminal would leave it: progress bars redraw with "\r", keep the last state."""
-    return "\n".join(line.rsplit("\r", 1)[-1] if "\r" in line.rstrip("\r") else line.rstrip("\r")
-                     for line in text.split("\n"))
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def as_terminal_shows(text: str) -> str:
+    """Each line as a terminal would leave it: the last redraw of a "\r" progress bar, no colour codes."""
+    lines = (line.rstrip("\r").rsplit("\r", 1)[-1] for line in ANSI_ESCAPE.sub("", text).split("\n"))
+    return "\n".join(lines)
 
 
 class LogTailer(LineTailer):
     def read_text(self, *, final: bool = False) -> str:
-        return collapse_carriage_returns(self.read(final=final).decode("utf-8", errors="replace"))
+        return as_terminal_shows(self.read(final=final).decode("utf-8", errors="replace"))
 
 
 class MetricsTailer(LineTailer):

@@ -8,6 +8,8 @@
     ["Accuracy", /acc|auroc/i],
     ["Reward", /reward|score/i],
     ["Loss", /loss/i],
+    ["Throughput", /per_second|step_time/i],
+    ["Learning rate", /learning_rate|(^|\/)lr$/i],
   ];
   const COLORS = ["#b3261e", "#0b57d0", "#1e7b34", "#9a6700", "#6a1b9a", "#00838f", "#5d4037", "#c2185b"];
 
@@ -58,6 +60,7 @@
     this.charts = {};
     this.series = {};
     this.busy = false;
+    this.again = false;
   }
 
   JobCharts.prototype.chartFor = function (group) {
@@ -90,8 +93,12 @@
   };
 
   JobCharts.prototype.refresh = function () {
-    if (this.busy) return;
+    if (this.busy) {
+      this.again = true; // asked while a fetch is in flight: fetch once more after it, never drop it
+      return;
+    }
     this.busy = true;
+    this.again = false;
     const self = this;
     fetch(this.url + "?after=" + this.cursor, { headers: { Accept: "application/json" }, credentials: "same-origin" })
       .then(function (response) {
@@ -103,7 +110,10 @@
         if (body.points.length) self.add(body.points);
       })
       .catch(function (error) { console.error(error); })
-      .finally(function () { self.busy = false; });
+      .finally(function () {
+        self.busy = false;
+        if (self.again) self.refresh();
+      });
   };
 
   function startJobCharts() {

@@ -241,3 +241,13 @@ def test_compare_plots_one_metric_of_several_runs_and_tabulates_eval(web_client,
     assert f"only_{first}" in page and f"only_{second}" in page
     kl = web_client.get(f"/jobs/compare?ids={first}&ids={second}&metric=objective/kl").text
     assert '"metric": "objective/kl"' in kl
+
+
+def test_the_log_tail_spans_many_small_chunks(settings_env):
+    job_id = add_job()
+    with session_scope() as session:
+        for line in range(500):
+            jobs.append_log(session, job_id, f"line {line}\n")
+        tail = jobs.log_tail(session, job_id, max_chars=100)
+        assert tail.endswith("line 499\n") and len(tail) == 100
+        assert jobs.log_tail(session, job_id).startswith("line 0\n")
