@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from training import losses
 from training.config import PPOConfig
 from training.data import (
+    OUTCOMES_WITH_GOOD_RESPONSE,
     Formatter,
     Row,
     collate_rows,
@@ -293,7 +294,7 @@ class PPOTrainer:
         rows = read_rows(self.cfg.data) if Path(self.cfg.data).suffix != ".txt" else []
         if not rows or not all("edited" in r for r in rows):
             return {}  # a plain prompt file has no reference responses to compare against
-        pairs = [p for p in read_export(self.cfg.data) if p.prompt in val]
+        pairs = [p for p in read_export(self.cfg.data, OUTCOMES_WITH_GOOD_RESPONSE) if p.prompt in val]
         if not pairs:
             return {}
         policy.eval()

@@ -9,6 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from training_fixtures import SMOL, edit_rows, make_row, write_export
 from transformers import AutoTokenizer
 
 from labels import label_ids
@@ -22,8 +23,6 @@ from training.data import (
     read_prompts,
     split_by_prompt,
 )
-
-from training_fixtures import SMOL, edit_rows, make_row, write_export
 
 
 @pytest.fixture(scope="module")

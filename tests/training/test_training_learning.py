@@ -7,14 +7,13 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from training_fixtures import edit_rows, write_export
 
 from training.config import load_config
 from training.evaluate import pair_metrics
 from training.models import RewardModel
 from training.ppo import PPOTrainer
 from training.trainers import FigaTrainer, TokenRMTrainer
-
-from training_fixtures import edit_rows, write_export
 
 
 def test_token_rm_overfits_eight_pairs(tiny_model: Path, tmp_path: Path):

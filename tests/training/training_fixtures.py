@@ -4,7 +4,6 @@ in the server's edit-pair format, labelled with the label engine."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 from labels import analyse_edit, load_tokenizer
