@@ -23,6 +23,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 from sqlalchemy import Text, cast, func, select
@@ -110,14 +111,7 @@ def _raw_lines(session: Session, version_id: int, chunk_rows: int) -> Iterator[s
 
 
 def _rows(session: Session, version_id: int, chunk_rows: int) -> Iterator[dict[str, Any]]:
-    query = (
-        select(DatasetRow.data)
-        .where(DatasetRow.dataset_version_id == version_id)
-        .order_by(DatasetRow.seq)
-        .execution_options(yield_per=chunk_rows)
-    )
-    for (data,) in session.execute(query):
-        yield data
+    return (orjson.loads(text) for text in _raw_lines(session, version_id, chunk_rows))
 
 
 def relabel(row: dict[str, Any], tokenizer: LabelTokenizer | None) -> dict[str, Any]:
@@ -131,7 +125,7 @@ def relabel(row: dict[str, Any], tokenizer: LabelTokenizer | None) -> dict[str, 
 
 
 def _dumps(row: dict[str, Any]) -> bytes:
-    return (json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+    return orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE)
 
 
 def _batched_bytes(lines: Iterator[bytes], target: int = 1 << 20) -> Iterator[bytes]:
@@ -150,6 +144,7 @@ def _batched_bytes(lines: Iterator[bytes], target: int = 1 << 20) -> Iterator[by
 
 def _pairs_jsonl(session: Session, version_id: int, chunk: int, tok: LabelTokenizer | None) -> Iterator[bytes]:
     if tok is None:
+        # The stored text is the canonical row already: copied through without parsing.
         return (f"{text}\n".encode() for text in _raw_lines(session, version_id, chunk))
     return (_dumps(relabel(row, tok)) for row in _rows(session, version_id, chunk))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -188,3 +189,8 @@ def test_unknown_format_version_or_tokenizer_is_reported(db_url, version, tmp_pa
         open_export(factory, version.id, "pairs-jsonl", tokenizer=str(tmp_path / "missing"))
     found, stream = open_export(factory, version.id, "card")
     assert found.id == version.id and b"# everything" in b"".join(stream)
+
+
+def test_pairs_jsonl_file_hashes_to_the_version_content_hash(db_url, version, tmp_path):
+    path = _write(db_url, version.id, "pairs-jsonl", tmp_path / "pairs.jsonl")
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == version.content_hash
