@@ -163,3 +163,40 @@ def tiny_model_path(tmp_path_factory, default_tokenizer_path: Path) -> Path:
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture
+def make_project(settings_env, default_tokenizer_path):
+    """make_project(name, n=1, members=[users], **settings) -> Project, created through the service."""
+    from app.db import session_scope
+    from app.services.projects import ProjectSettings, create_project, set_members
+
+    def make(name: str = "Test project", n: int = 1, members=(), **fields):
+        with session_scope() as session:
+            project = create_project(
+                session,
+                ProjectSettings(name=name, tokenizer=str(default_tokenizer_path), annotations_per_item=n, **fields),
+                None,
+            )
+            set_members(session, project, {m.id for m in members}, None)
+            return project
+
+    return make
+
+
+@pytest.fixture
+def add_items(settings_env):
+    """add_items(project, [(prompt, response), ...]) -> list of item ids, through the real importer."""
+    from sqlalchemy import select
+
+    from app.db import session_scope
+    from app.models import Item
+    from app.services.importer import import_records
+
+    def add(project, pairs):
+        with session_scope() as session:
+            records = [{"prompt": p, "response": r} for p, r in pairs]
+            batch = import_records(session, project, records, filename="test.jsonl").batch_id
+            return list(session.scalars(select(Item.id).where(Item.import_batch_id == batch).order_by(Item.id)))
+
+    return add

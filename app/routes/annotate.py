@@ -1,0 +1,154 @@
+"""The annotator's pages: project list, "Next", the minimal-edit editor with its live diff, submit, skip."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Form, Request
+from fastapi.responses import RedirectResponse, Response
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.deps import Forbidden, get_db, require_roles
+from app.models import Edit, Item, ItemStatus, Lease, LeaseState, Outcome, Project, Role, User, utcnow
+from app.services import annotation, projects, queue
+from app.templating import render
+
+router = APIRouter(prefix="/annotate")
+annotator = require_roles(Role.ANNOTATOR)
+FORM_OUTCOMES = {o.value: o for o in (Outcome.EDITED, Outcome.NO_CHANGE_NEEDED, Outcome.UNFIXABLE)}
+
+
+def _redirect(request: Request, url: str) -> Response:
+    """htmx follows HX-Redirect with a full page load; plain forms get a 303."""
+    if request.headers.get("hx-request") == "true":
+        return Response(status_code=204, headers={"HX-Redirect": url})
+    return RedirectResponse(url, status_code=303)
+
+
+def _member_project(db: Session, project_id: int, user: User) -> Project:
+    project = db.get(Project, project_id)
+    if project is None or project.archived or not projects.is_member(db, project_id, user):
+        raise Forbidden("You are not assigned to this project.")
+    return project
+
+
+def _error_page(request: Request, exc: annotation.AnnotationError) -> Response:
+    if request.headers.get("hx-request") == "true":
+        return render(request, "annotate/_error.html", status_code=exc.status_code, message=str(exc))
+    return render(request, "error.html", status_code=exc.status_code, title="Cannot do that", message=str(exc))
+
+
+@router.get("")
+def index(request: Request, user: User = Depends(annotator), db: Session = Depends(get_db)) -> Response:
+    mine = projects.projects_for(db, user)
+    ids = [p.id for p in mine]
+    open_items = dict(db.execute(
+        select(Item.project_id, func.count()).where(Item.project_id.in_(ids), Item.status == ItemStatus.OPEN)
+        .group_by(Item.project_id)
+    ).all())
+    done = dict(db.execute(
+        select(Item.project_id, func.count()).join(Edit, Edit.item_id == Item.id)
+        .where(Edit.annotator_id == user.id, Item.project_id.in_(ids)).group_by(Item.project_id)
+    ).all())
+    return render(request, "annotate/index.html", title="Annotate", projects=mine, open_items=open_items,
+                  done=done, flash=request.query_params.get("msg"))
+
+
+@router.post("/{project_id}/next")
+def next_item(
+    request: Request, project_id: int, user: User = Depends(annotator), db: Session = Depends(get_db)
+) -> Response:
+    project = _member_project(db, project_id, user)
+    lease = queue.next_task(db, project, user)
+    db.commit()
+    if lease is None:
+        return _redirect(request, f"/annotate?msg=Nothing+left+for+you+in+{project.name}.+Thank+you!")
+    return _redirect(request, f"/annotate/task/{lease.id}")
+
+
+def _task_context(db: Session, lease: Lease) -> dict:
+    item = db.get(Item, lease.item_id)
+    project = db.get(Project, item.project_id)
+    return {"lease": lease, "item": item, "project": project}
+
+
+@router.get("/task/{lease_id}")
+def task(request: Request, lease_id: int, user: User = Depends(annotator), db: Session = Depends(get_db)) -> Response:
+    try:
+        lease = annotation.lease_for(db, lease_id, user)
+    except annotation.AnnotationError as exc:
+        return _error_page(request, exc)
+    context = _task_context(db, lease)
+    if lease.state != LeaseState.ACTIVE:
+        return render(request, "error.html", status_code=410, title="Task closed",
+                      message=f"This task is {lease.state}. Press Next for another one.")
+    context["diff"] = annotation.diff_view(context["project"], context["item"].original, context["item"].original)
+    context["expires_in_s"] = max(0, int((annotation.as_utc(lease.expires_at) - utcnow()).total_seconds()))
+    return render(request, "annotate/task.html", title="Edit", **context)
+
+
+@router.post("/task/{lease_id}/diff")
+def live_diff(
+    request: Request, lease_id: int, text: str = Form(""), user: User = Depends(annotator),
+    db: Session = Depends(get_db),
+) -> Response:
+    try:
+        context = _task_context(db, annotation.lease_for(db, lease_id, user))
+        diff = annotation.diff_view(context["project"], context["item"].original, text)
+    except annotation.AnnotationError as exc:
+        return _error_page(request, exc)
+    return render(request, "annotate/_diff.html", diff=diff)
+
+
+def _metrics(
+    time_to_first_key_ms: str = Form(""), active_ms: str = Form(""), keystrokes: str = Form("0"),
+    pastes: str = Form("0"),
+) -> annotation.EditorMetrics:
+    def number(value: str) -> int | None:
+        return int(value) if value.strip().lstrip("-").isdigit() else None
+
+    return annotation.EditorMetrics(
+        number(time_to_first_key_ms), number(active_ms), number(keystrokes) or 0, number(pastes) or 0
+    )
+
+
+def _after_submit(request: Request, db: Session, project_id: int, user: User, advance: bool) -> Response:
+    if not advance:
+        return _redirect(request, "/annotate?msg=Saved.")
+    return next_item(request, project_id, user, db)
+
+
+@router.post("/task/{lease_id}/submit")
+def submit(
+    request: Request,
+    lease_id: int,
+    outcome: str = Form("edited"),
+    text: str = Form(""),
+    advance: bool = Form(False),
+    metrics: annotation.EditorMetrics = Depends(_metrics),
+    user: User = Depends(annotator),
+    db: Session = Depends(get_db),
+) -> Response:
+    if outcome not in FORM_OUTCOMES:
+        return _error_page(request, annotation.AnnotationError(f"outcome: unknown value {outcome!r}"))
+    try:
+        edit = annotation.submit(db, lease_id, user, FORM_OUTCOMES[outcome], text, metrics=metrics)
+    except annotation.AnnotationError as exc:
+        db.rollback()
+        return _error_page(request, exc)
+    db.commit()
+    project_id = db.get(Item, edit.item_id).project_id
+    return _after_submit(request, db, project_id, user, advance)
+
+
+@router.post("/task/{lease_id}/skip")
+def skip(
+    request: Request, lease_id: int, reason: str = Form(""), advance: bool = Form(False),
+    user: User = Depends(annotator), db: Session = Depends(get_db),
+) -> Response:
+    try:
+        edit = annotation.submit(db, lease_id, user, Outcome.SKIPPED, skip_reason=reason)
+    except annotation.AnnotationError as exc:
+        db.rollback()
+        return _error_page(request, exc)
+    db.commit()
+    return _after_submit(request, db, db.get(Item, edit.item_id).project_id, user, advance)

@@ -1,0 +1,73 @@
+// The minimal-edit editor: shortcuts, outcome buttons, and the effort measurements sent with a submit.
+(function () {
+  "use strict";
+  const form = document.getElementById("editor-form");
+  const editor = document.getElementById("editor");
+  if (!form || !editor) return;
+  const original = document.getElementById("original-text").content.textContent;
+  const skipForm = document.getElementById("skip-form");
+  const IDLE_MS = 30000; // a pause longer than this is not counted as active editing
+  const shownAt = performance.now();
+  let firstKeyAt = null, lastActivity = null, activeMs = 0, keystrokes = 0, pastes = 0, sent = false;
+
+  function activity() {
+    const now = performance.now();
+    if (firstKeyAt === null) firstKeyAt = now;
+    if (lastActivity !== null) activeMs += Math.min(now - lastActivity, IDLE_MS);
+    lastActivity = now;
+  }
+  editor.addEventListener("keydown", function (event) {
+    if (event.key.length === 1 || event.key === "Backspace" || event.key === "Delete" || event.key === "Enter") {
+      if (!(event.ctrlKey && event.key === "Enter")) { keystrokes += 1; activity(); }
+    }
+  });
+  editor.addEventListener("paste", function () { pastes += 1; activity(); });
+
+  function fillMetrics() {
+    form.elements.time_to_first_key_ms.value = firstKeyAt === null ? "" : Math.round(firstKeyAt - shownAt);
+    form.elements.active_ms.value = Math.round(activeMs);
+    form.elements.keystrokes.value = keystrokes;
+    form.elements.pastes.value = pastes;
+  }
+  function submitWith(outcome) {
+    if (sent) return; // one click, one submit (the server is idempotent anyway)
+    sent = true;
+    form.elements.outcome.value = outcome;
+    fillMetrics();
+    form.requestSubmit ? form.requestSubmit() : form.submit();
+  }
+  function reset() {
+    editor.value = original;
+    editor.dispatchEvent(new Event("redline:reset"));
+    editor.focus();
+  }
+  form.addEventListener("submit", function (event) {
+    if (event.submitter && event.submitter.id === "submit") {
+      if (sent) { event.preventDefault(); return; }
+      sent = true;
+      fillMetrics();
+    }
+  });
+  document.getElementById("reset").addEventListener("click", reset);
+  document.getElementById("no-change").addEventListener("click", function () { submitWith("no_change_needed"); });
+  document.getElementById("unfixable").addEventListener("click", function () { submitWith("unfixable"); });
+  document.addEventListener("keydown", function (event) {
+    if (event.ctrlKey && event.key === "Enter") { event.preventDefault(); submitWith("edited"); }
+    else if (event.altKey && !event.ctrlKey) {
+      const key = event.key.toLowerCase();
+      if (key === "r") { event.preventDefault(); reset(); }
+      else if (key === "n") { event.preventDefault(); submitWith("no_change_needed"); }
+      else if (key === "u") { event.preventDefault(); submitWith("unfixable"); }
+      else if (key === "s") { event.preventDefault(); skipForm.requestSubmit(); }
+    }
+  });
+  const timer = document.getElementById("lease-timer");
+  if (timer) {
+    const deadline = Date.now() + Number(timer.dataset.expiresIn) * 1000;
+    setInterval(function () {
+      const left = Math.max(0, Math.round((deadline - Date.now()) / 1000));
+      timer.textContent = left > 0 ? "lease expires in " + Math.floor(left / 60) + ":" + String(left % 60).padStart(2, "0")
+                                   : "lease expired: submit may fail if the item was reassigned";
+    }, 1000);
+  }
+})();
