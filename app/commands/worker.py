@@ -4,18 +4,31 @@ from __future__ import annotations
 
 import logging
 import signal
+import time
 
 import click
 
 from app.db import get_engine
 from app.settings import get_settings
-from app.worker.loop import Worker
+from app.worker.loop import Worker, alive_file
 
 
 @click.command()
 @click.option("--once", is_flag=True, help="Run at most one queued job, then exit.")
-def worker(once: bool) -> None:
+@click.option(
+    "--check-alive",
+    type=float,
+    metavar="SECONDS",
+    default=None,
+    help="Health check: exit 0 if this host's worker loop turned within SECONDS, else 1.",
+)
+def worker(once: bool, check_alive: float | None) -> None:
     """Claim queued jobs and run each as a training subprocess. Start as many as you like."""
+    if check_alive is not None:
+        path = alive_file(get_settings())
+        fresh = path.exists() and time.time() - path.stat().st_mtime <= check_alive
+        click.echo(f"{path}: {'alive' if fresh else 'stale or missing'}")
+        raise SystemExit(0 if fresh else 1)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     runner = Worker(get_engine(), get_settings())
 

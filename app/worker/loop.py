@@ -8,6 +8,7 @@ import socket
 import threading
 import uuid
 from contextlib import AbstractContextManager
+from pathlib import Path
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
@@ -19,6 +20,11 @@ from app.worker.command import CommandBuilder, job_command
 from app.worker.runner import JobRunner
 
 log = logging.getLogger(__name__)
+
+
+def alive_file(settings: Settings) -> Path:
+    """Touched on every turn of the loop (and every heartbeat during a job); one per host."""
+    return settings.data_dir / "workers" / f"{socket.gethostname()}.alive"
 
 
 def new_worker_id() -> str:
@@ -49,8 +55,14 @@ class Worker:
         """Finish soon: a running job is stopped (and marked failed), no new job is claimed."""
         self.stopping.set()
 
+    @property
+    def alive_file(self) -> Path:
+        return alive_file(self.settings)
+
     def chores(self) -> None:
         """Duties that must not wait for the current job to end."""
+        self.alive_file.parent.mkdir(parents=True, exist_ok=True)
+        self.alive_file.touch()  # for container health checks: this worker's loop still turns
         with self.session() as session:
             for job_id in jobs.fail_stale_jobs(session, self.settings.worker_stale_after_s):
                 log.warning("job %s failed: its worker stopped heartbeating", job_id)
