@@ -1,0 +1,182 @@
+"""The queue's guarantees: exactly N completed annotations, never the same item twice, expiry, idempotent submit."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select, update
+
+from app.db import session_scope
+from app.models import Edit, Item, ItemStatus, Lease, LeaseState, Outcome, User, utcnow
+from app.services import annotation, queue
+
+
+def _lease(project, user):
+    with session_scope() as session:
+        return queue.next_task(session, project, user)
+
+
+def _submit(lease_id, user, text="An edited answer.", outcome=Outcome.EDITED):
+    with session_scope() as session:
+        return annotation.submit(session, lease_id, user, outcome, text)
+
+
+def test_next_resumes_then_n_annotations_complete_the_item(make_user, make_project, add_items):
+    a, b, c = (make_user(name) for name in ("ann_a", "ann_b", "ann_c"))
+    project = make_project(n=2, members=[a, b, c])
+    [item_id] = add_items(project, [("Prompt", "An original answer.")])
+    first = _lease(project, a)
+    assert first.item_id == item_id and _lease(project, a).id == first.id  # "Next" again resumes
+    second = _lease(project, b)
+    assert second.item_id == item_id
+    assert _lease(project, c) is None  # two active leases fill N = 2
+    _submit(first.id, a)
+    _submit(second.id, b, outcome=Outcome.NO_CHANGE_NEEDED)
+    with session_scope() as session:
+        item = session.get(Item, item_id)
+        assert (item.completed_count, item.status) == (2, ItemStatus.COMPLETE)
+    assert _lease(project, c) is None and _lease(project, a) is None
+
+
+def test_submit_recomputes_labels_and_double_submit_gives_one_edit(make_user, make_project, add_items):
+    ann = make_user("ann")
+    project = make_project(members=[ann])
+    add_items(project, [("Say hi", "Hello wrld, how are you?")])
+    lease = _lease(project, ann)
+    edit = _submit(lease.id, ann, "Hello world, how are you?")
+    again = _submit(lease.id, ann, "Something else entirely")
+    assert again.id == edit.id
+    with session_scope() as session:
+        stored = session.get(Edit, edit.id)
+        assert session.scalar(select(func.count()).select_from(Edit)) == 1
+    assert stored.edited_text == "Hello world, how are you?"
+    assert stored.stats["token_edit_distance"] >= 1 and 0 < stored.edit_rate < 1
+    assert len(stored.token_labels["original_labels"]) == len(stored.token_labels["original_ids"])
+    assert [op for op, _ in stored.char_diff].count(1) >= 1
+
+
+def test_skip_frees_the_item_for_others_but_not_for_the_skipper(make_user, make_project, add_items):
+    a, b = make_user("ann_a"), make_user("ann_b")
+    project = make_project(members=[a, b])
+    add_items(project, [("P", "R")])
+    lease = _lease(project, a)
+    with pytest.raises(annotation.AnnotationError), session_scope() as session:
+        annotation.submit(session, lease.id, a, Outcome.SKIPPED, skip_reason=" ")
+    with session_scope() as session:
+        annotation.submit(session, lease.id, a, Outcome.SKIPPED, skip_reason="I don't know the topic")
+    assert _lease(project, a) is None
+    assert _lease(project, b) is not None
+
+
+def _expire(lease_id: int) -> None:
+    with session_scope() as session:
+        session.execute(update(Lease).where(Lease.id == lease_id).values(expires_at=utcnow() - timedelta(seconds=1)))
+
+
+def test_expired_lease_returns_the_item(make_user, make_project, add_items):
+    a, b = make_user("ann_a"), make_user("ann_b")
+    project = make_project(members=[a, b])
+    add_items(project, [("P", "The original.")])
+    stale = _lease(project, a)
+    assert _lease(project, b) is None
+    _expire(stale.id)
+    fresh = _lease(project, b)
+    assert fresh is not None and fresh.item_id == stale.item_id
+    with session_scope() as session:
+        assert session.get(Lease, stale.id).state == LeaseState.EXPIRED
+    with pytest.raises(annotation.AnnotationError, match="given to someone else"):
+        _submit(stale.id, a)
+    _submit(fresh.id, b)
+
+
+def test_late_submit_is_kept_when_the_slot_is_still_free(make_user, make_project, add_items):
+    ann = make_user("ann")
+    project = make_project(members=[ann])
+    add_items(project, [("P", "The original.")])
+    lease = _lease(project, ann)
+    _expire(lease.id)
+    edit = _submit(lease.id, ann, "The edited.")
+    assert edit.id is not None
+
+
+def test_an_annotator_only_sees_their_own_lease(make_user, make_project, add_items):
+    a, b = make_user("ann_a"), make_user("ann_b")
+    project = make_project(members=[a, b])
+    add_items(project, [("P", "R")])
+    lease = _lease(project, a)
+    with pytest.raises(annotation.AnnotationError):
+        _submit(lease.id, b)
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_fifty_concurrent_annotators_give_exactly_n(settings_env, make_user, make_project, add_items):
+    annotators = [make_user(f"ann{i:02d}") for i in range(50)]
+    project = make_project(n=3, members=annotators)
+    item_ids = add_items(project, [(f"Prompt {i}", f"Response number {i}, with a typo: teh.") for i in range(200)])
+    barrier = threading.Barrier(len(annotators))
+
+    def work(user: User) -> int:
+        barrier.wait()
+        done = 0
+        while (lease := _lease(project, user)) is not None:
+            _submit(lease.id, user, f"Response, fixed by {user.username}: the.")
+            done += 1
+        return done
+
+    with ThreadPoolExecutor(len(annotators)) as pool:
+        total = sum(pool.map(work, annotators))
+    assert total == 3 * len(item_ids)
+    with session_scope() as session:
+        per_item = Counter(session.scalars(select(Edit.item_id)))
+        pairs = session.execute(select(Edit.item_id, Edit.annotator_id)).all()
+        items = session.scalars(select(Item)).all()
+    assert per_item == Counter({item_id: 3 for item_id in item_ids})
+    assert len(pairs) == len(set(pairs))
+    assert all(i.completed_count == 3 and i.status == ItemStatus.COMPLETE for i in items)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_concurrent_double_submit_gives_one_edit(settings_env, make_user, make_project, add_items):
+    ann = make_user("ann")
+    project = make_project(members=[ann])
+    add_items(project, [("P", "The original answer.")])
+    lease = _lease(project, ann)
+    barrier = threading.Barrier(8)
+
+    def submit_once(_):
+        barrier.wait()
+        return _submit(lease.id, ann, "The edited answer.").id
+
+    with ThreadPoolExecutor(8) as pool:
+        ids = set(pool.map(submit_once, range(8)))
+    with session_scope() as session:
+        assert session.scalar(select(func.count()).select_from(Edit)) == 1
+        assert session.get(Item, lease.item_id).completed_count == 1
+    assert len(ids) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_concurrent_annotators_on_sqlite_give_exactly_n(settings_env, make_user, make_project, add_items):
+    annotators = [make_user(f"ann{i:02d}") for i in range(8)]
+    project = make_project(n=2, members=annotators)
+    item_ids = add_items(project, [(f"Prompt {i}", f"Response {i}, teh end.") for i in range(30)])
+
+    def work(user: User) -> None:
+        while (lease := _lease(project, user)) is not None:
+            _submit(lease.id, user, "Response, the end.")
+
+    with ThreadPoolExecutor(len(annotators)) as pool:
+        list(pool.map(work, annotators))
+    with session_scope() as session:
+        per_item = Counter(session.scalars(select(Edit.item_id)))
+        pairs = session.execute(select(Edit.item_id, Edit.annotator_id)).all()
+    assert per_item == Counter({item_id: 2 for item_id in item_ids})
+    assert len(pairs) == len(set(pairs))
