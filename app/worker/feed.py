@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from app.models import Job, Project, User
 from app.services import jobs
+from app.services.importer import ImportRejected, import_records
 
 RESPONSES_FILE = "responses.jsonl"
 SCORES_FILE = "scores.jsonl"
@@ -77,15 +78,16 @@ def import_responses(session: Session, job: Job, output: Path, scores: dict[str,
     responses = _read_jsonl(output / RESPONSES_FILE)
     records = select_records(responses, scores, options.get("score_below"), job.id)
     actor = session.get(User, job.created_by_id) if job.created_by_id else None
-    from app.services.importer import import_records  # TEMP until the importer is committed
-
     try:
         result = import_records(
             session, project, records, filename=f"job-{job.id}-{RESPONSES_FILE}", fmt="records", actor=actor
         )
-    except ValueError as exc:
-        raise FeedError(str(exc)) from exc
+    except ImportRejected as exc:
+        raise FeedError(f"{exc}: {'; '.join(map(str, exc.errors[:5]))}") from exc
     kept = f"{len(records)} of {len(responses)} responses"
     if scores is not None:
-        kept += f" (scored below {options['score_below']:g})"
-    return f"imported {kept} into project {project.name!r}: {result}"
+        kept += f" (those scored below {options['score_below']:g})"
+    return (
+        f"{kept} sent to project {project.name!r}: {result.imported} new items, "
+        f"{result.duplicates} duplicates skipped (import batch {result.batch_id})"
+    )

@@ -6,6 +6,7 @@ eval.json / a checkpoint folder out, output on stdout) and can be told to crash 
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import signal
@@ -17,11 +18,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from factories import make_corpus
+from factories import make_corpus, make_project
 from sqlalchemy import select
 
 from app.db import engine_for, session_scope
-from app.models import Job, JobLogChunk, JobMetric, JobStatus
+from app.models import Item, Job, JobLogChunk, JobMetric, JobStatus
 from app.services import jobs
 from app.services.datasets import DatasetFilter, create_version
 from app.settings import Settings
@@ -46,6 +47,17 @@ PROGRAM = textwrap.dedent(
     if cfg.get("data"):
         rows = [json.loads(line) for line in open(cfg["data"]) if line.strip()]
         print(f"data rows={len(rows)} first prompt={rows[0]['prompt']!r}", flush=True)
+    if kind == "generate":
+        prompts = [json.loads(line)["prompt"] for line in open(cfg["data"]) if line.strip()]
+        with open(out / "responses.jsonl", "w") as fh:
+            for i, prompt in enumerate(prompts):
+                row = {"id": str(i), "prompt": prompt, "response": f"answer {i}", "model": cfg["model"]}
+                fh.write(json.dumps(row) + "\\n")
+    if kind == "score":  # response i scores i
+        with open(out / "scores.jsonl", "w") as fh:
+            for line in open(cfg["data"]):
+                row_id = json.loads(line)["id"]
+                fh.write(json.dumps({"id": row_id, "score": float(row_id)}) + "\\n")
     steps = cfg.get("steps", 3)
     for step in range(1, steps + 1):
         time.sleep(cfg.get("sleep", 0.0))
@@ -381,3 +393,48 @@ def test_a_real_token_rm_run_on_a_tiny_model(db_url, tmp_path, settings_env, tin
         steps = session.scalars(select(JobMetric.step).where(JobMetric.job_id == job_id, JobMetric.name == "loss"))
         assert sorted(steps) == [1, 2, 3, 4, 5, 6]
     assert (Path(job.output_dir) / "model" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("score_below", [None, 2.0], ids=["all", "scored-below-2"])
+def test_generate_feeds_the_project_with_its_responses(db_url, tmp_path, program, settings_env, score_below):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Question {i}?"}) + "\n" for i in range(4)))
+    options: dict[str, object] = {}
+    with session_scope(engine_for(db_url)) as session:
+        project = make_project(session)
+        options["import_into_project"] = project.id
+        if score_below is not None:
+            options.update(score_model="var/rm", score_below=score_below)
+        spec = jobs.JobSpec(kind="generate", config={"data": str(prompts), "steps": 1}, base_model="policy",
+                            worker_options=options)
+        job_id = jobs.create_job(session, spec, None).id
+    worker = Worker(engine_for(db_url), worker_settings(tmp_path), command_for=command_for(program))
+    worker.run_once()
+
+    job = load(db_url, job_id)
+    assert job.status == JobStatus.SUCCEEDED, job.error
+    with session_scope(engine_for(db_url)) as session:
+        items = session.scalars(select(Item).where(Item.project_id == options["import_into_project"]).order_by(Item.id))
+        imported = [(item.prompt, item.original, item.source.get("job_id")) for item in items]
+    expected = range(4) if score_below is None else range(2)
+    assert imported == [(f"Question {i}?", f"answer {i}", job_id) for i in expected]
+    text = log_text(db_url, job_id)
+    assert f"{len(expected)} of 4 responses" in text and f"{len(expected)} new items" in text
+    assert ("start score model=var/rm" in text) == (score_below is not None)
+
+
+def test_a_rejected_import_fails_the_generate_job_and_imports_nothing(db_url, tmp_path, program, settings_env):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "   "}) + "\n")  # an empty prompt: the importer refuses it
+    with session_scope(engine_for(db_url)) as session:
+        project_id = make_project(session).id
+        spec = jobs.JobSpec(kind="generate", config={"data": str(prompts), "steps": 1}, base_model="policy",
+                            worker_options={"import_into_project": project_id})
+        job_id = jobs.create_job(session, spec, None).id
+    Worker(engine_for(db_url), worker_settings(tmp_path), command_for=command_for(program)).run_once()
+
+    job = load(db_url, job_id)
+    assert job.status == JobStatus.FAILED
+    assert job.error.startswith("could not import the responses: 1 bad row(s); nothing was imported: line 1")
+    with session_scope(engine_for(db_url)) as session:
+        assert session.scalars(select(Item).where(Item.project_id == project_id)).all() == []
