@@ -63,5 +63,10 @@ demo-data: setup
 		print(*(json.dumps({"prompt": r["prompt"], "response": r["response"], "model": "SmolLM2-135M-Instruct"}) \
 		for r in rows), sep="\n")' > app/demo/items.jsonl
 
+# Offline reproduction of the papers' claims in the simulated environment (issue #8; about 30 min on CPU):
+# writes docs/reproduction.md, docs/reproduction/*.png and var/bench/reproduce.json.
+reproduce: venv
+	$(BIN)/python -m reproduce --preset full
+
 clean:
 	rm -rf $(VENV) node_modules static/vendor var

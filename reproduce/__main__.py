@@ -1,0 +1,35 @@
+"""`python -m reproduce [--preset full|fast] [--out DIR] [--report-only]`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from reproduce.config import PRESETS
+from reproduce.pipeline import run_pipeline
+from reproduce.report import write_report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m reproduce", description=__doc__)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="full")
+    parser.add_argument("--out", type=Path, default=None, help="run folder (default var/reproduce/PRESET)")
+    parser.add_argument("--docs", type=Path, default=Path("docs"), help="where reproduction.md and plots go")
+    parser.add_argument("--bench", type=Path, default=Path("var/bench/reproduce.json"))
+    parser.add_argument("--report-only", action="store_true", help="rewrite the report from results.json")
+    parser.add_argument("--in-process", action="store_true", help="run the training CLI in this process")
+    args = parser.parse_args(argv)
+    out = args.out or Path("var/reproduce") / args.preset
+    if args.report_only:
+        results = json.loads((out / "results.json").read_text())
+    else:
+        results = run_pipeline(PRESETS[args.preset], out, in_process=args.in_process)
+    summary = write_report(results, args.docs, args.bench)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""Presets of the reproduction run: `full` (make reproduce, at least 3 seeds) and `fast` (the test)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+# Keys every training-CLI run gets: one thread (the machine is shared; one thread is also the fastest
+# for a model this small), sequence limits that fit the simulation's short prompts and answers.
+COMMON: dict[str, Any] = {"num_threads": 1, "max_length": 96, "max_prompt_length": 32}
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    seeds: tuple[int, ...]
+    pretrain_steps: int
+    train_prompts: int  # questions answered by the initial policy (0 = all)
+    initial_samples: int  # initial responses per question (each becomes one item to annotate)
+    eval_prompts: int  # held-out questions for gold evaluation (0 = all)
+    eval_samples: int  # sampled answers per held-out question
+    miss_prob: float = 0.1
+    spurious_prob: float = 0.05
+    token_rm: dict[str, Any] = field(default_factory=dict)
+    seq_rm: dict[str, Any] = field(default_factory=dict)
+    ppo: dict[str, Any] = field(default_factory=dict)
+    figa: dict[str, Any] = field(default_factory=dict)
+    sft: dict[str, Any] = field(default_factory=dict)
+    dpo: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "common": COMMON}
+
+
+RM = {"learning_rate": 1e-3, "num_train_epochs": 2, "batch_size": 16, "val_fraction": 0.2, "logging_steps": 10}
+POLICY = {"learning_rate": 3e-4, "num_train_epochs": 2, "batch_size": 16, "val_fraction": 0.2, "logging_steps": 10}
+PPO = {"learning_rate": 1e-4, "num_iterations": 60, "rollout_batch_size": 32, "max_new_tokens": 32,
+       "save_steps": 10, "save_total_limit": 1000, "val_fraction": 0.0, "kl_coef": 0.05}
+
+FULL = Preset(
+    name="full", seeds=(0, 1, 2), pretrain_steps=1500, train_prompts=0, initial_samples=2, eval_prompts=0,
+    eval_samples=2, token_rm={**RM, "keep_l2_weight": 0.1}, seq_rm=RM, ppo=PPO, figa=POLICY, sft=POLICY,
+    dpo={**POLICY, "learning_rate": 1e-4, "beta": 0.1},
+)
+
+FAST = Preset(
+    name="fast", seeds=(0,), pretrain_steps=150, train_prompts=60, initial_samples=1, eval_prompts=16,
+    eval_samples=1, token_rm={**RM, "num_train_epochs": 1}, seq_rm={**RM, "num_train_epochs": 1},
+    ppo={**PPO, "num_iterations": 2, "rollout_batch_size": 8, "save_steps": 1, "max_new_tokens": 24},
+    figa={**POLICY, "max_steps": 2}, sft={**POLICY, "max_steps": 2}, dpo={**POLICY, "max_steps": 2},
+)
+
+PRESETS = {p.name: p for p in (FULL, FAST)}
