@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from app.commands import db, export, imports, models, serve, train, users, webhooks, worker
+from app.commands import db, demo, export, imports, models, serve, train, users, webhooks, worker
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -13,5 +13,6 @@ def main() -> None:
 
 
 for command in (db.db, models.models, serve.serve, train.train, worker.worker, export.export_group,
-                webhooks.webhooks, users.createuser, imports.import_command):
+                webhooks.webhooks, users.createuser, imports.import_command,
+                demo.demo):
     main.add_command(command)
