@@ -39,8 +39,8 @@ class Settings(BaseSettings):
     # Deliveries that keep failing are retried with exponential backoff (30 s doubling, capped at 1 h)
     # and marked failed after this many attempts.
     webhook_max_attempts: int = 8
-    # Rows fetched per round trip when building and streaming dataset exports: bounds export memory.
-    export_chunk_rows: int = 2000
+    # Rows per round trip when freezing a dataset version, and rows per Parquet row group in exports.
+    export_chunk_rows: int = 1000
     pseudonym_salt: str = ""
 
     @field_validator("data_dir")
