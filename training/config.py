@@ -135,6 +135,8 @@ class PPOConfig(TrainConfig):
     num_mini_batches: int = _f(1, "Minibatches per PPO epoch.", min=1)
     ppo_epochs: int = _f(4, "Passes over each rollout batch.", min=1)
     max_new_tokens: int = _f(64, "Maximum generated tokens per response.", min=1)
+    min_new_tokens: int = _f(0, "Minimum generated tokens (EOS suppressed before); fixed lengths for timing.",
+                             min=0)
     temperature: float = _f(1.0, "Sampling temperature of rollouts.", min=0.01)
     top_p: float = _f(1.0, "Nucleus sampling of rollouts.", min=0.0, max=1.0)
     top_k: int = _f(0, "Top-k sampling of rollouts (0 = off).", min=0)

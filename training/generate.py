@@ -36,6 +36,7 @@ class HFGenerator:
     top_p: float = 1.0
     top_k: int = 0
     batch_size: int = 16
+    min_new_tokens: int = 0
 
     @torch.no_grad()
     def __call__(self, prompt_ids: Sequence[list[int]]) -> list[list[int]]:
@@ -58,7 +59,8 @@ class HFGenerator:
         self.model.eval()
         generated = self.model.generate(
             input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=self.max_new_tokens,
-            do_sample=self.do_sample, pad_token_id=self.pad_id, eos_token_id=self.eos_id, use_cache=True,
+            min_new_tokens=self.min_new_tokens, do_sample=self.do_sample, pad_token_id=self.pad_id,
+            eos_token_id=self.eos_id, use_cache=True,
             **(sampling if self.do_sample else {}),
         )
         self.model.train(was_training)

@@ -133,7 +133,7 @@ class PPOTrainer:
         cfg = self.cfg
         return HFGenerator(self.accelerator.unwrap_model(policy).lm, self.fmt.pad_id, self.fmt.eos_id,
                            cfg.max_new_tokens, True, cfg.temperature, cfg.top_p, cfg.top_k,
-                           batch_size=cfg.rollout_batch_size)
+                           batch_size=cfg.rollout_batch_size, min_new_tokens=cfg.min_new_tokens)
 
     def sample_prompts(self, iteration: int) -> list[str]:
         """Deterministic per iteration and process, so a resumed run draws the same prompts."""
