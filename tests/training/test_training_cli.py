@@ -169,6 +169,10 @@ def test_cli_errors_schema_and_prepare_model(tmp_path: Path, capsys: pytest.Capt
     assert main(["schema", "figa"]) == 0
     schema = json.loads(capsys.readouterr().out)
     assert {f["name"] for f in schema} >= {"alpha", "beta", "gamma", "tau", "normalize"}
+    assert main(["schema"]) == 0
+    every = json.loads(capsys.readouterr().out)
+    assert set(every) == {"token-rm", "figa", "ppo", "sft", "seq-rm", "dpo", "dense-dpo", "generate", "score",
+                          "evaluate"}
     prepared = tmp_path / "model"
     prepared.mkdir()
     (prepared / "redline-prepared.txt").write_text("already converted\n")  # present: returns at once
