@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -12,6 +13,7 @@ from app.api.auth import Principal, require_scope
 from app.api.schemas import ProjectOut, ProjectProgress
 from app.deps import get_db
 from app.models import COMPLETED_OUTCOMES, Edit, Item, ItemStatus, Project, ReviewStatus
+from app.services.datasets import MAX_ID
 
 router = APIRouter(tags=["projects"])
 
@@ -85,7 +87,9 @@ def list_projects(
     responses={404: {"description": "No such project"}},
 )
 def get_project(
-    project_id: int, db: Session = Depends(get_db), _caller: Principal = Depends(require_scope("projects:read"))
+    project_id: Annotated[int, Path(ge=1, le=MAX_ID)],
+    db: Session = Depends(get_db),
+    _caller: Principal = Depends(require_scope("projects:read")),
 ) -> ProjectOut:
     project = db.get(Project, project_id)
     if project is None:
