@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.models import Job, JobLogChunk, JobMetric, JobStatus, User, utcnow
@@ -28,6 +29,7 @@ WORKER_OPTIONS_KEY = "_redline"
 FINAL_MODEL_DIR = "model"
 # Log text kept per chunk row; the worker splits larger reads.
 LOG_CHUNK_CHARS = 32_000
+APPEND_ATTEMPTS = 5
 
 
 class JobError(ValueError):
@@ -211,15 +213,28 @@ def fail_stale_jobs(session: Session, stale_after_s: float) -> list[int]:
 
 
 def append_log(session: Session, job_id: int, text: str) -> None:
-    """Append text to the job's stored log, split into bounded chunks."""
+    """Append text to the job's stored log, split into bounded chunks.
+
+    The worker, a reaper and a cancel request may append to one log at once. On Postgres the job's row
+    lock (held to the end of the caller's transaction) orders them; SQLite serialises writers, and one
+    that still loses the race for the next sequence number retries in a savepoint.
+    """
     if not text:
         return
-    last = session.scalar(select(func.max(JobLogChunk.seq)).where(JobLogChunk.job_id == job_id))
-    seq = -1 if last is None else last
-    for start in range(0, len(text), LOG_CHUNK_CHARS):
-        seq += 1
-        session.add(JobLogChunk(job_id=job_id, seq=seq, text=text[start : start + LOG_CHUNK_CHARS]))
-    session.flush()
+    pieces = [text[start : start + LOG_CHUNK_CHARS] for start in range(0, len(text), LOG_CHUNK_CHARS)]
+    session.execute(select(Job.id).where(Job.id == job_id).with_for_update())
+    for attempt in range(APPEND_ATTEMPTS):
+        last = session.scalar(select(func.max(JobLogChunk.seq)).where(JobLogChunk.job_id == job_id))
+        first = 0 if last is None else last + 1
+        try:
+            with session.begin_nested():
+                session.add_all(
+                    JobLogChunk(job_id=job_id, seq=first + i, text=piece) for i, piece in enumerate(pieces)
+                )
+            return
+        except IntegrityError:
+            if attempt == APPEND_ATTEMPTS - 1:
+                raise
 
 
 def log_tail(session: Session, job_id: int, max_chars: int = 20_000) -> str:

@@ -82,10 +82,15 @@ class JobRunner:
     # --- preparation ----------------------------------------------------------------------------
 
     def _write_data(self, job: Job, paths: JobPaths) -> None:
+        """Export the dataset version, heartbeating: a large export must not look like a dead worker."""
         tmp = paths.data.with_suffix(".jsonl.part")
+        next_beat = time.monotonic() + self.settings.worker_heartbeat_s
         with tmp.open("wb") as fh:
             for chunk in stream_export(self.session_factory, job.dataset_version_id, "pairs-jsonl"):
                 fh.write(chunk)
+                if time.monotonic() >= next_beat:
+                    self._heartbeat(job.id, None)
+                    next_beat = time.monotonic() + self.settings.worker_heartbeat_s
         tmp.replace(paths.data)
 
     def _write_config(self, job: Job, paths: JobPaths) -> None:

@@ -6,6 +6,7 @@ import html
 import io
 import json
 import re
+import threading
 import zipfile
 from pathlib import Path
 
@@ -251,3 +252,26 @@ def test_the_log_tail_spans_many_small_chunks(settings_env):
         tail = jobs.log_tail(session, job_id, max_chars=100)
         assert tail.endswith("line 499\n") and len(tail) == 100
         assert jobs.log_tail(session, job_id).startswith("line 0\n")
+
+
+def test_concurrent_log_appends_all_land_in_order_of_commit(settings_env):
+    job_id = add_job()
+    barrier = threading.Barrier(4)
+
+    def append(writer: int) -> None:
+        barrier.wait()
+        for line in range(25):
+            with session_scope() as session:
+                jobs.append_log(session, job_id, f"w{writer} {line}\n")
+
+    threads = [threading.Thread(target=append, args=(w,)) for w in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    with session_scope() as session:
+        lines = jobs.full_log(session, job_id).splitlines()
+    assert sorted(lines) == sorted(f"w{w} {line}" for w in range(4) for line in range(25))
+    for writer in range(4):  # each writer's lines keep their order
+        mine = [int(line.split()[1]) for line in lines if line.startswith(f"w{writer} ")]
+        assert mine == list(range(25))
