@@ -89,12 +89,17 @@ def new_job(
     request: Request,
     kind: str = "token-rm",
     dataset_version_id: int | None = None,
+    from_job: int | None = None,
     session: Session = Depends(get_db),
     user: User = Depends(researcher),
 ) -> Response:
-    if kind not in job_config.kinds():
+    """The form with defaults, or (`from_job`) prefilled from an earlier job to run it again."""
+    if from_job is not None:
+        form = JobForm.from_job(_job_or_404(session, from_job))
+    elif kind in job_config.kinds():
+        form = JobForm.defaults(kind, get_settings().default_model, dataset_version_id)
+    else:
         raise HTTPException(404, f"unknown job kind {kind!r}")
-    form = JobForm.defaults(kind, get_settings().default_model, dataset_version_id)
     return _new_job_page(request, session, form)
 
 
@@ -137,18 +142,25 @@ async def create_job(
 def compare(
     request: Request,
     ids: list[int] = Query(default=[]),
-    metric: str = "",
+    metric: list[str] = Query(default=[]),
     session: Session = Depends(get_db),
     user: User = Depends(researcher),
 ) -> Response:
+    """Chosen metrics (default: the loss) of several runs on one chart, and their eval.json side by side."""
     runs = [job for job in (session.get(Job, job_id) for job_id in dict.fromkeys(ids)) if job][:COMPARE_MAX_RUNS]
     names = jobs.metric_names(session, [job.id for job in runs])
-    metric = metric if metric in names else jobs.default_compare_metric(names)
-    series = jobs.metric_series(session, [job.id for job in runs], [metric]) if metric else {}
+    chosen = [name for name in dict.fromkeys(metric) if name in names] or [jobs.default_compare_metric(names)]
+    chosen = [name for name in chosen if name]
+    series = jobs.metric_series(session, [job.id for job in runs], chosen) if chosen else {}
     chart = {
-        "metric": metric,
-        "runs": [
-            {"label": f"#{job.id} {job.name}", "points": series.get(job.id, {}).get(metric, [])} for job in runs
+        "metrics": chosen,
+        "series": [
+            {
+                "label": f"#{job.id} {job.name}" + (f" · {name}" if len(chosen) > 1 else ""),
+                "points": series.get(job.id, {}).get(name, []),
+            }
+            for name in chosen
+            for job in runs
         ],
     }
     eval_keys = sorted({key for job in runs for key in (job.eval or {})})
@@ -158,7 +170,7 @@ def compare(
         title="Compare runs",
         runs=runs,
         names=names,
-        metric=metric,
+        chosen=chosen,
         chart=chart,
         eval_keys=eval_keys,
         all_jobs=jobs.list_jobs(session),

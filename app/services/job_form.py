@@ -17,8 +17,8 @@ from typing import Any
 from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 
-from app.models import DatasetVersion, Project
-from app.services import job_config
+from app.models import DatasetVersion, Job, Project
+from app.services import job_config, jobs
 from app.services.jobs import JobSpec
 from app.settings import get_settings
 
@@ -52,6 +52,22 @@ class JobForm:
             base_model=default_model,
             dataset_version_id=str(dataset_version_id or ""),
             values=values,
+        )
+
+    @classmethod
+    def from_job(cls, job: Job) -> JobForm:
+        """The form of an earlier job, to run it again or vary it (an uploaded prompt file is not reused)."""
+        config, options = jobs.training_config(job), jobs.worker_options(job)
+        return cls(
+            kind=job.kind,
+            name=f"{job.name} (again)"[:200],
+            dataset_version_id=str(job.dataset_version_id or ""),
+            base_model=job.base_model,
+            num_processes=str(job.num_processes),
+            project_id=str(options.get("import_into_project", "")),
+            score_model=options.get("score_model", ""),
+            score_below=str(options.get("score_below", "")),
+            values={spec.name: config.get(spec.name, spec.default) for spec in job_config.form_fields(job.kind)},
         )
 
     def spec(self) -> JobSpec:

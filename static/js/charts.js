@@ -132,13 +132,13 @@
     if (!canvas || !source) return;
     const spec = JSON.parse(source.textContent);
     const chart = lineChart(canvas, "");
-    spec.runs.forEach(function (run) {
-      const dataset = addDataset(chart, run.label);
-      run.points.forEach(function (point) { dataset.data.push({ x: point[0], y: point[1] }); });
+    spec.series.forEach(function (series) {
+      const dataset = addDataset(chart, series.label);
+      series.points.forEach(function (point) { dataset.data.push({ x: point[0], y: point[1] }); });
     });
-    chart.options.scales.y = { title: { display: true, text: spec.metric } };
+    chart.options.scales.y = { title: { display: true, text: spec.metrics.join(", ") } };
     chart.update();
-    canvas.dataset.series = String(spec.runs.length);
+    canvas.dataset.series = String(spec.series.length);
   }
 
   document.addEventListener("DOMContentLoaded", function () {

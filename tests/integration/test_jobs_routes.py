@@ -229,19 +229,27 @@ def test_artifacts_download_files_and_folders_as_zip(web_client, researcher, tmp
     assert "hx-trigger" not in page  # a finished job is not polled
 
 
-def test_compare_plots_one_metric_of_several_runs_and_tabulates_eval(web_client, researcher):
+def chart_of(page: str) -> dict:
+    return json.loads(re.search(r'<script type="application/json" id="compare-data">(.*?)</script>', page, re.S)[1])
+
+
+def test_compare_plots_chosen_metrics_of_several_runs_and_tabulates_eval(web_client, researcher):
     first, second = add_job(name="lr-high"), add_job(name="lr-low")
     with session_scope() as session:
         for job_id, scale in ((first, 1.0), (second, 0.5)):
             jobs.record_metrics(session, job_id, [{"step": s, "loss": scale / s, "objective/kl": 0.1} for s in (1, 2)])
             session.get(Job, job_id).eval = {"accuracy": scale, f"only_{job_id}": 1}
     page = web_client.get(f"/jobs/compare?ids={first}&ids={second}").text
-    chart = json.loads(re.search(r'<script type="application/json" id="compare-data">(.*?)</script>', page, re.S)[1])
-    assert chart["metric"] == "loss"
-    assert [run["points"] for run in chart["runs"]] == [[[1, 1.0], [2, 0.5]], [[1, 0.5], [2, 0.25]]]
+    chart = chart_of(page)
+    assert chart["metrics"] == ["loss"]  # the default
+    assert [s["points"] for s in chart["series"]] == [[[1, 1.0], [2, 0.5]], [[1, 0.5], [2, 0.25]]]
+    assert [s["label"] for s in chart["series"]] == [f"#{first} lr-high", f"#{second} lr-low"]
     assert f"only_{first}" in page and f"only_{second}" in page
-    kl = web_client.get(f"/jobs/compare?ids={first}&ids={second}&metric=objective/kl").text
-    assert '"metric": "objective/kl"' in kl
+    both = chart_of(web_client.get(f"/jobs/compare?ids={first}&ids={second}&metric=objective/kl&metric=loss").text)
+    assert both["metrics"] == ["objective/kl", "loss"]
+    labels = [s["label"] for s in both["series"]]
+    assert labels == [f"#{first} lr-high · objective/kl", f"#{second} lr-low · objective/kl",
+                      f"#{first} lr-high · loss", f"#{second} lr-low · loss"]
 
 
 def test_the_log_tail_spans_many_small_chunks(settings_env):
@@ -275,3 +283,17 @@ def test_concurrent_log_appends_all_land_in_order_of_commit(settings_env):
     for writer in range(4):  # each writer's lines keep their order
         mine = [int(line.split()[1]) for line in lines if line.startswith(f"w{writer} ")]
         assert mine == list(range(25))
+
+
+def test_run_again_prefills_the_form_from_an_earlier_job(web_client, researcher, dataset_id):
+    with session_scope() as session:
+        spec = jobs.JobSpec(kind="figa", config={"beta": 0.25, "max_steps": 9}, base_model="var/figa-base",
+                            dataset_version_id=dataset_id, name="figa b.25")
+        job_id = jobs.create_job(session, spec, None).id
+    page = web_client.get(f"/jobs/new?from_job={job_id}").text
+    assert '<option value="figa" selected>' in page
+    assert 'name="beta" value="0.25"' in page and 'name="max_steps" value="9"' in page
+    assert 'name="alpha" value="1.0"' in page  # keys the job did not set keep their defaults
+    assert 'value="var/figa-base"' in page and 'value="figa b.25 (again)"' in page
+    assert f'<option value="{dataset_id}" selected>' in page
+    assert web_client.get("/jobs/new?from_job=999").status_code == 404
