@@ -17,6 +17,7 @@ import json
 import os
 import random
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -225,9 +226,16 @@ def _measure(url: str, size: int, figures: dict[str, float], notes: dict[str, st
     figures[f"peak_mb_{label}"] = max(peaks)
 
 
+def _exit_on_sigterm(_signum, _frame) -> None:
+    raise SystemExit(143)  # so the finally below still drops the benchmark database
+
+
 def main() -> None:
     from app import migrate
     from app.settings import get_settings
+
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    load_before = os.getloadavg()[0]
 
     # Pseudonyms need a key; the bench must not create or read the deployment's secret.
     os.environ.setdefault("REDLINE_PSEUDONYM_SALT", "bench-export")
@@ -256,7 +264,10 @@ def main() -> None:
         figures["parquet_rows_per_s"] = figures[f"parquet_rows_per_s_{largest}"]
         mean_tokens = sum(json.loads(p["stats"])["original_tokens"] for p in pairs) / len(pairs)
         notes["rows"] = f"{PAIRS} analysed pairs reused; mean original length {mean_tokens:.0f} tokens"
-        notes["machine"] = f"{os.cpu_count()} cpus shared; Postgres on the same host"
+        notes["machine"] = (
+            f"{os.cpu_count()} cpus shared with other work; Postgres on the same host; 1-min load average "
+            f"{load_before:.1f} at start, {os.getloadavg()[0]:.1f} at end"
+        )
     finally:
         from app.db import engine_for
 
