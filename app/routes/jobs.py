@@ -186,6 +186,7 @@ def _live_context(session: Session, job: Job) -> dict[str, Any]:
         "latest": jobs.latest_metrics(session, job.id),
         "log": jobs.log_tail(session, job.id),
         "heartbeat_age": jobs.heartbeat_age_s(job),
+        "stale_after": get_settings().worker_stale_after_s,
         "finished": job.status in jobs.FINISHED,
     }
 

@@ -8,6 +8,7 @@ import json
 import re
 import threading
 import zipfile
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from factories import make_corpus
 from sqlalchemy import select
 
 from app.db import session_scope
-from app.models import AuditEvent, Job, JobStatus, Project
+from app.models import AuditEvent, Job, JobStatus, Project, utcnow
 from app.services import jobs
 from app.services.datasets import DatasetFilter, create_version
 
@@ -297,3 +298,14 @@ def test_run_again_prefills_the_form_from_an_earlier_job(web_client, researcher,
     assert 'value="var/figa-base"' in page and 'value="figa b.25 (again)"' in page
     assert f'<option value="{dataset_id}" selected>' in page
     assert web_client.get("/jobs/new?from_job=999").status_code == 404
+
+
+def test_a_job_whose_worker_went_silent_is_flagged_on_its_page(web_client, researcher, settings_env):
+    job_id = add_job()
+    with session_scope() as session:
+        jobs.claim_next_job(session, "gone-worker")
+        session.get(Job, job_id).heartbeat_at = utcnow() - timedelta(seconds=settings_env.worker_stale_after_s + 5)
+    assert 'id="stale-warning"' in web_client.get(f"/jobs/{job_id}/live").text
+    with session_scope() as session:
+        jobs.heartbeat(session, job_id, "gone-worker", 0.5)
+    assert 'id="stale-warning"' not in web_client.get(f"/jobs/{job_id}/live").text

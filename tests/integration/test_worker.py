@@ -438,3 +438,19 @@ def test_a_rejected_import_fails_the_generate_job_and_imports_nothing(db_url, tm
     assert job.error.startswith("could not import the responses: 1 bad row(s); nothing was imported: line 1")
     with session_scope(engine_for(db_url)) as session:
         assert session.scalars(select(Item).where(Item.project_id == project_id)).all() == []
+
+
+@pytest.mark.slow
+def test_several_processes_run_through_accelerate_launch(db_url, tmp_path, settings_env, tiny_model_path):
+    version_id, _ = add_dataset(db_url)
+    job_id = add_job(db_url, dataset_version_id=version_id, base_model=str(tiny_model_path), max_steps=2,
+                     logging_steps=1, batch_size=1, val_fraction=0.3)
+    with session_scope(engine_for(db_url)) as session:
+        session.get(Job, job_id).num_processes = 2
+    worker = Worker(engine_for(db_url), worker_settings(tmp_path, worker_poll_s=0.2), command_for=job_command)
+    worker.run_once()
+
+    job = load(db_url, job_id)
+    assert job.status == JobStatus.SUCCEEDED, job.error
+    assert "-m accelerate.commands.launch --num_processes 2 -m training token-rm" in log_text(db_url, job_id)
+    assert "accuracy" in job.eval
