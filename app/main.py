@@ -9,7 +9,8 @@ from fastapi.staticfiles import StaticFiles
 
 from app import api
 from app.deps import install_auth_handlers
-from app.routes import admin_projects, admin_users, annotate, auth, dashboard, review
+from app.routes import admin_projects, admin_users, annotate, auth, dashboard, review, settings_tokens
+from app.routes import datasets as dataset_routes
 from app.routes import jobs as job_routes
 from app.security import SecurityMiddleware
 
@@ -24,7 +25,8 @@ def create_app() -> FastAPI:
     app.add_middleware(SecurityMiddleware)
     install_auth_handlers(app)
     for router in (auth.router, admin_users.router, admin_projects.router, annotate.router, review.router,
-                   dashboard.router, job_routes.router, api.router):
+                   dashboard.router, job_routes.router, api.router, dataset_routes.router,
+                   settings_tokens.router):
         app.include_router(router)
 
     @app.get("/healthz", include_in_schema=False)

@@ -1,0 +1,94 @@
+"""The dataset pages and the API-token settings page, through the real app with a logged-in browser session."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from factories import make_corpus
+
+from app.db import session_scope
+
+
+@pytest.fixture
+def corpus(settings_env):
+    with session_scope() as session:
+        return make_corpus(session)
+
+
+@pytest.fixture
+def researcher(web_client, corpus, make_user, login_as) -> str:
+    make_user("rita", "researcher")
+    return login_as(web_client, "rita")
+
+
+def test_pages_need_a_login_and_the_right_role(web_client, corpus, make_user, login_as):
+    anonymous = web_client.get("/datasets", headers={"Accept": "text/html"}, follow_redirects=False)
+    assert anonymous.status_code == 303 and anonymous.headers["location"].startswith("/login")
+    make_user("ann", "annotator")
+    login_as(web_client, "ann")
+    assert web_client.get("/datasets", headers={"Accept": "text/html"}).status_code == 403
+    tokens = web_client.get("/settings/tokens")
+    assert tokens.status_code == 200 and "has no API access" in tokens.text
+
+
+def test_preview_create_and_download_a_version(web_client, corpus, researcher):
+    page = web_client.get("/datasets")
+    assert page.status_code == 200 and "Freeze version" in page.text
+    form = {"csrf_token": researcher, "name": "from the page", "project_id": str(corpus["project"].id),
+            "outcomes": ["edited"], "review_statuses": ["accepted", "pending"]}
+    preview = web_client.post("/datasets/preview", data=form, headers={"HX-Request": "true"})
+    assert "4 matching edits" in preview.text
+    bad_preview = web_client.post("/datasets/preview", data={**form, "min_edit_rate": "2", "max_edit_rate": "1"})
+    assert "above max_edit_rate" in bad_preview.text
+
+    created = web_client.post("/datasets", data=form, follow_redirects=False)
+    assert created.status_code == 303
+    detail = web_client.get(created.headers["location"])
+    hash_ = re.search(r"<code>([0-9a-f]{64})</code>", detail.text).group(1)
+    assert "from the page" in detail.text and "redline export download" in detail.text
+    link = re.search(r'href="(/api/v1/datasets/\d+/download\?format=pairs-jsonl)"', detail.text).group(1)
+    download = web_client.get(link)
+    assert download.status_code == 200 and len(download.text.splitlines()) == 4
+    assert download.headers["x-content-hash"] == hash_
+    listing = web_client.get("/datasets")
+    assert "from the page" in listing.text and hash_[:12] in listing.text
+
+
+def test_bad_form_is_shown_with_reasons_escaped_and_writes_nothing(web_client, corpus, researcher):
+    form = {"csrf_token": researcher, "name": "<script>alert(1)</script>", "min_edit_rate": "0.9",
+            "max_edit_rate": "0.1"}
+    response = web_client.post("/datasets", data=form)
+    assert response.status_code == 422
+    assert "min_edit_rate 0.9 is above max_edit_rate 0.1" in response.text
+    assert "<script>alert(1)</script>" not in response.text and "&lt;script&gt;" in response.text
+    empty = web_client.post("/datasets", data={"csrf_token": researcher, "name": "x", "outcomes": ["unfixable"]})
+    assert empty.status_code == 422 and "selects no edits" in empty.text
+    assert web_client.post("/datasets", data={"name": "no csrf"}).status_code == 403
+    assert "No dataset versions yet" in web_client.get("/datasets").text
+    assert web_client.get("/datasets/99999").status_code == 404
+
+
+def test_token_is_shown_once_works_and_can_be_revoked(web_client, corpus, researcher):
+    created = web_client.post(
+        "/settings/tokens",
+        data={"csrf_token": researcher, "name": "<b>cluster</b>", "scopes": ["datasets:read", "projects:read"]},
+    )
+    assert created.status_code == 201
+    secret = re.search(r'<code id="new-token" class="secret">(rl_[^<]+)</code>', created.text).group(1)
+    assert "&lt;b&gt;cluster&lt;/b&gt;" in created.text
+    later = web_client.get("/settings/tokens")
+    assert secret not in later.text and secret[:10] in later.text
+
+    api = web_client.__class__(web_client.app, base_url="http://testserver")  # no session cookie
+    assert api.get("/api/v1/datasets", headers={"Authorization": f"Bearer {secret}"}).status_code == 200
+    beyond = web_client.post("/settings/tokens", data={"csrf_token": researcher, "name": "x",
+                                                       "scopes": ["webhooks:admin"]})
+    assert beyond.status_code == 422 and "cannot grant" in beyond.text
+
+    token_id = re.search(r'action="/settings/tokens/(\d+)/revoke"', later.text).group(1)
+    revoked = web_client.post(f"/settings/tokens/{token_id}/revoke", data={"csrf_token": researcher},
+                              follow_redirects=False)
+    assert revoked.status_code == 303
+    assert api.get("/api/v1/datasets", headers={"Authorization": f"Bearer {secret}"}).status_code == 401
+    assert "revoked" in web_client.get("/settings/tokens").text
