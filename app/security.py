@@ -25,7 +25,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.db import session_scope
+from app.db import get_engine
 from app.models import User, WebSession, utcnow
 from app.settings import get_settings
 
@@ -118,11 +118,18 @@ class AuthContext:
     csrf_token: str
 
 
+_USER_COLUMNS = (User.id, User.username, User.display_name, User.role, User.is_active, User.created_at,
+                 User.last_login_at)
+
+
 def load_auth(token: str) -> AuthContext | None:
-    """The active user and session behind a cookie token, or None (unknown, expired, deactivated)."""
-    with session_scope() as session:
-        row = session.execute(
-            select(WebSession, User)
+    """The active user and session behind a cookie token, or None (unknown, expired, deactivated).
+
+    Runs on every request, so it is one Core query; the user comes back as a detached object without
+    its password hash, which no request handler needs."""
+    with get_engine().connect() as conn:
+        row = conn.execute(
+            select(WebSession.id, WebSession.csrf_token, *_USER_COLUMNS)
             .join(User, User.id == WebSession.user_id)
             .where(
                 WebSession.token_hash == token_digest(token),
@@ -130,11 +137,11 @@ def load_auth(token: str) -> AuthContext | None:
                 User.is_active.is_(True),
             )
         ).first()
-        if row is None:
-            return None
-        web_session, user = row
-        session.expunge(user)
-        return AuthContext(user=user, session_id=web_session.id, csrf_token=web_session.csrf_token)
+    if row is None:
+        return None
+    session_id, csrf_token, *user_values = row
+    user = User(**{column.key: value for column, value in zip(_USER_COLUMNS, user_values, strict=True)})
+    return AuthContext(user=user, session_id=session_id, csrf_token=csrf_token)
 
 
 # --- the middleware -----------------------------------------------------------------------------

@@ -81,7 +81,7 @@ def task(request: Request, lease_id: int, user: User = Depends(annotator), db: S
     if lease.state != LeaseState.ACTIVE:
         return render(request, "error.html", status_code=410, title="Task closed",
                       message=f"This task is {lease.state}. Press Next for another one.")
-    context["diff"] = annotation.diff_view(context["project"], context["item"].original, context["item"].original)
+    context["diff"] = None  # nothing changed yet; the first keystroke brings the live diff
     context["expires_in_s"] = max(0, int((annotation.as_utc(lease.expires_at) - utcnow()).total_seconds()))
     return render(request, "annotate/task.html", title="Edit", **context)
 

@@ -8,7 +8,7 @@ is unique as the last line of defence.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 
 from sqlalchemy import select
@@ -79,6 +79,20 @@ def analyse(project: Project, original: str, edited: str) -> EditAnalysis:
     return analyse_edit(original, edited, load_tokenizer(project.tokenizer))
 
 
+def _shallow(obj) -> dict:
+    return {f.name: getattr(obj, f.name) for f in fields(obj)}
+
+
+def stored_record(analysis: EditAnalysis) -> dict:
+    """`EditAnalysis.to_record()` without its deep copies (the label lists are fresh and never shared);
+    on the submit path that copy cost more than the alignment itself."""
+    return {
+        "token_labels": _shallow(analysis.labels),
+        "char_diff": [[op, piece] for op, piece in analysis.char_diff],
+        "stats": _shallow(analysis.stats),
+    }
+
+
 def _existing_edit(session: Session, lease_id: int) -> Edit | None:
     return session.scalars(select(Edit).where(Edit.lease_id == lease_id)).first()
 
@@ -96,7 +110,7 @@ def _check_slot(session: Session, lease: Lease, item: Item, project: Project, no
 
 def _edit_row(lease: Lease, item: Item, project: Project, outcome: Outcome, text: str,
               analysis: EditAnalysis | None, metrics: EditorMetrics, skip_reason: str) -> Edit:
-    record = analysis.to_record() if analysis else {"token_labels": {}, "char_diff": [], "stats": {}}
+    record = stored_record(analysis) if analysis else {"token_labels": {}, "char_diff": [], "stats": {}}
     rate = analysis.stats.edit_rate if analysis else 0.0
     return Edit(
         item_id=item.id, annotator_id=lease.annotator_id, lease_id=lease.id, outcome=outcome.value,

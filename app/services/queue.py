@@ -9,6 +9,7 @@ the count is read again in a fresh statement, so a lease committed a moment earl
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, select, update
@@ -19,6 +20,10 @@ from app.models import Item, ItemStatus, Lease, LeaseState, Project, User, utcno
 
 CANDIDATE_TRIES = 8  # rows re-checked per request before reporting the queue as empty
 SWEEP_BATCH = 200
+# Expired leases stop counting the moment they expire; marking them is bookkeeping, so each process
+# sweeps at most this often instead of on every "Next".
+SWEEP_EVERY_S = 10.0
+_last_sweep = {"at": 0.0}
 
 
 def lock_for_write(session: Session) -> None:
@@ -109,7 +114,9 @@ def next_task(session: Session, project: Project, user: User) -> Lease | None:
     lock_for_write(session)
     _serialise_per_annotator(session, user)
     now = utcnow()
-    expire_stale_leases(session, now)
+    if time.monotonic() - _last_sweep["at"] >= SWEEP_EVERY_S:
+        _last_sweep["at"] = time.monotonic()
+        expire_stale_leases(session, now)
     if (lease := current_lease(session, project.id, user, now)) is not None:
         return lease
     tried: list[int] = []

@@ -24,7 +24,7 @@ from app.models import (
     Verdict,
 )
 from app.services import audit
-from app.services.annotation import analyse
+from app.services.annotation import analyse, stored_record
 from app.services.queue import lock_item
 
 
@@ -81,7 +81,7 @@ def history(session: Session, edit_id: int) -> tuple[list[Review], list[Comment]
 def _fix_layer(project: Project, original: str, fixed_text: str) -> dict:
     if not fixed_text.strip():
         raise ReviewError("fixed text: write the corrected response (or choose Accept).")
-    record = analyse(project, original, fixed_text).to_record()
+    record = stored_record(analyse(project, original, fixed_text))
     return {"fixed_text": fixed_text, **record}
 
 
