@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -110,3 +110,36 @@ class DeliveryOut(BaseModel):
     next_attempt_at: datetime
     last_error: str
     created_at: datetime
+
+
+class ItemsImport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    records: list[dict[str, Any]] = Field(
+        min_length=1, max_length=10_000,
+        description="Objects with `prompt` and `response` (or the columns named in `mapping`); preference "
+        "records (`prompt, chosen, rejected`) put `rejected` up for editing. Other keys go to the item's source.",
+    )
+    mapping: dict[Literal["prompt", "response", "chosen"], str] | None = Field(
+        default=None, description='Which record keys hold the texts, e.g. {"prompt": "question"}.'
+    )
+    filename: str = Field(default="api", max_length=500, description="Recorded with the import batch.")
+
+
+class ImportOut(BaseModel):
+    batch_id: int
+    imported: int
+    duplicates: int
+    rows: int
+
+
+class RowProblem(BaseModel):
+    line: int
+    field: str
+    message: str
+
+
+class ImportProblem(BaseModel):
+    detail: str
+    errors: list[RowProblem] = Field(description="Every bad row (the first 500): nothing was imported.")
+    total: int

@@ -202,3 +202,35 @@ def test_webhooks_are_managed_by_admins_and_secret_shown_once(web_client, corpus
     gone = web_client.delete(f"{API}/webhooks/{hook_id}", headers=admin_headers)
     assert gone.status_code == 200 and gone.json()["active"] is False
     assert web_client.get(f"{API}/webhooks/{hook_id}/deliveries", headers=admin_headers).json() == []
+
+
+def test_import_items_all_or_nothing_with_line_and_field(web_client, corpus, admin_headers):
+    url = f"{API}/projects/{corpus['project'].id}/items"
+    body = {"records": [
+        {"question": "Q1", "answer": "A1", "model": "m"},
+        {"question": "Q2", "answer": "A2"},
+        {"question": "Q1", "answer": "A1"},
+    ], "mapping": {"prompt": "question", "response": "answer"}, "filename": "batch.json"}
+    created = web_client.post(url, json=body, headers=admin_headers)
+    assert created.status_code == 201, created.text
+    assert {k: created.json()[k] for k in ("imported", "duplicates", "rows")} == {
+        "imported": 2, "duplicates": 1, "rows": 3}
+    preference = web_client.post(url, json={"records": [{"prompt": "P", "chosen": "good", "rejected": "bad"}]},
+                                 headers=admin_headers)
+    assert preference.status_code == 201 and preference.json()["imported"] == 1
+
+    before = web_client.get(f"{API}/projects/{corpus['project'].id}", headers=admin_headers).json()
+    bad = web_client.post(url, json={"records": [{"prompt": "ok", "response": "fine"}, {"prompt": "no response"},
+                                                 {"prompt": 3, "response": "x"}]}, headers=admin_headers)
+    assert bad.status_code == 422
+    problem = bad.json()
+    assert problem["total"] == 2 and "nothing was imported" in problem["detail"]
+    assert [(e["line"], e["field"]) for e in problem["errors"]] == [(2, "response"), (3, "prompt")]
+    after = web_client.get(f"{API}/projects/{corpus['project'].id}", headers=admin_headers).json()
+    assert after["progress"]["items_total"] == before["progress"]["items_total"] == 11
+
+    assert web_client.post(f"{API}/projects/999/items", json=body, headers=admin_headers).status_code == 404
+    researcher = _auth(_token(corpus["reviewer"]))
+    assert web_client.post(url, json=body, headers=researcher).status_code == 403
+    unknown_key = web_client.post(url, json={**body, "mapping": {"colour": "x"}}, headers=admin_headers)
+    assert unknown_key.status_code == 422
