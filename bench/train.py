@@ -108,8 +108,9 @@ def ours(kind: str, work: Path, export: Path, extra: dict | None = None) -> dict
     TRAINERS[kind](load_config(kind, None, values)).train()
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     measured = [m for m in metrics if "train/tokens_per_second" in m][WARMUP:]
-    return {"tokens_per_s": sum(m["train/tokens_per_second"] for m in measured) / len(measured),
-            "step_s": sum(m["train/step_time"] for m in measured) / len(measured), "peak_mb": peak_mb()}
+    seconds = sum(m["train/step_time"] for m in measured)
+    tokens = sum(m["train/tokens_per_second"] * m["train/step_time"] for m in measured)
+    return {"tokens_per_s": tokens / seconds, "step_s": seconds / len(measured), "peak_mb": peak_mb()}
 
 
 def trl_step_timer():

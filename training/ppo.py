@@ -38,7 +38,7 @@ from training.data import (
 from training.evaluate import policy_metrics, score_rows
 from training.generate import Generator, HFGenerator
 from training.models import Policy, RewardModel, is_adapter, sequence_scores, token_rewards
-from training.run import RunDir, load_state, make_accelerator, save_state
+from training.run import RunDir, adamw, load_state, make_accelerator, save_state
 from training.trainers.base import load_tokenizer
 
 VALUE_DIR = "value_model"
@@ -249,7 +249,7 @@ class PPOTrainer:
         policy.train()
         value.train()
         params = [p for m in (policy, value) for p in m.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        optimizer = adamw(params, cfg.learning_rate, cfg.weight_decay)
         policy, value, optimizer = acc.prepare(policy, value, optimizer)
         iteration = 0
         if resume_from is not None:

@@ -32,6 +32,14 @@ def make_accelerator(cfg: BaseConfig, gradient_accumulation_steps: int = 1):
     return accelerator
 
 
+def adamw(params: list, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """Fused AdamW where torch has it for the parameters' device (HF Trainer's default too), else foreach."""
+    try:
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, ValueError):
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
 def set_threads(requested: int, local_processes: int) -> None:
     """All cores by default, divided among CPU processes so they do not oversubscribe each other."""
     threads = requested or max(1, (os.cpu_count() or 1) // max(1, local_processes))

@@ -58,3 +58,40 @@ def win_rate(scores: Sequence[float], reference: Sequence[float]) -> float:
     if len(scores) != len(reference) or not scores:
         raise ValueError("win_rate needs two non-empty lists of equal length")
     return sum(1.0 if s > r else 0.5 if s == r else 0.0 for s, r in zip(scores, reference, strict=True)) / len(scores)
+
+
+@torch.no_grad()
+def gold_token_agreement(rm_dir: str, prompts: Sequence[str], responses: Sequence[str],
+                         batch_size: int = 64) -> dict[str, float]:
+    """How well a token reward model's r_t agrees with the gold word rewards on (prompt, response) rows:
+    AUROC of r_t separating gold-positive from gold-negative words, and pairwise accuracy on the value
+    words alone (correct vs wrong facts), which isolates factual knowledge from filler detection."""
+    from transformers import AutoTokenizer
+
+    from training.data import collate_rows
+    from training.evaluate import auroc
+    from training.models import RewardModel, token_rewards
+    from training.sim.world import gold_word_rewards, parse_response
+
+    world = default_world()
+    tokenizer = AutoTokenizer.from_pretrained(rm_dir)
+    model = RewardModel.from_pretrained(rm_dir).eval()
+    fmt = Formatter(tokenizer, max_length=128, max_prompt_length=64)
+    pos, neg, right_values, wrong_values = [], [], [], []
+    for start in range(0, len(prompts), batch_size):
+        chunk = list(zip(prompts[start : start + batch_size], responses[start : start + batch_size], strict=True))
+        rows = [fmt.row(fmt.prompt_ids(p), fmt.response_ids(r)) for p, r in chunk]
+        batch = collate_rows(rows, fmt.pad_id)
+        r = token_rewards(model(batch["input_ids"], batch["attention_mask"]), model.head_kind)
+        for i, (prompt, response) in enumerate(chunk):
+            words = response.split()
+            rewards = r[i][batch["response_mask"][i]].tolist()[: len(words)]  # one token per word, then EOS
+            question = world.parse_prompt(prompt)
+            for reward, gold in zip(rewards, gold_word_rewards(world, question, words), strict=False):
+                (pos if gold > 0 else neg if gold < 0 else []).append(reward)
+            for span in parse_response(question, words):
+                if span.kind == "fact" and span.value_index < len(rewards):
+                    correct = words[span.value_index] == world.facts[question.entity][span.attribute]
+                    (right_values if correct else wrong_values).append(rewards[span.value_index])
+    return {"gold_token_auroc": auroc(pos, neg), "gold_value_auroc": auroc(right_values, wrong_values),
+            "gold_positive_tokens": float(len(pos)), "gold_negative_tokens": float(len(neg))}

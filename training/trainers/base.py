@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from training.config import TrainConfig
 from training.data import EditPair, EncodedPair, EpochSampler, Formatter, encode_pairs, read_export, split_by_prompt
-from training.run import RunDir, load_state, make_accelerator, save_state
+from training.run import RunDir, adamw, load_state, make_accelerator, save_state
 
 
 def load_tokenizer(path: str):
@@ -114,7 +114,7 @@ class Trainer:
         model = self.build_model(resume_from)
         model.train()
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        optimizer = adamw(params, cfg.learning_rate, cfg.weight_decay)
         loader, sampler = self._dataloader()
         model, optimizer, loader = acc.prepare(model, optimizer, loader)
 
