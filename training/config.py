@@ -82,8 +82,10 @@ class TokenRMConfig(TrainConfig):
 
 @dataclass
 class FigaConfig(TrainConfig):
-    """FIGA (algorithms.md §2)."""
+    """FIGA (algorithms.md §2). Reference recipe: lr 1e-5 constant, 5 epochs, 128 pairs per optimizer step
+    (batch_size × gradient_accumulation_steps × processes)."""
 
+    num_train_epochs: float = _f(5.0, "Passes over the training split (reference recipe: 5).", min=0.0)
     alpha: float = _f(1.0, "Weight of inserted/replaced y1 tokens and the EOS of the revised row.", min=0.0)
     beta: float = _f(0.5, "Weight (negated) of deleted/replaced y0 tokens while CE ≤ τ.", min=0.0)
     gamma: float = _f(0.0, "Weight of kept y1 tokens (0 = reference recipe; >0 interpolates to SFT).", min=0.0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from torch import Tensor, nn
 from training_fixtures import edit_rows, write_export
@@ -64,6 +65,7 @@ class ToyTokenReward(nn.Module):
         return self.good[input_ids].float() * 2 - 1
 
 
+@pytest.mark.slow
 def test_fine_grained_ppo_raises_toy_score(tiny_model: Path, tmp_path: Path, export_file: Path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
