@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.deps import Forbidden, get_db, require_roles
-from app.models import Edit, Item, ItemStatus, Lease, LeaseState, Outcome, Project, Role, User, utcnow
+from app.models import Edit, Item, ItemStatus, LeaseState, Outcome, Project, Role, User, utcnow
 from app.services import annotation, projects, queue
 from app.templating import render
 
@@ -65,19 +65,13 @@ def next_item(
     return _redirect(request, f"/annotate/task/{lease.id}")
 
 
-def _task_context(db: Session, lease: Lease) -> dict:
-    item = db.get(Item, lease.item_id)
-    project = db.get(Project, item.project_id)
-    return {"lease": lease, "item": item, "project": project}
-
-
 @router.get("/task/{lease_id}")
 def task(request: Request, lease_id: int, user: User = Depends(annotator), db: Session = Depends(get_db)) -> Response:
     try:
-        lease = annotation.lease_for(db, lease_id, user)
+        context = vars(annotation.task_for(db, lease_id, user))
     except annotation.AnnotationError as exc:
         return _error_page(request, exc)
-    context = _task_context(db, lease)
+    lease = context["lease"]
     if lease.state != LeaseState.ACTIVE:
         return render(request, "error.html", status_code=410, title="Task closed",
                       message=f"This task is {lease.state}. Press Next for another one.")
@@ -92,8 +86,8 @@ def live_diff(
     db: Session = Depends(get_db),
 ) -> Response:
     try:
-        context = _task_context(db, annotation.lease_for(db, lease_id, user))
-        diff = annotation.diff_view(context["project"], context["item"].original, text)
+        task = annotation.task_for(db, lease_id, user)
+        diff = annotation.diff_view(task.project, task.item.original, text)
     except annotation.AnnotationError as exc:
         return _error_page(request, exc)
     return render(request, "annotate/_diff.html", diff=diff)

@@ -66,11 +66,24 @@ def as_utc(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-def lease_for(session: Session, lease_id: int, user: User) -> Lease:
-    lease = session.get(Lease, lease_id)
-    if lease is None or lease.annotator_id != user.id:
+@dataclass(frozen=True)
+class Task:
+    lease: Lease
+    item: Item
+    project: Project
+
+
+def task_for(session: Session, lease_id: int, user: User) -> Task:
+    """The annotator's lease with its item and project, in one query."""
+    row = session.execute(
+        select(Lease, Item, Project)
+        .join(Item, Item.id == Lease.item_id)
+        .join(Project, Project.id == Item.project_id)
+        .where(Lease.id == lease_id, Lease.annotator_id == user.id)
+    ).first()
+    if row is None:
         raise AnnotationError("This task is not yours or does not exist.", 404)
-    return lease
+    return Task(*row)
 
 
 def analyse(project: Project, original: str, edited: str) -> EditAnalysis:
@@ -127,11 +140,10 @@ def submit(
     metrics: EditorMetrics = EditorMetrics(), skip_reason: str = "",
 ) -> Edit:
     """Store the annotator's decision on a leased item in one short transaction (the caller commits)."""
-    lease = lease_for(session, lease_id, user)
+    task = task_for(session, lease_id, user)
+    lease, item, project = task.lease, task.item, task.project
     if lease.state in (LeaseState.SUBMITTED, LeaseState.SKIPPED) and (done := _existing_edit(session, lease.id)):
         return done
-    item = session.get(Item, lease.item_id)
-    project = session.get(Project, item.project_id)
     if outcome == Outcome.SKIPPED and not skip_reason.strip():
         raise AnnotationError("Say why you skip this item.")
     if outcome == Outcome.EDITED and text.replace("\r\n", "\n") == item.original:
