@@ -27,6 +27,7 @@ from app.models import (
     User,
     utcnow,
 )
+from app.services import webhooks
 from app.services.queue import active_lease_count, lock_item
 from labels import EditAnalysis, analyse_edit, load_tokenizer
 
@@ -171,7 +172,22 @@ def submit(
         if done := _existing_edit(session, lease_id):
             return done
         raise
+    _notify(session, edit, item)
     return edit
+
+
+def _notify(session: Session, edit: Edit, item: Item) -> None:
+    """Webhook deliveries, queued in this transaction so they exist exactly when the edit does."""
+    if edit.outcome == Outcome.SKIPPED:
+        return
+    webhooks.enqueue(session, "edit.submitted", {
+        "edit_id": edit.id, "item_id": item.id, "project_id": item.project_id, "outcome": edit.outcome,
+        "edit_rate": edit.edit_rate, "not_minimal": edit.not_minimal,
+    })
+    if item.status == ItemStatus.COMPLETE:
+        webhooks.enqueue(session, "item.completed", {
+            "item_id": item.id, "project_id": item.project_id, "completed_count": item.completed_count,
+        })
 
 
 # --- the live diff --------------------------------------------------------------------------------

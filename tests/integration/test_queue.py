@@ -182,3 +182,20 @@ def test_concurrent_annotators_on_sqlite_give_exactly_n(settings_env, make_user,
         pairs = session.execute(select(Edit.item_id, Edit.annotator_id)).all()
     assert per_item == Counter({item_id: 2 for item_id in item_ids})
     assert len(pairs) == len(set(pairs))
+
+
+def test_submit_queues_webhook_deliveries(make_user, make_project, add_items):
+    from app.models import WebhookDelivery
+    from app.services.webhooks import create_webhook
+
+    ann = make_user("ann")
+    project = make_project(members=[ann])
+    add_items(project, [("P", "The original.")])
+    with session_scope() as session:
+        create_webhook(session, "https://hooks.example/redline", ["*"], None)
+    lease = _lease(project, ann)
+    edit = _submit(lease.id, ann, "The edited.")
+    _submit(lease.id, ann, "The edited.")  # a double submit queues nothing more
+    with session_scope() as session:
+        events = sorted((d.event, d.payload["item_id"]) for d in session.scalars(select(WebhookDelivery)))
+    assert events == [("edit.submitted", edit.item_id), ("item.completed", edit.item_id)]
