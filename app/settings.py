@@ -63,7 +63,8 @@ class Settings(BaseSettings):
         path = self.data_dir / "secret_key"
         if not path.exists():
             self.data_dir.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".secret_key.{os.getpid()}")
+            # Unique per call: threads of one process must not share (and unlink) each other's file.
+            tmp = path.with_name(f".secret_key.{os.getpid()}.{secrets.token_hex(4)}")
             tmp.write_text(secrets.token_urlsafe(48))
             tmp.chmod(0o600)
             # link() refuses to overwrite: of two processes starting at once, the first key wins.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -179,3 +180,27 @@ def test_large_version_is_built_in_chunks_with_rows_in_edit_order(db_url, settin
     assert version.row_count == 25
     assert [seq for seq, _ in rows] == list(range(25))
     assert [edit_id for _, edit_id in rows] == sorted(edit_id for _, edit_id in rows)
+
+
+@pytest.mark.postgres
+def test_concurrent_freezes_of_the_same_filter_agree(pg_url, settings_env):
+    with session_scope(engine_for(pg_url)) as session:
+        make_corpus(session)
+    flt = DatasetFilter(review_statuses=["accepted", "pending"])
+    results: list[tuple[int, int, str]] = []
+
+    def freeze(name: str) -> None:
+        with session_scope(engine_for(pg_url)) as session:
+            version = create_version(session, flt, name, None, chunk_rows=2)
+            results.append((version.id, version.row_count, version.content_hash))
+
+    threads = [threading.Thread(target=freeze, args=(f"v{n}",)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 4 and len({(count, digest) for _, count, digest in results}) == 1
+    with session_scope(engine_for(pg_url)) as session:
+        for version_id, count, _ in results:
+            seqs = session.scalars(select(DatasetRow.seq).where(DatasetRow.dataset_version_id == version_id)).all()
+            assert sorted(seqs) == list(range(count))
