@@ -32,19 +32,19 @@ class Preset:
         return {**asdict(self), "common": COMMON}
 
 
-RM = {"learning_rate": 1e-3, "num_train_epochs": 2, "batch_size": 16, "val_fraction": 0.2, "logging_steps": 10}
+RM = {"learning_rate": 1e-3, "num_train_epochs": 6, "batch_size": 16, "val_fraction": 0.2, "logging_steps": 10}
 POLICY = {"learning_rate": 3e-4, "num_train_epochs": 2, "batch_size": 16, "val_fraction": 0.2, "logging_steps": 10}
-PPO = {"learning_rate": 1e-4, "num_iterations": 60, "rollout_batch_size": 32, "max_new_tokens": 32,
-       "save_steps": 10, "save_total_limit": 1000, "val_fraction": 0.0, "kl_coef": 0.05}
+PPO = {"learning_rate": 3e-5, "num_iterations": 60, "rollout_batch_size": 32, "max_new_tokens": 32,
+       "save_steps": 5, "save_total_limit": 1000, "val_fraction": 0.0, "kl_coef": 0.1}
 
 FULL = Preset(
-    name="full", seeds=(0, 1, 2), pretrain_steps=1500, train_prompts=0, initial_samples=2, eval_prompts=0,
+    name="full", seeds=(0, 1, 2), pretrain_steps=1500, train_prompts=0, initial_samples=3, eval_prompts=0,
     eval_samples=2, token_rm={**RM, "keep_l2_weight": 0.1}, seq_rm=RM, ppo=PPO, figa=POLICY, sft=POLICY,
     dpo={**POLICY, "learning_rate": 1e-4, "beta": 0.1},
 )
 
 FAST = Preset(
-    name="fast", seeds=(0,), pretrain_steps=150, train_prompts=60, initial_samples=1, eval_prompts=16,
+    name="fast", seeds=(0,), pretrain_steps=80, train_prompts=60, initial_samples=1, eval_prompts=16,
     eval_samples=1, token_rm={**RM, "num_train_epochs": 1}, seq_rm={**RM, "num_train_epochs": 1},
     ppo={**PPO, "num_iterations": 2, "rollout_batch_size": 8, "save_steps": 1, "max_new_tokens": 24},
     figa={**POLICY, "max_steps": 2}, sft={**POLICY, "max_steps": 2}, dpo={**POLICY, "max_steps": 2},

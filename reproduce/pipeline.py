@@ -87,14 +87,23 @@ def _head(rows: list[dict], n: int) -> list[dict]:
 
 
 def build_stage(preset: Preset, out: Path) -> Path:
+    """The pretrained policy; reused when a previous run built it with the same world and configs."""
+    from dataclasses import asdict
+
     from training.sim.build import build
-    from training.sim.policy import PretrainConfig
+    from training.sim.corpus import FlawRates
+    from training.sim.policy import PolicyConfig, PretrainConfig
+    from training.sim.world import NUM_ENTITIES
 
     folder = out / "build"
     meta_path = folder / "build.json"
-    if meta_path.is_file() and json.loads(meta_path.read_text())["pretrain"]["steps"] == preset.pretrain_steps:
-        log(f"reusing {folder}")
-        return folder
+    wanted = {"num_entities": NUM_ENTITIES, "flaw_rates": asdict(FlawRates()), "policy": asdict(PolicyConfig()),
+              "pretrain": asdict(PretrainConfig(steps=preset.pretrain_steps))}
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        if all(meta.get(k) == v for k, v in wanted.items()):
+            log(f"reusing {folder}")
+            return folder
     log(f"pretraining the tiny policy ({preset.pretrain_steps} steps)")
     build(folder, PretrainConfig(steps=preset.pretrain_steps))
     return folder
@@ -157,7 +166,7 @@ def ppo_checkpoints(run: Path) -> list[tuple[int, Path]]:
 
 
 def evaluate_stage(preset: Preset, build_dir: Path, runs: dict[str, Path], seed: int) -> dict[str, Any]:
-    from training.sim.evaluate import gold_eval, win_rate
+    from training.sim.evaluate import gold_eval, gold_token_agreement, win_rate
 
     prompts = [r["prompt"] for r in _head(_read_jsonl(build_dir / "prompts_eval.jsonl"), preset.eval_prompts)]
     sample_seed = 1000 + seed
@@ -177,6 +186,9 @@ def evaluate_stage(preset: Preset, build_dir: Path, runs: dict[str, Path], seed:
         result["policies"][name] = {"gold": ev.mean, "win_rate": win_rate(ev.scores, initial.scores)}
     for kind in ("token-rm", "seq-rm"):
         result[kind] = json.loads((runs[kind] / "eval.json").read_text())
+    # The token RM against the gold word rewards, on the initial policy's answers to held-out questions.
+    result["token-rm"].update(gold_token_agreement(str(runs["token-rm"] / "model"), initial.prompts,
+                                                   initial.responses))
     return result
 
 

@@ -69,6 +69,8 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
         "token_rm_edit_span_acc_std": rm("token-rm", "edit_span_accuracy")[1],
         "token_rm_full_seq_acc": rm("token-rm", "full_seq_accuracy")[0],
         "token_rm_token_auroc": rm("token-rm", "token_auroc")[0],
+        "token_rm_gold_token_auroc": rm("token-rm", "gold_token_auroc")[0],
+        "token_rm_gold_value_auroc": rm("token-rm", "gold_value_auroc")[0],
         "seq_rm_acc": rm("seq-rm", "full_seq_accuracy")[0],
         "seq_rm_acc_std": rm("seq-rm", "full_seq_accuracy")[1],
         "initial_gold": g0,
@@ -184,6 +186,9 @@ def markdown(results: dict[str, Any], s: dict[str, Any], plots: str) -> str:
         f"| token RM accuracy (edit-span, held-out pairs) | {PAPER['token_rm_accuracy']} | "
         f"{_pct(s['token_rm_edit_span_acc'])} ± {_pct(s['token_rm_edit_span_acc_std'])} "
         f"(full-sequence {_pct(s['token_rm_full_seq_acc'])}, token AUROC {_f(s['token_rm_token_auroc'])}) |",
+        f"| token RM against the gold word rewards (held-out answers of the initial policy) | — | AUROC "
+        f"{_f(s['token_rm_gold_token_auroc'])} over all gold-scored words, {_f(s['token_rm_gold_value_auroc'])} "
+        "on fact values alone (correct vs wrong) |",
         f"| sequence RM accuracy | — | {_pct(s['seq_rm_acc'])} ± {_pct(s['seq_rm_acc_std'])} |",
         f"| PPO steps to 90% of the sequence-level gain, token ÷ sequence | {PAPER['ppo_steps_ratio']} | "
         f"{_f(ratio, 2)} ({_f(s['ppo_steps_to_threshold_token'], 1)} vs "

@@ -29,7 +29,11 @@ def test_fast_pipeline_goes_through_app_and_cli(fast_run):
     assert len(rows) == results["annotation"]["exported_rows"] == results["annotation"]["imported"]
     assert {r["outcome"] for r in rows} <= {"edited", "no_change_needed"}
     edited = [r for r in rows if r["outcome"] == "edited"]
-    assert edited and all(r["token_labels"]["edited_labels"] for r in edited)  # labelled by the server
+    assert edited
+    for r in edited:  # labelled by the server: one label per token, at least one of them an edit
+        labels = r["token_labels"]
+        assert len(labels["original_labels"]) == len(labels["original_ids"])
+        assert any(labels["original_labels"] + labels["edited_labels"])
     seed = results["seeds"][0]
     for reward in ("token", "sequence"):
         steps = [s for s, _ in seed["ppo_curves"][reward]]
@@ -77,7 +81,8 @@ def test_summary_on_known_curves():
                                "sequence": list(zip([0, 10, 20], sequence, strict=True))},
                 "policies": {n: {"gold": 0.5, "win_rate": 0.6} for n in
                              ("ppo-token", "ppo-sequence", "figa", "sft", "dpo")},
-                "token-rm": {"edit_span_accuracy": 0.8, "full_seq_accuracy": 0.7, "token_auroc": 0.9},
+                "token-rm": {"edit_span_accuracy": 0.8, "full_seq_accuracy": 0.7, "token_auroc": 0.9,
+                             "gold_token_auroc": 0.8, "gold_value_auroc": 0.7},
                 "seq-rm": {"full_seq_accuracy": 0.75}}
     results = {"seeds": {"0": seed([0, 1.0, 1.0], [0, 0.5, 1.0]), "1": seed([0, 0.8, 1.2], [0, 0.5, 1.0])}}
     s = summarise(results)

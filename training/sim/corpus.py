@@ -18,7 +18,7 @@ from training.sim.world import ATTRIBUTES, FILLERS, SUBJECTS, Question, World
 class FlawRates:
     p_wrong: float = 0.25
     p_filler: float = 0.15
-    p_missing: float = 0.05
+    p_missing: float = 0.15
     p_extra: float = 0.05
 
 

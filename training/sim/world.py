@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 WORLD_SEED = 0
-NUM_ENTITIES = 40
+NUM_ENTITIES = 24
 
 # attribute -> (words between the subject and the value, words after the value, possible values)
 ATTRIBUTES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
