@@ -136,7 +136,3 @@ def next_task(session: Session, project: Project, user: User) -> Lease | None:
         tried.append(item.id)
     return None
 
-
-def release(session: Session, lease: Lease, state: LeaseState) -> None:
-    """End a lease (skipped, or given back) so its slot returns to the pool."""
-    lease.state = state
