@@ -114,7 +114,8 @@ def _claim_due(session_factory: SessionFactory, limit: int, now: datetime) -> li
     """Reserve up to `limit` due deliveries by pushing their next attempt past the claim window.
 
     The claim commits before any network call, so no transaction stays open while a remote server is
-    slow, and concurrent workers (SKIP LOCKED on Postgres) never send the same delivery twice at once.
+    slow. The UPDATE re-checks that each row is still due, so of two workers racing for a delivery only
+    one gets it back from RETURNING (SQLite serialises the writes; Postgres also skips locked rows).
     """
     with session_factory() as session:
         query = (
@@ -125,15 +126,18 @@ def _claim_due(session_factory: SessionFactory, limit: int, now: datetime) -> li
         )
         if session.get_bind().dialect.name == "postgresql":
             query = query.with_for_update(skip_locked=True)
-        ids = list(session.scalars(query))
-        if ids:
-            session.execute(
+        candidates = list(session.scalars(query))
+        claimed: list[int] = []
+        if candidates:
+            claimed = list(session.scalars(
                 update(WebhookDelivery)
-                .where(WebhookDelivery.id.in_(ids))
+                .where(WebhookDelivery.id.in_(candidates), WebhookDelivery.status == "pending",
+                       WebhookDelivery.next_attempt_at <= now)
                 .values(next_attempt_at=now + timedelta(seconds=CLAIM_SECONDS))
-            )
+                .returning(WebhookDelivery.id)
+            ))
         session.commit()
-    return ids
+    return sorted(claimed)
 
 
 def _request_parts(delivery: WebhookDelivery, hook: Webhook, now: datetime) -> tuple[bytes, dict[str, str]]:

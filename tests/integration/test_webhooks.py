@@ -134,9 +134,7 @@ def test_bad_webhook_urls_are_refused(factory, url):
         webhooks.create_webhook(session, url, ["item.completed"], actor=None)
 
 
-@pytest.mark.postgres
-def test_concurrent_workers_send_each_delivery_once(pg_url, settings_env, receiver):
-    factory = lambda: session_scope(engine_for(pg_url))  # noqa: E731
+def test_concurrent_workers_send_each_delivery_once(factory, receiver):
     _hook(factory, receiver.url, ["edit.submitted"])
     with factory() as session:
         for n in range(30):
