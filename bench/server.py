@@ -10,6 +10,8 @@ under uvicorn in a subprocess; an asyncio httpx client plays 50 logged-in annota
 
 Submitted texts are minimal edits (two words changed). After a warm-up, figures cover a fixed window.
 The seeded database is kept between runs (only annotations are reset) so reruns start in seconds.
+Context figures: `healthz_req_per_s` (the bare framework at the same concurrency, measured first), CPU
+per annotation cycle of server and client, and the load average, since the box may be shared.
 """
 
 from __future__ import annotations
@@ -212,6 +214,23 @@ async def annotator(base: str, project_id: int, cookie: str, csrf: str, recorder
                 recorder.errors += 1
 
 
+async def _floor_req_per_s(base: str, seconds: float = 5.0) -> float:
+    """Requests per second of the bare framework (GET /healthz: no auth, no database) at the same
+    concurrency on the same box: the ceiling any real route is measured against."""
+    stop = time.perf_counter() + seconds
+    done = 0
+
+    async def hammer() -> None:
+        nonlocal done
+        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+            while time.perf_counter() < stop:
+                await client.get("/healthz")
+                done += 1
+
+    await asyncio.gather(*(hammer() for _ in range(ANNOTATORS)))
+    return done / seconds
+
+
 def _process_tree_cpu_s(root: int) -> float:
     """User + system CPU seconds of `root` and its direct children (the uvicorn workers), from /proc."""
     total = 0.0
@@ -270,9 +289,9 @@ def main() -> None:
     port = _free_port()
     server = _start_server(url, port)
     try:
-        recorder, (server_cpu, client_cpu) = asyncio.run(
-            _drive(f"http://127.0.0.1:{port}", project_id, sessions, server.pid)
-        )
+        base = f"http://127.0.0.1:{port}"
+        floor = asyncio.run(_floor_req_per_s(base))
+        recorder, (server_cpu, client_cpu) = asyncio.run(_drive(base, project_id, sessions, server.pid))
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
@@ -289,6 +308,7 @@ def main() -> None:
             # CPU per annotation cycle (next + page + submit): what the throughput is made of on a shared box.
             "server_cpu_ms_per_cycle": 1000 * server_cpu / max(1, len(submits)),
             "client_cpu_ms_per_cycle": 1000 * client_cpu / max(1, len(submits)),
+            "healthz_req_per_s": floor,
             "load_avg_1m": os.getloadavg()[0],
         },
         notes={

@@ -18,10 +18,12 @@
   }
   editor.addEventListener("keydown", function (event) {
     if (event.key.length === 1 || event.key === "Backspace" || event.key === "Delete" || event.key === "Enter") {
-      if (!(event.ctrlKey && event.key === "Enter")) { keystrokes += 1; activity(); }
+      if (!(event.ctrlKey && event.key === "Enter")) keystrokes += 1;
     }
   });
-  editor.addEventListener("paste", function () { pastes += 1; activity(); });
+  editor.addEventListener("paste", function () { pastes += 1; });
+  // Any change of the text counts as activity: typing, pasting, dictation, drag and drop.
+  editor.addEventListener("input", activity);
 
   function fillMetrics() {
     form.elements.time_to_first_key_ms.value = firstKeyAt === null ? "" : Math.round(firstKeyAt - shownAt);

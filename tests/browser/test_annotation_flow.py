@@ -8,6 +8,10 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page, expect
+from sqlalchemy import select
+
+from app.db import session_scope
+from app.models import Edit
 
 pytestmark = [pytest.mark.browser, pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)]
 SHOTS = Path(__file__).resolve().parent.parent.parent / "docs" / "screenshots"
@@ -58,6 +62,9 @@ def test_click_through_import_annotate_review_dashboard(live_server, login_page,
     editor.fill(ITEMS[0]["response"].replace("red light more than blue light", "blue light more than red light")
                 .replace("long wavelengths", "short wavelengths"))
     editor.press("End")
+    editor.press_sequentially("!!")
+    editor.press("Backspace")
+    editor.press("Backspace")
     expect(annotator.locator("#char-diff ins").first).to_be_visible()
     expect(annotator.locator("#char-diff")).to_contain_text("short")
     annotator.screenshot(path=str(SHOTS / "editor.png"), full_page=True)
@@ -69,6 +76,10 @@ def test_click_through_import_annotate_review_dashboard(live_server, login_page,
     annotator.locator("#editor").fill("12 times 12 is 144.")
     annotator.click("#submit")
     expect(annotator.locator(".flash")).to_contain_text("Nothing left for you")
+
+    with session_scope() as session:  # the editor's effort measurements arrived with the submit
+        first = session.scalars(select(Edit).order_by(Edit.id)).first()
+    assert first.keystrokes == 4 and first.time_to_first_key_ms is not None and first.active_ms > 0
 
     reviewer = login_page("rev")
     expect(reviewer).to_have_url(f"{live_server}/review")
