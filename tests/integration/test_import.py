@@ -100,3 +100,24 @@ def test_admin_upload_page(web_client, make_user, make_project, login_as):
     good = web_client.post(f"/admin/projects/{project.id}/import", data={"csrf_token": csrf}, files=files)
     assert good.status_code == 200 and "Imported 1 item(s)" in good.text
     assert _count(project.id) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_large_file_imports_in_flat_memory(make_project, tmp_path):
+    import tracemalloc
+
+    project = make_project()
+    path = tmp_path / "big.jsonl"
+    filler = "word " * 100
+    with path.open("w") as out:
+        for i in range(40_000):
+            out.write(json.dumps({"prompt": f"Prompt {i}", "response": f"{filler}{i}"}) + "\n")
+    size_mb = path.stat().st_size / 1e6
+    tracemalloc.start()
+    with session_scope() as session, path.open("rb") as stream:
+        result = import_file(session, project, stream, filename=path.name)
+    peak_mb = tracemalloc.get_traced_memory()[1] / 1e6
+    tracemalloc.stop()
+    assert result.imported == 40_000 and _count(project.id) == 40_000
+    assert peak_mb < size_mb / 2, (peak_mb, size_mb)  # far below the file: it never sat in memory
