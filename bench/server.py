@@ -10,7 +10,7 @@ under uvicorn in a subprocess; an asyncio httpx client plays 50 logged-in annota
 
 Submitted texts are minimal edits (two words changed). After a warm-up, figures cover a fixed window.
 The seeded database is kept between runs (only annotations are reset) so reruns start in seconds.
-Context figures: `healthz_req_per_s` (the bare framework at the same concurrency, measured first), CPU
+Context figures: `healthz_req_per_s` (the bare framework at the same concurrency, measured right after), CPU
 per annotation cycle of server and client, and the load average, since the box may be shared.
 """
 
@@ -290,8 +290,8 @@ def main() -> None:
     server = _start_server(url, port)
     try:
         base = f"http://127.0.0.1:{port}"
-        floor = asyncio.run(_floor_req_per_s(base))
         recorder, (server_cpu, client_cpu) = asyncio.run(_drive(base, project_id, sessions, server.pid))
+        floor = asyncio.run(_floor_req_per_s(base))  # afterwards, on the warmed-up server
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
