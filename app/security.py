@@ -15,7 +15,6 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
-from http.cookies import SimpleCookie
 from urllib.parse import parse_qs
 
 import anyio
@@ -148,11 +147,15 @@ def load_auth(token: str) -> AuthContext | None:
 
 
 def _cookies(scope: Scope) -> dict[str, str]:
-    jar = SimpleCookie()
+    """Cookie header -> dict, as browsers send it (`a=1; b=2`); our own values are URL-safe tokens."""
+    cookies: dict[str, str] = {}
     for name, value in scope.get("headers", []):
         if name == b"cookie":
-            jar.load(value.decode("latin-1"))
-    return {key: morsel.value for key, morsel in jar.items()}
+            for pair in value.decode("latin-1").split(";"):
+                key, sep, val = pair.strip().partition("=")
+                if sep and key not in cookies:
+                    cookies[key] = val.strip('"')
+    return cookies
 
 
 def _header(scope: Scope, wanted: bytes) -> str | None:

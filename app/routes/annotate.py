@@ -25,8 +25,8 @@ def _redirect(request: Request, url: str) -> Response:
 
 
 def _member_project(db: Session, project_id: int, user: User) -> Project:
-    project = db.get(Project, project_id)
-    if project is None or project.archived or not projects.is_member(db, project_id, user):
+    project = projects.project_for_member(db, project_id, user)
+    if project is None:
         raise Forbidden("You are not assigned to this project.")
     return project
 

@@ -105,10 +105,17 @@ def set_members(session: Session, project: Project, user_ids: set[int], actor: U
                  before={"members": sorted(before)}, after={"members": sorted(user_ids)})
 
 
-def is_member(session: Session, project_id: int, user: User) -> bool:
-    if user.role == Role.ADMIN:
-        return True
-    return session.get(ProjectMember, (project_id, user.id)) is not None
+def project_for_member(session: Session, project_id: int, user: User) -> Project | None:
+    """The active project if `user` works in it (admins: any), in one query; else None."""
+    member = (
+        select(ProjectMember.user_id)
+        .where(ProjectMember.project_id == Project.id, ProjectMember.user_id == user.id)
+        .exists()
+    )
+    query = select(Project).where(Project.id == project_id, Project.archived.is_(False))
+    if user.role != Role.ADMIN:
+        query = query.where(member)
+    return session.scalars(query).first()
 
 
 def projects_for(session: Session, user: User) -> list[Project]:

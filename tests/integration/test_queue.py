@@ -199,3 +199,28 @@ def test_submit_queues_webhook_deliveries(make_user, make_project, add_items):
     with session_scope() as session:
         events = sorted((d.event, d.payload["item_id"]) for d in session.scalars(select(WebhookDelivery)))
     assert events == [("edit.submitted", edit.item_id), ("item.completed", edit.item_id)]
+
+
+def test_next_through_the_pages_and_membership(web_client, make_user, make_project, add_items, login_as):
+    member = make_user("ann")
+    make_user("out")
+    project = make_project(members=[member])
+    add_items(project, [("P", "The original answer.")])
+    csrf = login_as(web_client, "out")
+    assert web_client.post(f"/annotate/{project.id}/next", headers={"X-CSRF-Token": csrf}).status_code == 403
+    web_client.post("/logout", headers={"X-CSRF-Token": csrf})
+    csrf = login_as(web_client, "ann")
+    leased = web_client.post(f"/annotate/{project.id}/next", headers={"X-CSRF-Token": csrf}, follow_redirects=False)
+    task_url = leased.headers["location"]
+    assert task_url.startswith("/annotate/task/")
+    assert "The original answer." in web_client.get(task_url).text
+    diff = web_client.post(f"{task_url}/diff", data={"text": "The original answer, fixed."},
+                           headers={"X-CSRF-Token": csrf, "HX-Request": "true"})
+    assert "<ins>" in diff.text and "Edit rate" in diff.text
+    form = {"text": "The original answer, fixed.", "outcome": "edited", "keystrokes": "7", "csrf_token": csrf}
+    first = web_client.post(f"{task_url}/submit", data=form, follow_redirects=False)
+    again = web_client.post(f"{task_url}/submit", data=form, follow_redirects=False)
+    assert first.status_code == again.status_code == 303
+    with session_scope() as session:
+        [edit] = session.scalars(select(Edit)).all()
+    assert edit.keystrokes == 7 and edit.annotator_id == member.id
