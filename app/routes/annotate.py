@@ -93,7 +93,7 @@ def live_diff(
     return render(request, "annotate/_diff.html", diff=diff)
 
 
-def _metrics(
+async def _metrics(  # async: pure parsing, no need for a thread-pool hop
     time_to_first_key_ms: str = Form(""), active_ms: str = Form(""), keystrokes: str = Form("0"),
     pastes: str = Form("0"),
 ) -> annotation.EditorMetrics:
