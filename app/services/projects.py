@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import case, delete, func, select, update
 from sqlalchemy.orm import Session
 
-from app.models import Project, ProjectMember, Role, User
+from app.models import Item, ItemStatus, Project, ProjectMember, Role, User
 from app.services import audit
 from labels import TokenizerNotFound, load_tokenizer
 
@@ -73,7 +73,19 @@ def update_project(session: Session, project: Project, settings: ProjectSettings
     before = _snapshot(project)
     for key, value in vars(settings).items():
         setattr(project, key, value)
+    if before["annotations_per_item"] != project.annotations_per_item:
+        _restatus_items(session, project)
     audit.record(session, actor, "project.update", "project", project.id, before=before, after=_snapshot(project))
+
+
+def _restatus_items(session: Session, project: Project) -> None:
+    """A new N reopens items that now need more annotations and completes those that have enough."""
+    complete = Item.completed_count >= project.annotations_per_item
+    session.execute(
+        update(Item)
+        .where(Item.project_id == project.id, Item.status.in_([ItemStatus.OPEN, ItemStatus.COMPLETE]))
+        .values(status=case((complete, ItemStatus.COMPLETE.value), else_=ItemStatus.OPEN.value))
+    )
 
 
 def get_project(session: Session, project_id: int) -> Project:

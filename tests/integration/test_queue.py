@@ -224,3 +224,23 @@ def test_next_through_the_pages_and_membership(web_client, make_user, make_proje
     with session_scope() as session:
         [edit] = session.scalars(select(Edit)).all()
     assert edit.keystrokes == 7 and edit.annotator_id == member.id
+
+
+def test_changing_n_reopens_and_completes_items(make_user, make_project, add_items):
+    from app.services.projects import ProjectSettings, update_project
+
+    ann = make_user("ann")
+    project = make_project(members=[ann])
+    [item_id] = add_items(project, [("P", "The original.")])
+    _submit(_lease(project, ann).id, ann, "The edited.")
+
+    def set_n(n: int) -> str:
+        with session_scope() as session:
+            stored = session.get(type(project), project.id)
+            update_project(session, stored, ProjectSettings(name=stored.name, tokenizer=stored.tokenizer,
+                                                            annotations_per_item=n), None)
+        with session_scope() as session:
+            return session.get(Item, item_id).status
+
+    assert set_n(2) == ItemStatus.OPEN
+    assert set_n(1) == ItemStatus.COMPLETE
