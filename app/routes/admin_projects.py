@@ -131,6 +131,16 @@ async def members(
     return RedirectResponse(f"/admin/projects/{project_id}?done=Members+saved", status_code=303)
 
 
+@router.post("/{project_id}/archived")
+def archive(
+    project_id: int, archived: bool = Form(...), admin: User = Depends(admin_only), db: Session = Depends(get_db)
+) -> Response:
+    project_service.set_archived(db, _project_or_404(db, project_id), archived, admin)
+    db.commit()
+    return RedirectResponse(f"/admin/projects/{project_id}?done={'Archived' if archived else 'Restored'}",
+                            status_code=303)
+
+
 @router.post("/{project_id}/import")
 def upload(
     request: Request,

@@ -88,6 +88,14 @@ def _restatus_items(session: Session, project: Project) -> None:
     )
 
 
+def set_archived(session: Session, project: Project, archived: bool, actor: User | None) -> None:
+    """Archived projects disappear from annotators' and reviewers' lists; nothing is deleted."""
+    before = _snapshot(project)
+    project.archived = archived
+    audit.record(session, actor, "project.archive" if archived else "project.unarchive", "project", project.id,
+                 before=before, after=_snapshot(project))
+
+
 def get_project(session: Session, project_id: int) -> Project:
     project = session.get(Project, project_id)
     if project is None:

@@ -58,8 +58,13 @@ def _reviewable(reviewer: User):
 
 
 def review_queue(session: Session, reviewer: User, project_id: int | None = None, limit: int = 100) -> list[QueueRow]:
-    """Pending edits the reviewer may judge (members of the project; never their own work), oldest first."""
-    query = _reviewable(reviewer).where(Edit.review_status == ReviewStatus.PENDING).order_by(Edit.id).limit(limit)
+    """Pending edits of active projects the reviewer may judge (a member; never their own work), oldest first."""
+    query = (
+        _reviewable(reviewer)
+        .where(Edit.review_status == ReviewStatus.PENDING, Project.archived.is_(False))
+        .order_by(Edit.id)
+        .limit(limit)
+    )
     if project_id is not None:
         query = query.where(Item.project_id == project_id)
     return [QueueRow(*row) for row in session.execute(query).all()]

@@ -121,3 +121,16 @@ def test_large_file_imports_in_flat_memory(make_project, tmp_path):
     tracemalloc.stop()
     assert result.imported == 40_000 and _count(project.id) == 40_000
     assert peak_mb < size_mb / 2, (peak_mb, size_mb)  # far below the file: it never sat in memory
+
+
+def test_archiving_hides_a_project_from_annotators(web_client, make_user, make_project, login_as):
+    make_user("boss", "admin")
+    ann = make_user("ann")
+    project = make_project(name="Old project", members=[ann])
+    csrf = login_as(web_client, "boss")
+    done = web_client.post(f"/admin/projects/{project.id}/archived", data={"archived": "true", "csrf_token": csrf})
+    assert done.status_code == 200 and "Archived" in done.text
+    web_client.post("/logout", headers={"X-CSRF-Token": csrf})
+    csrf = login_as(web_client, "ann")
+    assert "Old project" not in web_client.get("/annotate").text
+    assert web_client.post(f"/annotate/{project.id}/next", headers={"X-CSRF-Token": csrf}).status_code == 403
