@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from reproduce.config import PRESETS
-from reproduce.pipeline import run_pipeline
+from reproduce.pipeline import add_training_stats, run_pipeline
 from reproduce.report import write_report
 
 
@@ -24,6 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or Path("var/reproduce") / args.preset
     if args.report_only:
         results = json.loads((out / "results.json").read_text())
+        for seed, seed_result in results["seeds"].items():  # runs from before these statistics existed
+            if "ppo_rollouts" not in seed_result or "figa_train" not in seed_result:
+                add_training_stats(seed_result, out / f"seed-{seed}")
     else:
         results = run_pipeline(PRESETS[args.preset], out, in_process=args.in_process)
     summary = write_report(results, args.docs, args.bench)

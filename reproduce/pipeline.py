@@ -16,6 +16,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -41,7 +42,8 @@ class CLI:
 
     def __call__(self, kind: str, output_dir: Path, **keys: Any) -> dict:
         argv = [kind, *[f"--set={k}={v}" for k, v in {**COMMON, **keys, "output_dir": output_dir}.items()]]
-        output_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(output_dir, ignore_errors=True)  # a run folder appends metrics and keeps checkpoints
+        output_dir.mkdir(parents=True)
         log_path = output_dir / "cli.log"
         started = time.monotonic()
         if self.in_process:
@@ -165,6 +167,26 @@ def ppo_checkpoints(run: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def rollout_stats(run: Path, window: int = 3) -> dict[str, float]:
+    """Mean rollout length, RM score and KL over the first and the last `window` PPO iterations."""
+    rows = [r for r in _read_jsonl(run / "metrics.jsonl") if "objective/response_length" in r]
+    starts = [i for i, r in enumerate(rows) if r["step"] == 1]
+    rows = rows[starts[-1]:] if starts else rows  # only the last run, should a folder hold several
+    out = {}
+    for name, part in (("first", rows[:window]), ("last", rows[-window:])):
+        for key, metric in (("length", "objective/response_length"), ("score", "objective/scores"),
+                            ("kl", "objective/kl")):
+            out[f"{key}_{name}"] = sum(r[metric] for r in part) / len(part)
+    return out
+
+
+def add_training_stats(seed_result: dict[str, Any], seed_dir: Path) -> None:
+    """PPO rollout statistics and FIGA's last logged training metrics, read from the run folders."""
+    seed_result["ppo_rollouts"] = {r: rollout_stats(seed_dir / f"ppo-{r}") for r in PPO_VARIANTS}
+    figa = [r for r in _read_jsonl(seed_dir / "figa" / "metrics.jsonl") if "figa/negative_active" in r]
+    seed_result["figa_train"] = figa[-1] if figa else {}
+
+
 def evaluate_stage(preset: Preset, build_dir: Path, runs: dict[str, Path], seed: int) -> dict[str, Any]:
     from training.sim.evaluate import gold_eval, gold_token_agreement, win_rate
 
@@ -186,6 +208,7 @@ def evaluate_stage(preset: Preset, build_dir: Path, runs: dict[str, Path], seed:
         result["policies"][name] = {"gold": ev.mean, "win_rate": win_rate(ev.scores, initial.scores)}
     for kind in ("token-rm", "seq-rm"):
         result[kind] = json.loads((runs[kind] / "eval.json").read_text())
+    add_training_stats(result, runs["ppo-token"].parent)
     # The token RM against the gold word rewards, on the initial policy's answers to held-out questions.
     result["token-rm"].update(gold_token_agreement(str(runs["token-rm"] / "model"), initial.prompts,
                                                    initial.responses))

@@ -53,9 +53,12 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
     seeds = list(results["seeds"].values())
     curves = {r: mean_curve([s["ppo_curves"][r] for s in seeds]) for r in ("token", "sequence")}
     g0 = statistics.fmean(s["initial_gold"] for s in seeds)
-    threshold = g0 + 0.9 * (curves["sequence"][1][-1] - g0)
-    steps_token = steps_to(curves["token"][0], curves["token"][1], threshold)
-    steps_seq = steps_to(curves["sequence"][0], curves["sequence"][1], threshold)
+    seq_gain = curves["sequence"][1][-1] - g0
+    threshold = g0 + 0.9 * seq_gain
+    steps_token = steps_seq = None
+    if seq_gain > 0:  # otherwise "90% of the sequence-level gain" is no target at all
+        steps_token = steps_to(curves["token"][0], curves["token"][1], threshold)
+        steps_seq = steps_to(curves["sequence"][0], curves["sequence"][1], threshold)
 
     def policy(name: str, key: str) -> tuple[float, float]:
         return _mean_std([s["policies"][name][key] for s in seeds])
@@ -75,10 +78,15 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
         "seq_rm_acc_std": rm("seq-rm", "full_seq_accuracy")[1],
         "initial_gold": g0,
         "ppo_threshold_gold": threshold,
+        "ppo_sequence_gain": seq_gain,
         "ppo_steps_to_threshold_token": steps_token,
         "ppo_steps_to_threshold_sequence": steps_seq,
         "ppo_steps_ratio_token_vs_sequence": steps_token / steps_seq if steps_token and steps_seq else None,
         "ppo_final_gold_token": curves["token"][1][-1],
+        "ppo_peak_gold_token": max(curves["token"][1]),
+        "ppo_peak_step_token": curves["token"][0][curves["token"][1].index(max(curves["token"][1]))],
+        "ppo_peak_gold_sequence": max(curves["sequence"][1]),
+        "ppo_peak_step_sequence": curves["sequence"][0][curves["sequence"][1].index(max(curves["sequence"][1]))],
         "ppo_final_gold_sequence": curves["sequence"][1][-1],
     }
     for name, key in (("ppo-token", "token"), ("ppo-sequence", "sequence")):
@@ -87,6 +95,12 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
     for name in ("figa", "sft", "dpo"):
         summary[f"{name}_gold"], summary[f"{name}_gold_std"] = policy(name, "gold")
         summary[f"{name}_win_rate"] = policy(name, "win_rate")[0]
+    for key in ("token", "sequence"):
+        for stat in ("length_first", "length_last", "kl_last"):
+            values = [s_["ppo_rollouts"][key][stat] for s_ in seeds if "ppo_rollouts" in s_]
+            summary[f"ppo_{key}_{stat}"] = _mean_std(values)[0]
+    summary["figa_negative_active"] = _mean_std([s_.get("figa_train", {}).get("figa/negative_active")
+                                                 for s_ in seeds])[0]
     summary["curves"] = {r: {"steps": c[0], "mean": c[1], "std": c[2]} for r, c in curves.items()}
     return summary
 
@@ -216,7 +230,7 @@ def markdown(results: dict[str, Any], s: dict[str, Any], plots: str) -> str:
         "",
         *comparison(s),
         "",
-        "Structural differences that apply to every number: a 1e5-parameter policy on a synthetic facts task "
+        "Structural differences that apply to every number: a ~0.14M-parameter policy on a synthetic facts task "
         "instead of LLaMA-7B on AlpacaFarm; gold preference and annotator are simulated, so annotator noise is "
         "exactly the configured miss/unnecessary-edit rates; few PPO iterations on CPU; win rates are against "
         "the initial policy (the issue's definition), not AlpacaFarm's reference model.",
@@ -250,7 +264,11 @@ def comparison(s: dict[str, Any]) -> list[str]:
                   "lower than the paper — few pairs and a tiny backbone; the noisy edits (missed fixes, "
                   "unnecessary subject swaps) put a ceiling on edit-span accuracy."))
     ratio = s["ppo_steps_ratio_token_vs_sequence"]
-    if ratio is None:
+    if s["ppo_sequence_gain"] <= 0:
+        out.append("- PPO speed: the sequence-level run ended no better than the initial policy "
+                   f"({_f(s['ppo_sequence_gain'])} gold), so the threshold (90% of its gain) is undefined and "
+                   "no ratio is reported; see the curves.")
+    elif ratio is None:
         reached = "the token-level run never reached it" if s["ppo_steps_to_threshold_token"] is None else \
             "the sequence-level run never reached it"
         out.append(f"- PPO speed: the threshold could not be compared ({reached}) within the iterations run.")
@@ -262,14 +280,30 @@ def comparison(s: dict[str, Any]) -> list[str]:
                       "AlpacaFarm responses." if ratio >= 0.9 else ""))
     gain = s["ppo_win_rate_token"] - s["ppo_win_rate_sequence"]
     out.append(f"- PPO win rate: fine-grained minus sequence-level = {100 * gain:+.1f} points vs +5.1: "
-               + ("same direction as the paper." if gain > 0 else
-                  "not reproduced; the sequence RM ranks whole answers well on this task, so both variants "
-                  "optimise nearly the same signal."))
+               + ("same direction as the paper." if gain > 0 else "not reproduced."))
+    out.append(f"- Peaks of the seed-mean curves: token-level {_f(s['ppo_peak_gold_token'])} at iteration "
+               f"{s['ppo_peak_step_token']}, sequence-level {_f(s['ppo_peak_gold_sequence'])} at iteration "
+               f"{s['ppo_peak_step_sequence']} (initial {_f(s['initial_gold'])}).")
+    out.append(f"- Diagnostics: rollout length went from {_f(s['ppo_token_length_first'], 1)} to "
+               f"{_f(s['ppo_token_length_last'], 1)} tokens under token-level PPO and from "
+               f"{_f(s['ppo_sequence_length_first'], 1)} to {_f(s['ppo_sequence_length_last'], 1)} under "
+               f"sequence-level PPO (final KL {_f(s['ppo_token_kl_last'], 2)} / {_f(s['ppo_sequence_kl_last'], 2)}). "
+               f"The token RM separates correct from wrong fact values with AUROC "
+               f"{_f(s['token_rm_gold_value_auroc'])} but all gold-scored words with "
+               f"{_f(s['token_rm_gold_token_auroc'])}: it learned the unwanted phrases better than the facts.")
+    shrink = s["ppo_token_length_last"] < 0.8 * s["ppo_token_length_first"]
+    if shrink:
+        out.append("  Token-level PPO shortened the answers: omitted facts cost gold reward, but the token RM "
+                   "only learns that omissions are bad from insertion edits (a minority of the edits), while "
+                   "every deleted filler teaches it that dropping words is good — reward hacking by omission.")
     diff = s["figa_gold"] - s["sft_gold"]
     out.append(f"- FIGA − SFT gold = {diff:+.3f}: "
                + ("FIGA ahead, as the paper reports." if diff > 0 else
-                  "FIGA not ahead; SFT on the revised answers already imitates their error-free facts, and "
-                  "FIGA's unlikelihood term only touches the few edited tokens."))
+                  "FIGA not ahead. Our reading: with γ = 0 FIGA trains only on the edited tokens of y1, while "
+                  "SFT also trains on every kept token and on the no-change rows — here those are mostly "
+                  "correct facts, so SFT sharpens the whole fact distribution and FIGA only the corrected "
+                  "quarter; the unlikelihood term was active on "
+                  f"{_pct(s['figa_negative_active'])} of the edited y0 tokens at the end of training (τ gate)."))
     return out
 
 
