@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from app.db import is_postgres
@@ -100,6 +100,13 @@ def _candidates(session: Session, project: Project, user: User, now: datetime, t
     return session.scalars(query).first()
 
 
+def _lease_commit_without_fsync(session: Session) -> None:
+    """A lease is cheap to lose: after a crash its item simply returns to the pool. So its commit need not
+    wait for the WAL flush (several ms per commit on ordinary disks). Submits stay fully durable."""
+    if is_postgres(session.get_bind()):
+        session.execute(text("SET LOCAL synchronous_commit TO off"))
+
+
 def _serialise_per_annotator(session: Session, user: User) -> None:
     """Two "Next" clicks of one annotator run one after the other (the second resumes the first's lease)."""
     if is_postgres(session.get_bind()):
@@ -112,6 +119,7 @@ def next_task(session: Session, project: Project, user: User) -> Lease | None:
     Runs in the caller's transaction; the caller commits at once, which releases the row locks.
     """
     lock_for_write(session)
+    _lease_commit_without_fsync(session)
     _serialise_per_annotator(session, user)
     now = utcnow()
     if time.monotonic() - _last_sweep["at"] >= SWEEP_EVERY_S:
