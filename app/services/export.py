@@ -113,22 +113,22 @@ def _fetch_range(engine: Engine, version_id: int, low: int, high: int) -> list[s
         return list(connection.scalars(query))
 
 
-def _raw_lines(session: Session, version_id: int) -> Iterator[str]:
-    """The stored JSON text of each row in order, unparsed (the pairs-jsonl export copies it through).
+def _raw_lines(session: Session, version_id: int, readers: int = 1) -> Iterator[str]:
+    """The stored JSON text of each row in order, unparsed.
 
-    Rows are fetched by seq range (seq is dense, 0..row_count-1) on PARALLEL_READERS connections, so
-    the database decompresses the next ranges while this thread writes the current one; at most
-    2 × PARALLEL_READERS ranges are in memory at once. Frozen rows never change, so the readers'
-    separate snapshots agree.
+    Rows are fetched by seq range (seq is dense, 0..row_count-1) on `readers` background connections,
+    so the database decompresses the next ranges while this thread works on the current one; at most
+    2 × readers ranges are in memory at once. Frozen rows never change, so the readers' separate
+    snapshots agree.
     """
     row_count = session.get(DatasetVersion, version_id).row_count
     bind = session.get_bind()
     engine = getattr(bind, "engine", bind)
-    with ThreadPoolExecutor(PARALLEL_READERS, thread_name_prefix="export-read") as pool:
+    with ThreadPoolExecutor(readers, thread_name_prefix="export-read") as pool:
         pending: deque[Future[list[str]]] = deque()
         for low in range(0, row_count, FETCH_ROWS):
             pending.append(pool.submit(_fetch_range, engine, version_id, low, low + FETCH_ROWS))
-            if len(pending) >= 2 * PARALLEL_READERS:
+            if len(pending) >= 2 * readers:
                 yield from pending.popleft().result()
         while pending:
             yield from pending.popleft().result()
@@ -168,8 +168,9 @@ def _batched_bytes(lines: Iterator[bytes], target: int = 1 << 20) -> Iterator[by
 
 def _pairs_jsonl(session: Session, version_id: int, tok: LabelTokenizer | None) -> Iterator[bytes]:
     if tok is None:
-        # The stored text is the canonical row already: copied through without parsing.
-        return (f"{text}\n".encode() for text in _raw_lines(session, version_id))
+        # The stored text is the canonical row already: copied through without parsing, and the
+        # database side is the bottleneck, so several connections read ahead.
+        return (f"{text}\n".encode() for text in _raw_lines(session, version_id, PARALLEL_READERS))
     return (_dumps(relabel(row, tok)) for row in _rows(session, version_id))
 
 
@@ -333,9 +334,16 @@ class _Sink:
         return data
 
 
+# Min/max statistics only where they help a reader skip row groups: kept for the texts and token lists
+# they would add kilobytes per row group to the footer the writer holds until the end.
+STATISTICS_COLUMNS = ["id", "item_id", "project", "outcome", "annotator_id", "created_at"]
+
+
 def _pairs_parquet(session: Session, version_id: int, chunk: int, tok: LabelTokenizer | None) -> Iterator[bytes]:
     sink = _Sink()
-    writer = pq.ParquetWriter(pa.PythonFile(sink, mode="w"), PAIRS_SCHEMA, compression="zstd")
+    writer = pq.ParquetWriter(
+        pa.PythonFile(sink, mode="w"), PAIRS_SCHEMA, compression="zstd", write_statistics=STATISTICS_COLUMNS
+    )
     group: list[pa.RecordBatch] = []
     rows = (relabel(row, tok) for row in _rows(session, version_id))
     for batch in _batched(rows, min(chunk, ARROW_BATCH_ROWS)):
