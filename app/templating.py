@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from functools import lru_cache
 from pathlib import Path
 
 import bleach
@@ -28,7 +29,13 @@ _ALLOWED_TAGS = {
 
 
 def render_markdown(text: str | None) -> Markup:
-    html = _markdown.render(text or "")
+    return _render_markdown(text or "")
+
+
+@lru_cache(maxsize=256)
+def _render_markdown(text: str) -> Markup:
+    """Cached: the same guidelines appear on every editor page, and sanitising is the slow part."""
+    html = _markdown.render(text)
     clean = bleach.clean(
         html,
         tags=_ALLOWED_TAGS,
