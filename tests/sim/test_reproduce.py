@@ -92,3 +92,16 @@ def test_summary_on_known_curves():
     assert s["ppo_steps_ratio_token_vs_sequence"] == pytest.approx(10 / 18)
     steps, mean, std = mean_curve([[(0, 1.0), (5, 2.0)], [(0, 3.0), (5, 2.0)]])
     assert steps == [0, 5] and mean == [2.0, 2.0] and std[1] == 0.0
+
+
+def test_rollout_stats_read_only_the_last_run(tmp_path):
+    from reproduce.pipeline import rollout_stats
+
+    def line(step, length):
+        return json.dumps({"step": step, "objective/response_length": length, "objective/scores": 0.0,
+                           "objective/kl": 0.0})
+
+    lines = [line(1, 50.0), line(2, 50.0), line(1, 10.0), line(2, 12.0), line(3, 14.0), '{"step": 3}']
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    stats = rollout_stats(tmp_path, window=2)
+    assert stats["length_first"] == 11.0 and stats["length_last"] == 13.0
