@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -37,6 +37,7 @@ ExportableOutcome = Literal["edited", "no_change_needed", "unfixable"]
 ReviewState = Literal["accepted", "pending", "rejected"]
 MAX_ID = 2**31 - 1  # users and projects have 32-bit keys; larger ids are refused before any query
 RowId = Annotated[int, Field(ge=1, le=MAX_ID)]
+T = TypeVar("T")
 
 
 class DatasetError(ValueError):
@@ -223,15 +224,16 @@ def iter_rows(session: Session, flt: DatasetFilter, chunk_rows: int) -> Iterator
 # --- writing a version ----------------------------------------------------------------------------
 
 
-def _chunks(rows: Iterator[tuple[int, dict[str, Any]]], size: int) -> Iterator[list[tuple[int, dict]]]:
-    chunk: list[tuple[int, dict[str, Any]]] = []
-    for row in rows:
-        chunk.append(row)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Lists of `size` consecutive items (the last may be shorter); itertools.batched is Python 3.12+."""
+    batch: list[T] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def _copy_line(version_id: int, seq: int, edit_id: int, text: bytes) -> bytes:
@@ -263,7 +265,7 @@ def _freeze(session: Session, version: DatasetVersion, flt: DatasetFilter, chunk
     count = 0
     # The reader shares the caller's connection and transaction, so it sees what the caller flushed.
     with Session(bind=session.connection()) as reader:
-        for chunk in _chunks(iter_rows(reader, flt, chunk_rows), chunk_rows):
+        for chunk in batched(iter_rows(reader, flt, chunk_rows), chunk_rows):
             lines = []
             for edit_id, row in chunk:
                 text = canonical_json(row)

@@ -32,7 +32,7 @@ from sqlalchemy import Engine, Text, cast, func, select
 from sqlalchemy.orm import Session
 
 from app.models import DatasetRow, DatasetVersion, Outcome, Project, User
-from app.services.datasets import iso
+from app.services.datasets import batched, iso
 from app.settings import get_settings
 from labels import ALGORITHM_VERSION, LabelTokenizer, analyse_edit, load_tokenizer
 
@@ -301,17 +301,6 @@ def pairs_record_batch(rows: list[dict[str, Any]]) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(columns, schema=PAIRS_SCHEMA)
 
 
-def _batched(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
-    batch: list[Any] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 class _Sink:
     """A write-only file for ParquetWriter whose bytes are handed on after every row group."""
 
@@ -346,7 +335,7 @@ def _pairs_parquet(session: Session, version_id: int, chunk: int, tok: LabelToke
     )
     group: list[pa.RecordBatch] = []
     rows = (relabel(row, tok) for row in _rows(session, version_id))
-    for batch in _batched(rows, min(chunk, ARROW_BATCH_ROWS)):
+    for batch in batched(rows, min(chunk, ARROW_BATCH_ROWS)):
         group.append(pairs_record_batch(batch))
         if sum(b.num_rows for b in group) >= chunk:
             writer.write_table(pa.Table.from_batches(group), row_group_size=chunk)
