@@ -7,7 +7,7 @@ import re
 from sqlalchemy import func, select
 
 from app.db import session_scope
-from app.models import AuditEvent, WebSession
+from app.models import AuditEvent, User, WebSession
 
 
 def test_login_sets_session_and_logout_ends_it(web_client, make_user, login_as):
@@ -84,3 +84,34 @@ def test_user_creation_is_audited(make_user):
     with session_scope() as session:
         event = session.scalars(select(AuditEvent).where(AuditEvent.object_id == str(user.id))).one()
     assert event.action == "user.create" and event.after["role"] == "reviewer"
+
+
+def test_admin_user_pages(web_client, make_user, login_as, settings_env):
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    boss = make_user("boss", "admin")
+    csrf = login_as(web_client, "boss")
+    created = web_client.post("/admin/users", data={"username": "newbie", "password": "long enough pw",
+                                                    "role": "annotator", "csrf_token": csrf})
+    assert created.status_code == 200 and "Created newbie" in created.text
+    taken = web_client.post("/admin/users", data={"username": "newbie", "password": "long enough pw",
+                                                  "role": "annotator", "csrf_token": csrf})
+    assert taken.status_code == 400 and "taken" in taken.text
+    with session_scope() as session:
+        newbie = session.scalars(select(User).where(User.username == "newbie")).one()
+
+    with TestClient(create_app()) as other:  # newbie logs in elsewhere
+        login_as(other, "newbie", "long enough pw")
+        web_client.post(f"/admin/users/{newbie.id}/password", data={"password": "another long pw",
+                                                                    "csrf_token": csrf})
+        assert other.get("/account").status_code == 401  # the reset ended newbie's sessions
+        login_as(other, "newbie", "another long pw")
+        web_client.post(f"/admin/users/{newbie.id}/active", data={"active": "false", "csrf_token": csrf})
+        assert other.get("/account").status_code == 401
+    refused = web_client.post(f"/admin/users/{boss.id}/active", data={"active": "false", "csrf_token": csrf})
+    assert refused.status_code == 400 and "your own account" in refused.text
+    with session_scope() as session:
+        actions = set(session.scalars(select(AuditEvent.action)))
+    assert {"user.create", "user.reset_password", "user.deactivate"} <= actions
