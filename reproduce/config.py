@@ -34,7 +34,7 @@ class Preset:
 
 RM = {"learning_rate": 1e-3, "num_train_epochs": 6, "batch_size": 16, "val_fraction": 0.2, "logging_steps": 10}
 POLICY = {"learning_rate": 3e-4, "num_train_epochs": 2, "batch_size": 16, "val_fraction": 0.2, "logging_steps": 10}
-PPO = {"learning_rate": 3e-5, "num_iterations": 60, "rollout_batch_size": 32, "max_new_tokens": 32,
+PPO = {"learning_rate": 1e-5, "num_iterations": 80, "rollout_batch_size": 32, "max_new_tokens": 32,
        "save_steps": 5, "save_total_limit": 1000, "val_fraction": 0.0, "kl_coef": 0.1}
 
 FULL = Preset(
