@@ -105,3 +105,15 @@ def test_rollout_stats_read_only_the_last_run(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     stats = rollout_stats(tmp_path, window=2)
     assert stats["length_first"] == 11.0 and stats["length_last"] == 13.0
+
+
+def test_gold_judge_plugs_into_cli_evaluate(fast_run, tmp_path):
+    out, _ = fast_run
+    run = out / "run"
+    policy = run / "build" / "policy"
+    result = CLI(in_process=True)("evaluate", tmp_path / "eval", model=run / "seed-0" / "sft" / "model",
+                                  ref_model=policy, data=run / "export.jsonl", split="all",
+                                  judge="training.sim.world:gold_judge", max_new_tokens=24)
+    assert -10 < result["judge_score"] <= 1 and 0 <= result["win_rate"] <= 1
+    # The references are the annotator's edits: with 10% missed fixes they score close to, not at, 1.
+    assert 0.5 < result["reference_score"] <= 1
