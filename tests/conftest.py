@@ -247,3 +247,16 @@ def chromium():
 def user_password() -> str:
     """The password `make_user` gives every account."""
     return TEST_PASSWORD
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Accelerate keeps one process-wide state, as a training process has one run; in a test process
+    each test that builds an Accelerator (or a TRL trainer) starts from a clean one."""
+    yield
+    import sys
+
+    if "accelerate.state" in sys.modules:
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
