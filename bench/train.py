@@ -215,6 +215,8 @@ def run_child(name: str, work: Path, export: Path) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"bench child {name} failed:\n{proc.stderr[-4000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
+    # The 1-minute load average after the child: other processes on the machine skew every figure.
+    result["load_avg"] = os.getloadavg()[0]
     print(f"  {name:<20} {json.dumps(result)}  ({time.monotonic() - started:.0f}s)", flush=True)
     return result
 
@@ -268,7 +270,8 @@ def main() -> None:
     figures["ppo_iteration_s_sequence"] = r["ours:ppo-sequence"]["iteration_s"]
     notes = {"malloc": json.dumps(malloc) if malloc else "unset", "steps": f"{WARMUP} warm-up + {STEPS} measured",
              "shapes": f"seq {SEQ}, batch {BATCH}, fp32 CPU, {os.cpu_count()} cpus",
-             "ppo": f"{PPO_NEW_TOKENS} generated tokens, 1 PPO epoch per iteration"}
+             "ppo": f"{PPO_NEW_TOKENS} generated tokens, 1 PPO epoch per iteration",
+             "load_avg_after_each_child": ", ".join(f"{r['load_avg']:.1f}" for r in results.values())}
     write_results("train", figures, notes)
 
 
