@@ -18,6 +18,7 @@ import json
 import os
 import random
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -246,11 +247,14 @@ def main() -> None:
     print(f"bench train: MALLOC_* = {malloc or 'unset (glibc defaults)'}, the same for every child; "
           f"{WARMUP} warm-up + {STEPS} measured step(s) each", flush=True)
     work = Path(tempfile.mkdtemp(prefix="redline-bench-train-"))
-    export = prepare(work)
-    results = {}
-    for name in CASES:
-        data = work / "ppo-export.jsonl" if "ppo" in name else export
-        results[name] = run_child(name, work, data)
+    try:  # the children's checkpoints and models take gigabytes: never leave them behind
+        export = prepare(work)
+        results = {}
+        for name in CASES:
+            data = work / "ppo-export.jsonl" if "ppo" in name else export
+            results[name] = run_child(name, work, data)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     r = results
     figures = {
         "token_rm_vs_trl": r["ours:token-rm"]["tokens_per_s"] / r["trl:reward"]["tokens_per_s"],
