@@ -6,10 +6,8 @@
 FROM node:20-slim AS assets
 WORKDIR /src
 COPY package.json package-lock.json ./
-RUN npm ci --no-audit --no-fund \
-    && mkdir vendor \
-    && cp node_modules/htmx.org/dist/htmx.min.js vendor/ \
-    && cp node_modules/chart.js/dist/chart.umd.js vendor/chart.umd.js
+COPY scripts/install-assets.sh ./
+RUN ./install-assets.sh vendor
 
 FROM python:3.11-slim
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu

@@ -24,11 +24,8 @@ $(MODEL_DIR)/redline-prepared.txt: | venv
 
 model: $(MODEL_DIR)/redline-prepared.txt
 
-static/vendor/.installed: package.json
-	npm install --no-audit --no-fund --silent
-	mkdir -p static/vendor
-	cp node_modules/htmx.org/dist/htmx.min.js static/vendor/
-	cp node_modules/chart.js/dist/chart.umd.js static/vendor/chart.umd.js
+static/vendor/.installed: package.json package-lock.json scripts/install-assets.sh
+	scripts/install-assets.sh static/vendor
 	touch $@
 
 assets: static/vendor/.installed

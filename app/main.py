@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from app import api
+from app.api.auth import principal
 from app.deps import install_auth_handlers
 from app.routes import admin_projects, admin_users, annotate, auth, dashboard, review, settings_tokens
 from app.routes import datasets as dataset_routes
@@ -20,7 +23,8 @@ TEMPLATES_DIR = ROOT / "templates"
 
 
 def create_app() -> FastAPI:
-    app = FastAPI(title="Redline", version="0.1.0")
+    # The default /docs, /redoc and /openapi.json would be public: they are served below behind login.
+    app = FastAPI(title="Redline", version="0.1.0", docs_url=None, redoc_url=None, openapi_url=None)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_middleware(SecurityMiddleware)
     install_auth_handlers(app)
@@ -29,8 +33,28 @@ def create_app() -> FastAPI:
                    settings_tokens.router):
         app.include_router(router)
 
+    install_api_docs(app)
+
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     return app
+
+
+def install_api_docs(app: FastAPI) -> None:
+    """The OpenAPI schema and Swagger UI, for a logged-in user or an API-token holder; UI assets are local."""
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(principal)])
+    def openapi_schema() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=[Depends(principal)])
+    def api_docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="Redline API",
+            swagger_js_url="/static/vendor/swagger-ui-bundle.js",
+            swagger_css_url="/static/vendor/swagger-ui.css",
+            swagger_favicon_url="data:,",  # no third-party request for an icon
+        )

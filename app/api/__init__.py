@@ -1,4 +1,4 @@
-"""The JSON API under /api/v1, documented by FastAPI's OpenAPI schema (/openapi.json, /docs).
+"""The JSON API under /api/v1, documented by its OpenAPI schema (/openapi.json, /docs; login or token).
 
 Every route authenticates with a bearer API token (or a browser session) and checks a scope that the
 caller's role allows; see app/services/api_tokens.py.

@@ -38,8 +38,19 @@ def admin_headers(corpus) -> dict[str, str]:
     return _auth(_token(corpus["admin"]))
 
 
-def test_every_api_route_requires_authentication(web_client, corpus):
-    schema = web_client.get("/openapi.json").json()
+def test_api_docs_need_a_login_or_a_token(web_client, admin_headers):
+    for path in ("/openapi.json", "/docs"):
+        assert web_client.get(path).status_code == 401
+        assert web_client.get(path, headers=_auth("rl_not-a-real-token")).status_code == 401
+        assert web_client.get(path, headers=admin_headers).status_code == 200
+    for path in ("/redoc", "/docs/oauth2-redirect"):
+        assert web_client.get(path, headers=admin_headers).status_code == 404
+    page = web_client.get("/docs", headers=admin_headers).text
+    assert "/static/vendor/swagger-ui-bundle.js" in page and "cdn" not in page
+
+
+def test_every_api_route_requires_authentication(web_client, corpus, admin_headers):
+    schema = web_client.get("/openapi.json", headers=admin_headers).json()
     api_paths = [p for p in schema["paths"] if p.startswith(API)]
     assert len(api_paths) >= 6
     for path, operations in schema["paths"].items():

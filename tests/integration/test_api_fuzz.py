@@ -15,18 +15,21 @@ from app.services import api_tokens
 
 
 @pytest.fixture
-def api_schema(settings_env):
+def admin_token(settings_env) -> str:
     with session_scope() as session:
         make_corpus(session)
-    return schemathesis.openapi.from_asgi("/openapi.json", create_app()).include(path_regex="^/api/v1/")
-
-
-@pytest.fixture
-def admin_token(api_schema) -> str:
-    with session_scope() as session:
         admin = session.query(User).filter_by(role="admin").first()
         _, secret = api_tokens.create_token(session, admin, "fuzz", sorted(api_tokens.SCOPES))
     return secret
+
+
+@pytest.fixture
+def api_schema(admin_token):
+    """The schema as an API client reads it: /openapi.json needs a credential."""
+    headers = {"Authorization": f"Bearer {admin_token}"}
+    return schemathesis.openapi.from_asgi("/openapi.json", create_app(), headers=headers).include(
+        path_regex="^/api/v1/"
+    )
 
 
 @pytest.mark.slow
