@@ -260,3 +260,22 @@ def fresh_accelerate_state():
         from accelerate.state import AcceleratorState
 
         AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.fixture
+def worker_process_env(pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Environment shared by this test process and the `redline serve` / `redline worker` processes it
+    starts: the test database, a private data directory, and worker timings short enough for tests."""
+    env = {
+        "DATABASE_URL": pg_url,
+        "REDLINE_DATA_DIR": str(tmp_path / "data"),
+        "REDLINE_WORKER_POLL_S": "0.2",
+        "REDLINE_WORKER_HEARTBEAT_S": "0.5",
+        "REDLINE_WORKER_CANCEL_GRACE_S": "5",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    yield {**os.environ, **env}
+    get_settings.cache_clear()

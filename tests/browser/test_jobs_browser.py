@@ -3,7 +3,6 @@ real Postgres, training a real token-level reward model (a tiny random Llama) fr
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -19,7 +18,6 @@ from playwright.sync_api import Page, expect, sync_playwright
 from app.db import session_scope
 from app.services.datasets import DatasetFilter, create_version
 from app.services.users import create_user
-from app.settings import get_settings
 
 pytestmark = [pytest.mark.browser, pytest.mark.postgres, pytest.mark.slow]
 
@@ -33,24 +31,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-@pytest.fixture
-def app_env(pg_url, tmp_path, monkeypatch) -> dict[str, str]:
-    """The environment shared by this test process, the server and the worker."""
-    env = {
-        "DATABASE_URL": pg_url,
-        "REDLINE_DATA_DIR": str(tmp_path / "data"),
-        "REDLINE_WORKER_POLL_S": "0.2",
-        "REDLINE_WORKER_HEARTBEAT_S": "0.5",
-        "REDLINE_WORKER_CANCEL_GRACE_S": "5",
-        "TOKENIZERS_PARALLELISM": "false",
-    }
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    get_settings.cache_clear()
-    yield {**os.environ, **env}
-    get_settings.cache_clear()
 
 
 def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
@@ -68,9 +48,9 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture
-def server(app_env, tmp_path) -> Iterator[str]:
+def server(worker_process_env, tmp_path) -> Iterator[str]:
     port = free_port()
-    proc = start([REDLINE, "serve", "--port", str(port)], app_env, tmp_path / "server.log")
+    proc = start([REDLINE, "serve", "--port", str(port)], worker_process_env, tmp_path / "server.log")
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
@@ -87,14 +67,14 @@ def server(app_env, tmp_path) -> Iterator[str]:
 
 
 @pytest.fixture
-def worker(app_env, tmp_path) -> Iterator[subprocess.Popen]:
-    proc = start([REDLINE, "worker"], app_env, tmp_path / "worker.log")
+def worker(worker_process_env, tmp_path) -> Iterator[subprocess.Popen]:
+    proc = start([REDLINE, "worker"], worker_process_env, tmp_path / "worker.log")
     yield proc
     stop(proc)
 
 
 @pytest.fixture
-def dataset(app_env) -> str:
+def dataset(worker_process_env) -> str:
     """A researcher account and a dataset version of edit pairs; returns the version's option label."""
     with session_scope() as session:
         create_user(session, "rita", PASSWORD, "researcher")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -16,27 +15,10 @@ from app.db import session_scope
 from app.models import Job, JobStatus
 from app.services import jobs
 from app.services.datasets import DatasetFilter, create_version
-from app.settings import get_settings
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 REDLINE = str(Path(sys.executable).with_name("redline"))
-
-
-@pytest.fixture
-def worker_env(pg_url, tmp_path, monkeypatch) -> dict[str, str]:
-    env = {
-        "DATABASE_URL": pg_url,
-        "REDLINE_DATA_DIR": str(tmp_path / "data"),
-        "REDLINE_WORKER_POLL_S": "0.2",
-        "REDLINE_WORKER_HEARTBEAT_S": "0.5",
-        "REDLINE_WORKER_CANCEL_GRACE_S": "5",
-    }
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    get_settings.cache_clear()
-    yield {**os.environ, **env}
-    get_settings.cache_clear()
 
 
 def redline(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -56,7 +38,7 @@ def job_status(job_id: int) -> str:
         return session.get(Job, job_id).status
 
 
-def test_sigterm_stops_the_running_job_marks_it_failed_and_exits(worker_env, tiny_model_path, tmp_path):
+def test_sigterm_stops_the_running_job_marks_it_failed_and_exits(worker_process_env, tiny_model_path, tmp_path):
     with session_scope() as session:
         corpus = make_corpus(session)
         flt = DatasetFilter(project_id=corpus["project"].id, review_statuses=["accepted", "pending"])
@@ -64,15 +46,15 @@ def test_sigterm_stops_the_running_job_marks_it_failed_and_exits(worker_env, tin
         spec = jobs.JobSpec(kind="token-rm", config={"max_steps": 100000, "logging_steps": 1, "batch_size": 2},
                             base_model=str(tiny_model_path), dataset_version_id=version.id)
         job_id = jobs.create_job(session, spec, None).id
-    assert redline("worker", "--check-alive", "30", env=worker_env).returncode == 1  # no worker yet
+    assert redline("worker", "--check-alive", "30", env=worker_process_env).returncode == 1  # no worker yet
 
     log = (tmp_path / "worker.log").open("wb")
-    proc = subprocess.Popen([REDLINE, "worker"], env=worker_env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([REDLINE, "worker"], env=worker_process_env, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: job_status(job_id) == JobStatus.RUNNING, 60, "the job to start")
         with session_scope() as session:
             wait_for(lambda: jobs.latest_metrics(session, job_id), 90, "the first metrics")
-        assert redline("worker", "--check-alive", "30", env=worker_env).returncode == 0
+        assert redline("worker", "--check-alive", "30", env=worker_process_env).returncode == 0
 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
