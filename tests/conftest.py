@@ -279,3 +279,12 @@ def worker_process_env(pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     get_settings.cache_clear()
     yield {**os.environ, **env}
     get_settings.cache_clear()
+
+
+@pytest.fixture
+def screenshots(tmp_path: Path) -> Path:
+    """Where browser tests save their screenshots: the README's docs/screenshots/ when
+    REDLINE_SCREENSHOTS=1 (to refresh them), else a temporary folder so a test run leaves the tree clean."""
+    folder = ROOT / "docs" / "screenshots" if os.environ.get("REDLINE_SCREENSHOTS") == "1" else tmp_path / "shots"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

@@ -1,10 +1,10 @@
 """Click through the annotation app in real Chromium: login, import, annotate with the live diff, submit,
-skip, review, dashboard. Screenshots of the editor, review and dashboard go to docs/screenshots/."""
+skip, review, dashboard. With REDLINE_SCREENSHOTS=1 the editor, review and dashboard screenshots go to
+docs/screenshots/."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page, expect
@@ -14,7 +14,6 @@ from app.db import session_scope
 from app.models import Edit
 
 pytestmark = [pytest.mark.browser, pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)]
-SHOTS = Path(__file__).resolve().parent.parent.parent / "docs" / "screenshots"
 ITEMS = [
     {"prompt": "Explain why the sky is blue in two sentences.",
      "response": "The sky is blue because air molecules scatter red light more than blue light. "
@@ -39,7 +38,9 @@ def login_page(chromium, live_server, user_password):
     return login
 
 
-def test_click_through_import_annotate_review_dashboard(live_server, login_page, make_user, make_project, tmp_path):
+def test_click_through_import_annotate_review_dashboard(
+    live_server, login_page, make_user, make_project, tmp_path, screenshots
+):
     make_user("boss", "admin")
     ann, rev = make_user("ann", "annotator"), make_user("rev", "reviewer")
     project = make_project(name="Geography and maths", members=[ann, rev],
@@ -67,7 +68,7 @@ def test_click_through_import_annotate_review_dashboard(live_server, login_page,
     editor.press("Backspace")
     expect(annotator.locator("#char-diff ins").first).to_be_visible()
     expect(annotator.locator("#char-diff")).to_contain_text("short")
-    annotator.screenshot(path=str(SHOTS / "editor.png"), full_page=True)
+    annotator.screenshot(path=str(screenshots / "editor.png"), full_page=True)
     editor.press("Control+Enter")
     expect(annotator.locator("#original")).to_contain_text("Sydney")  # advanced to the next item
     annotator.fill("#skip-reason", "Not sure about this one")
@@ -85,14 +86,14 @@ def test_click_through_import_annotate_review_dashboard(live_server, login_page,
     expect(reviewer).to_have_url(f"{live_server}/review")
     reviewer.locator("tr", has_text="Explain why the sky is blue").get_by_role("link").click()
     expect(reviewer.locator("#annotator-diff ins").first).to_be_visible()
-    reviewer.screenshot(path=str(SHOTS / "review.png"), full_page=True)
+    reviewer.screenshot(path=str(screenshots / "review.png"), full_page=True)
     reviewer.click("#accept")
     expect(reviewer.locator(".flash")).to_contain_text("Accepted edit")
 
     admin.goto(f"{live_server}/admin/dashboard?project={project.id}")
     expect(admin.locator("table").first).to_contain_text("Geography and maths")
     expect(admin.get_by_role("cell", name="ann", exact=True)).to_be_visible()
-    admin.screenshot(path=str(SHOTS / "dashboard.png"), full_page=True)
+    admin.screenshot(path=str(screenshots / "dashboard.png"), full_page=True)
 
 
 def test_no_change_and_unfixable_buttons_and_reset(live_server, login_page, make_user, make_project, add_items):

@@ -22,7 +22,6 @@ from app.services.users import create_user
 pytestmark = [pytest.mark.browser, pytest.mark.postgres, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
-SCREENSHOTS = ROOT / "docs" / "screenshots"
 PASSWORD = "correct horse battery"
 REDLINE = str(Path(sys.executable).with_name("redline"))
 
@@ -119,12 +118,13 @@ def chart_points(page: Page) -> int:
     return int(page.get_attribute("#job-charts", "data-points") or 0)
 
 
-def test_researcher_trains_a_token_rm_watches_it_and_compares_runs(page, server, worker, dataset, tiny_model_path):
+def test_researcher_trains_a_token_rm_watches_it_and_compares_runs(
+    page, server, worker, dataset, tiny_model_path, screenshots
+):
     log_in(page, server)
     start_token_rm(page, server, dataset, tiny_model_path, name="token-rm lr 1e-5",
                    max_steps="80", logging_steps="1", batch_size="2", val_fraction="0.3")
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / "new-job-form.png"), full_page=True)
+    page.screenshot(path=str(screenshots / "new-job-form.png"), full_page=True)
     page.click("button:has-text('Start job')")
     expect(page.locator("h1")).to_contain_text("token-rm lr 1e-5")
 
@@ -136,7 +136,7 @@ def test_researcher_trains_a_token_rm_watches_it_and_compares_runs(page, server,
     page.wait_for_function(
         f"Number(document.querySelector('#job-charts').dataset.points) > {first}", timeout=90_000
     )
-    page.screenshot(path=str(SCREENSHOTS / "running-job.png"), full_page=True)
+    page.screenshot(path=str(screenshots / "running-job.png"), full_page=True)
 
     expect(page.locator("#job-live")).to_have_attribute("data-status", "succeeded", timeout=180_000)
     eval_table = page.locator("#eval-table")
@@ -162,7 +162,7 @@ def test_researcher_trains_a_token_rm_watches_it_and_compares_runs(page, server,
     expect(page.locator("#compare-chart")).to_have_attribute("data-series", "2")
     expect(page.locator("#compare-eval tbody tr")).to_have_count(2)
     expect(page.locator("#compare-eval")).to_contain_text("edit_span_accuracy")
-    page.screenshot(path=str(SCREENSHOTS / "compare-runs.png"), full_page=True)
+    page.screenshot(path=str(screenshots / "compare-runs.png"), full_page=True)
 
 
 def test_researcher_cancels_a_running_job(page, server, worker, dataset, tiny_model_path):
