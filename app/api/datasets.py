@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.api.auth import Principal, require_scope
+from app.api.lookup import get_or_404
 from app.api.schemas import DatasetCreate, DatasetOut, Problem
 from app.db import session_scope
 from app.deps import get_db
@@ -91,9 +92,7 @@ def get_dataset(
     db: Session = Depends(get_db),
     _caller: Principal = Depends(require_scope("datasets:read")),
 ) -> DatasetOut:
-    version = db.get(DatasetVersion, version_id)
-    if version is None:
-        raise HTTPException(status_code=404, detail=f"dataset version {version_id} not found")
+    version = get_or_404(db, DatasetVersion, version_id, "dataset version")
     return _out(request, version)
 
 

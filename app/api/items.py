@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Path
+from fastapi import APIRouter, Depends, Path
 from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 
 from app.api.auth import Principal, require_scope
+from app.api.lookup import get_or_404
 from app.api.schemas import ImportOut, ImportProblem, ItemsImport, Problem
 from app.deps import get_db
 from app.models import Project
@@ -30,9 +31,7 @@ def import_items(
     db: Session = Depends(get_db),
     caller: Principal = Depends(require_scope("items:write")),
 ) -> ImportOut | JSONResponse:
-    project = db.get(Project, project_id)
-    if project is None:
-        raise HTTPException(status_code=404, detail=f"project {project_id} not found")
+    project = get_or_404(db, Project, project_id, "project")
     mapping = dict(body.mapping or {})
     records = (map_row(record, line, mapping) for line, record in enumerate(body.records, start=1))
     try:

@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Path
+from fastapi import APIRouter, Depends, Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.api.auth import Principal, require_scope
+from app.api.lookup import get_or_404
 from app.api.schemas import ProjectOut, ProjectProgress
 from app.deps import get_db
 from app.models import COMPLETED_OUTCOMES, Edit, Item, ItemStatus, Project, ReviewStatus
@@ -91,7 +92,5 @@ def get_project(
     db: Session = Depends(get_db),
     _caller: Principal = Depends(require_scope("projects:read")),
 ) -> ProjectOut:
-    project = db.get(Project, project_id)
-    if project is None:
-        raise HTTPException(status_code=404, detail=f"project {project_id} not found")
+    project = get_or_404(db, Project, project_id, "project")
     return _projects_out(db, [project])[0]

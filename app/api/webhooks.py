@@ -9,6 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.api.auth import Principal, require_scope
+from app.api.lookup import get_or_404
 from app.api.schemas import DeliveryOut, Problem, WebhookCreate, WebhookCreated, WebhookOut
 from app.deps import get_db
 from app.models import Webhook, WebhookDelivery
@@ -20,10 +21,7 @@ HookId = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 
 def _hook(db: Session, hook_id: int) -> Webhook:
-    hook = db.get(Webhook, hook_id)
-    if hook is None:
-        raise HTTPException(status_code=404, detail=f"webhook {hook_id} not found")
-    return hook
+    return get_or_404(db, Webhook, hook_id, "webhook")
 
 
 @router.get("/webhooks", response_model=list[WebhookOut], summary="List webhooks")
