@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.settings import get_settings
@@ -20,13 +21,33 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
+# A pooled connection that sat idle this long is pinged before use (the server may have restarted or a
+# firewall dropped it). Pinging on every checkout, SQLAlchemy's pool_pre_ping, would add a round trip to
+# every request; a connection in steady use has just proven itself.
+IDLE_PING_S = 10.0
+
+
+def _ping_idle_connections(engine: Engine) -> None:
+    @event.listens_for(engine, "checkin")
+    def _stamp(_dbapi_connection, record) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping_if_idle(dbapi_connection, record, _proxy) -> None:
+        idle_s = time.monotonic() - record.info.get("idle_since", time.monotonic())
+        if idle_s > IDLE_PING_S and not engine.dialect._do_ping_w_event(dbapi_connection):
+            raise exc.DisconnectionError("stale pooled connection")  # the pool retries with a new one
+
+
 @lru_cache(maxsize=8)
 def engine_for(url: str) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_size=20, max_overflow=20, pool_pre_ping=True)
+    engine = create_engine(url, pool_size=20, max_overflow=20)
+    _ping_idle_connections(engine)
+    return engine
 
 
 def get_engine() -> Engine:

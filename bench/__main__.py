@@ -13,7 +13,7 @@ import bench
 def available() -> list[str]:
     return sorted(
         m.name for m in pkgutil.iter_modules([str(Path(bench.__file__).parent)])
-        if m.name not in {"common", "__main__"}
+        if m.name not in {"common", "__main__"} and not m.name.startswith("_")  # _x: helpers
     )
 
 

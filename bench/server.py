@@ -38,6 +38,7 @@ from sqlalchemy.engine import make_url
 from app import migrate
 from app.models import utcnow
 from app.security import hash_password, new_token, token_digest
+from bench._http import Connection
 from bench.common import write_results
 
 PG_URL = os.environ.get("REDLINE_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/redline_bench")
@@ -46,6 +47,8 @@ ANNOTATORS = int(os.environ.get("REDLINE_BENCH_ANNOTATORS", "50"))
 WEB_WORKERS = int(os.environ.get("REDLINE_BENCH_WEB_WORKERS", "2"))
 WARMUP_S = float(os.environ.get("REDLINE_BENCH_WARMUP_S", "5"))
 WINDOW_S = float(os.environ.get("REDLINE_BENCH_WINDOW_S", "30"))
+# Offered load of the paced phase, in annotation cycles (= submits) per second over all annotators.
+RATE = float(os.environ.get("REDLINE_BENCH_RATE", "200"))
 N = 3
 TOKENIZER = os.environ.get("REDLINE_DEFAULT_MODEL", "var/models/SmolLM2-135M-Instruct")
 WORDS = (
@@ -55,7 +58,7 @@ WORDS = (
     "particles dust and water droplets also matter clouds look white since larger drops scatter all colours"
 ).split()
 ORIGINAL_RE = re.compile(r'<template id="original-text">(.*?)</template>', re.S)
-CSRF_RE = re.compile(r'<meta name="csrf-token" content="([^"]*)"')
+HTMX = {"HX-Request": "true"}
 
 
 def _urls() -> tuple[str, str]:
@@ -177,44 +180,61 @@ def minimal_edit(original: str, rng: random.Random) -> str:
 
 
 class Recorder:
+    """Latencies of the requests that end inside the measurement window."""
+
     def __init__(self, start: float) -> None:
         self.measure_from = start + WARMUP_S
         self.measure_to = self.measure_from + WINDOW_S
-        self.samples: dict[str, list[float]] = {"next": [], "page": [], "submit": []}
+        self.samples: dict[str, list[float]] = {"next": [], "submit": []}
         self.errors = 0
 
     def add(self, kind: str, began: float, ended: float) -> None:
-        if self.measure_from <= began and ended <= self.measure_to:
+        # By end time: a paced cycle that fell behind schedule still counts, with all of its delay.
+        if self.measure_from <= ended <= self.measure_to:
             self.samples[kind].append((ended - began) * 1000)
 
 
-async def _timed(recorder: Recorder, kind: str, request) -> httpx.Response:
-    began = time.perf_counter()
-    response = await request
-    recorder.add(kind, began, time.perf_counter())
-    return response
+async def annotator(
+    port: int, project_id: int, cookie: str, csrf: str, recorder: Recorder, seed: int, period: float, offset: float
+) -> None:
+    """One annotator's loop of next → editor page → submit.
 
-
-async def annotator(base: str, project_id: int, cookie: str, csrf: str, recorder: Recorder, seed: int) -> None:
+    Paced (period > 0): cycle k is due at start + offset + k·period. The "next" latency counts from when the
+    cycle was due, not from when it could be sent, so a server that falls behind shows it in the figures
+    instead of silently slowing the clients down (coordinated omission). Closed loop (period 0): the next
+    cycle starts as soon as the last one ends.
+    """
     rng = random.Random(seed)
-    headers = {"X-CSRF-Token": csrf}
-    async with httpx.AsyncClient(base_url=base, cookies={"redline_session": cookie}, timeout=30) as client:
-        while time.perf_counter() < recorder.measure_to:
-            nxt = await _timed(recorder, "next", client.post(f"/annotate/{project_id}/next", headers=headers))
-            location = nxt.headers.get("location", "")
-            if nxt.status_code != 303 or "/annotate/task/" not in location:
+    conn = Connection("127.0.0.1", port, {"Cookie": f"redline_session={cookie}", "X-CSRF-Token": csrf})
+    due = recorder.measure_from - WARMUP_S + offset
+    clock = time.perf_counter
+    try:
+        while (now := clock()) < recorder.measure_to:
+            if period:
+                await asyncio.sleep(max(0.0, due - now))
+            else:
+                due = now
+            # As the "Next item" button sends it (htmx): the editor page comes back in the same response.
+            nxt = await conn.request("POST", f"/annotate/{project_id}/next", headers=HTMX)
+            recorder.add("next", due, began := clock())
+            task_url = nxt.headers.get("hx-push-url", "")
+            if nxt.status != 200 or "/annotate/task/" not in task_url:
                 recorder.errors += 1
+                due += period
                 continue
-            page = await _timed(recorder, "page", client.get(location))
-            original = html.unescape(ORIGINAL_RE.search(page.text).group(1))
+            original = html.unescape(ORIGINAL_RE.search(nxt.text).group(1))
             form = {"text": minimal_edit(original, rng), "outcome": "edited", "active_ms": "5000",
                     "time_to_first_key_ms": "800", "keystrokes": "12", "pastes": "0"}
-            done = await _timed(recorder, "submit", client.post(f"{location}/submit", data=form, headers=headers))
-            if done.status_code != 303:
+            done = await conn.request("POST", f"{task_url}/submit", form=form)
+            recorder.add("submit", began, clock())
+            if done.status != 303:
                 recorder.errors += 1
+            due += period
+    finally:
+        await conn.close()
 
 
-async def _floor_req_per_s(base: str, seconds: float = 5.0) -> float:
+async def _floor_req_per_s(port: int, seconds: float = 5.0) -> float:
     """Requests per second of the bare framework (GET /healthz: no auth, no database) at the same
     concurrency on the same box: the ceiling any real route is measured against."""
     stop = time.perf_counter() + seconds
@@ -222,47 +242,64 @@ async def _floor_req_per_s(base: str, seconds: float = 5.0) -> float:
 
     async def hammer() -> None:
         nonlocal done
-        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
-            while time.perf_counter() < stop:
-                await client.get("/healthz")
-                done += 1
+        conn = Connection("127.0.0.1", port)
+        while time.perf_counter() < stop:
+            await conn.request("GET", "/healthz")
+            done += 1
+        await conn.close()
 
     await asyncio.gather(*(hammer() for _ in range(ANNOTATORS)))
     return done / seconds
 
 
-def _process_tree_cpu_s(root: int) -> float:
-    """User + system CPU seconds of `root` and its direct children (the uvicorn workers), from /proc."""
+def _cpu_s(wanted) -> float:
+    """User + system CPU seconds of the processes for which `wanted(pid, ppid, cmdline)` holds, from /proc."""
     total = 0.0
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue  # the process ended while we looked
-        pid, ppid = int(stat.parent.name), int(fields[1])
-        if root in (pid, ppid):
+        if wanted(int(stat.parent.name), int(fields[1]), cmdline):
             total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return total
 
 
-async def _cpu_during_window(recorder: Recorder, server_pid: int) -> tuple[float, float]:
-    """(server CPU s, load-generator CPU s) spent inside the measurement window."""
+def _cpu_counters(server_pid: int) -> dict[str, float]:
+    """CPU seconds so far of the uvicorn processes, of the Postgres backends serving the bench database,
+    and of this load generator."""
+    database = make_url(PG_URL).database
+    return {
+        "server": _cpu_s(lambda pid, ppid, _cmd: server_pid in (pid, ppid)),
+        "postgres": _cpu_s(lambda _pid, _ppid, cmd: cmd.startswith("postgres:") and f" {database} " in cmd),
+        "client": time.process_time(),
+    }
+
+
+async def _cpu_during_window(recorder: Recorder, server_pid: int) -> dict[str, float]:
     await asyncio.sleep(max(0.0, recorder.measure_from - time.perf_counter()))
-    server0, client0 = _process_tree_cpu_s(server_pid), time.process_time()
+    before = _cpu_counters(server_pid)
     await asyncio.sleep(max(0.0, recorder.measure_to - time.perf_counter()))
-    return _process_tree_cpu_s(server_pid) - server0, time.process_time() - client0
+    after = _cpu_counters(server_pid)
+    return {key: after[key] - before[key] for key in before}
 
 
-def _percentile(values: list[float], q: float) -> float:
+def _percentile(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else float("nan")
 
 
 async def _drive(
-    base: str, project_id: int, sessions: list[tuple[str, str]], server_pid: int
-) -> tuple[Recorder, tuple[float, float]]:
+    port: int, project_id: int, sessions: list[tuple[str, str]], server_pid: int, rate: float
+) -> tuple[Recorder, dict[str, float]]:
+    """All annotators for one phase: paced at `rate` submits/s in total, or closed loop when rate is 0."""
     recorder = Recorder(time.perf_counter())
+    period = len(sessions) / rate if rate else 0.0
     cpu = asyncio.create_task(_cpu_during_window(recorder, server_pid))
-    await asyncio.gather(*(annotator(base, project_id, c, t, recorder, i) for i, (c, t) in enumerate(sessions)))
+    await asyncio.gather(*(
+        annotator(port, project_id, cookie, csrf, recorder, seed=i, period=period, offset=i * period / len(sessions))
+        for i, (cookie, csrf) in enumerate(sessions)
+    ))
     return recorder, await cpu
 
 
@@ -281,6 +318,15 @@ def _check_invariants(url: str, project_id: int) -> tuple[int, int]:
     return over + drift, twice
 
 
+def _phase_figures(recorder: Recorder, prefix: str = "") -> dict[str, float]:
+    figures = {f"{prefix}submits_per_s": len(recorder.samples["submit"]) / WINDOW_S}
+    for kind in ("next", "submit"):
+        figures[f"{prefix}{kind}_p50_ms"] = _percentile(recorder.samples[kind], 50)
+        figures[f"{prefix}{kind}_p99_ms"] = _percentile(recorder.samples[kind], 99)
+    figures[f"{prefix}errors"] = recorder.errors
+    return figures
+
+
 def main() -> None:
     url, admin_url = _urls()
     _ensure_database(url, admin_url)
@@ -289,31 +335,32 @@ def main() -> None:
     port = _free_port()
     server = _start_server(url, port)
     try:
-        base = f"http://127.0.0.1:{port}"
-        recorder, (server_cpu, client_cpu) = asyncio.run(_drive(base, project_id, sessions, server.pid))
-        floor = asyncio.run(_floor_req_per_s(base))  # afterwards, on the warmed-up server
+        paced, _ = asyncio.run(_drive(port, project_id, sessions, server.pid, RATE))
+        saturated, cpu = asyncio.run(_drive(port, project_id, sessions, server.pid, 0.0))
+        floor = asyncio.run(_floor_req_per_s(port))  # afterwards, on the warmed-up server
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
     wrong_counts, duplicates = _check_invariants(url, project_id)
-    submits, nexts, pages = recorder.samples["submit"], recorder.samples["next"], recorder.samples["page"]
+    cycles = max(1, len(saturated.samples["submit"]))
     write_results(
         "server",
         {
-            "submits_per_s": len(submits) / WINDOW_S,
-            "next_p50_ms": _percentile(nexts, 50), "next_p99_ms": _percentile(nexts, 99),
-            "submit_p50_ms": _percentile(submits, 50), "submit_p99_ms": _percentile(submits, 99),
-            "page_p50_ms": _percentile(pages, 50), "page_p99_ms": _percentile(pages, 99),
-            "errors": recorder.errors, "invariant_violations": wrong_counts + duplicates,
-            # CPU per annotation cycle (next + page + submit): what the throughput is made of on a shared box.
-            "server_cpu_ms_per_cycle": 1000 * server_cpu / max(1, len(submits)),
-            "client_cpu_ms_per_cycle": 1000 * client_cpu / max(1, len(submits)),
+            **_phase_figures(paced),
+            "max_submits_per_s": len(saturated.samples["submit"]) / WINDOW_S,
+            **{k: v for k, v in _phase_figures(saturated, "saturated_").items() if k != "saturated_submits_per_s"},
+            "invariant_violations": wrong_counts + duplicates,
+            # CPU per annotation cycle (next + page + submit) at saturation: what throughput is made of.
+            **{f"{who}_cpu_ms_per_cycle": 1000 * seconds / cycles for who, seconds in cpu.items()},
             "healthz_req_per_s": floor,
             "load_avg_1m": os.getloadavg()[0],
         },
         notes={
             "setup": f"{ITEMS} items (~300 tokens), N={N}, {ANNOTATORS} annotators, {WEB_WORKERS} uvicorn "
-                     f"workers, Postgres, loopback httpx; {WARMUP_S:.0f} s warm-up, {WINDOW_S:.0f} s window",
+                     f"workers, Postgres, loopback keep-alive HTTP; per phase {WARMUP_S:.0f} s warm-up, "
+                     f"{WINDOW_S:.0f} s window",
+            "phases": f"paced: {RATE:.0f} cycles/s offered in total (latency counted from when each cycle was due); "
+                      "saturated: closed loop, no think time (max_submits_per_s, saturated_*, CPU per cycle)",
             "cpus": str(os.cpu_count()),
         },
     )

@@ -19,7 +19,7 @@ FORM_OUTCOMES = {o.value: o for o in (Outcome.EDITED, Outcome.NO_CHANGE_NEEDED, 
 
 def _redirect(request: Request, url: str) -> Response:
     """htmx follows HX-Redirect with a full page load; plain forms get a 303."""
-    if request.headers.get("hx-request") == "true":
+    if _is_htmx(request):
         return Response(status_code=204, headers={"HX-Redirect": url})
     return RedirectResponse(url, status_code=303)
 
@@ -32,7 +32,7 @@ def _member_project(db: Session, project_id: int, user: User) -> Project:
 
 
 def _error_page(request: Request, exc: annotation.AnnotationError) -> Response:
-    if request.headers.get("hx-request") == "true":
+    if _is_htmx(request):
         return render(request, "annotate/_error.html", status_code=exc.status_code, message=str(exc))
     return render(request, "error.html", status_code=exc.status_code, title="Cannot do that", message=str(exc))
 
@@ -53,31 +53,42 @@ def index(request: Request, user: User = Depends(annotator), db: Session = Depen
                   done=done, flash=request.query_params.get("msg"))
 
 
+def _is_htmx(request: Request) -> bool:
+    return request.headers.get("hx-request") == "true"
+
+
+def _editor_page(request: Request, task: queue.Task, headers: dict[str, str] | None = None) -> Response:
+    lease = task.lease
+    if lease.state != LeaseState.ACTIVE:
+        return render(request, "error.html", status_code=410, title="Task closed",
+                      message=f"This task is {lease.state}. Press Next for another one.")
+    expires_in_s = max(0, int((annotation.as_utc(lease.expires_at) - utcnow()).total_seconds()))
+    # No diff yet: nothing changed; the first keystroke brings the live diff.
+    return render(request, "annotate/task.html", headers=headers, title="Edit", lease=lease, item=task.item,
+                  project=task.project, diff=None, expires_in_s=expires_in_s)
+
+
 @router.post("/{project_id}/next")
 def next_item(
     request: Request, project_id: int, user: User = Depends(annotator), db: Session = Depends(get_db)
 ) -> Response:
     project = _member_project(db, project_id, user)
-    lease = queue.next_task(db, project, user)
+    task = queue.next_task(db, project, user)
     db.commit()
-    if lease is None:
+    if task is None:
         return _redirect(request, f"/annotate?msg=Nothing+left+for+you+in+{project.name}.+Thank+you!")
-    return _redirect(request, f"/annotate/task/{lease.id}")
+    url = f"/annotate/task/{task.lease.id}"
+    if _is_htmx(request):  # the editor comes back in this response: one round trip from click to next item
+        return _editor_page(request, task, headers={"HX-Push-Url": url})
+    return RedirectResponse(url, status_code=303)
 
 
 @router.get("/task/{lease_id}")
 def task(request: Request, lease_id: int, user: User = Depends(annotator), db: Session = Depends(get_db)) -> Response:
     try:
-        context = vars(annotation.task_for(db, lease_id, user))
+        return _editor_page(request, annotation.task_for(db, lease_id, user))
     except annotation.AnnotationError as exc:
         return _error_page(request, exc)
-    lease = context["lease"]
-    if lease.state != LeaseState.ACTIVE:
-        return render(request, "error.html", status_code=410, title="Task closed",
-                      message=f"This task is {lease.state}. Press Next for another one.")
-    context["diff"] = None  # nothing changed yet; the first keystroke brings the live diff
-    context["expires_in_s"] = max(0, int((annotation.as_utc(lease.expires_at) - utcnow()).total_seconds()))
-    return render(request, "annotate/task.html", title="Edit", **context)
 
 
 @router.post("/task/{lease_id}/diff")
@@ -105,10 +116,10 @@ async def _metrics(  # async: pure parsing, no need for a thread-pool hop
     )
 
 
-def _after_submit(request: Request, db: Session, project_id: int, user: User, advance: bool) -> Response:
+def _after_submit(request: Request, db: Session, edit: Edit, user: User, advance: bool) -> Response:
     if not advance:
         return _redirect(request, "/annotate?msg=Saved.")
-    return next_item(request, project_id, user, db)
+    return next_item(request, db.get(Item, edit.item_id).project_id, user, db)
 
 
 @router.post("/task/{lease_id}/submit")
@@ -130,8 +141,7 @@ def submit(
         db.rollback()
         return _error_page(request, exc)
     db.commit()
-    project_id = db.get(Item, edit.item_id).project_id
-    return _after_submit(request, db, project_id, user, advance)
+    return _after_submit(request, db, edit, user, advance)
 
 
 @router.post("/task/{lease_id}/skip")
@@ -145,4 +155,4 @@ def skip(
         db.rollback()
         return _error_page(request, exc)
     db.commit()
-    return _after_submit(request, db, db.get(Item, edit.item_id).project_id, user, advance)
+    return _after_submit(request, db, edit, user, advance)

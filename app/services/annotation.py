@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -28,7 +28,7 @@ from app.models import (
     utcnow,
 )
 from app.services import webhooks
-from app.services.queue import active_lease_count, lock_item
+from app.services.queue import Task, active_lease_count, lock_item
 from labels import EditAnalysis, analyse_edit, load_tokenizer
 
 MAX_EDIT_CHARS = 200_000
@@ -67,21 +67,17 @@ def as_utc(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-@dataclass(frozen=True)
-class Task:
-    lease: Lease
-    item: Item
-    project: Project
+_TASK = (
+    select(Lease, Item, Project)
+    .join(Item, Item.id == Lease.item_id)
+    .join(Project, Project.id == Item.project_id)
+    .where(Lease.id == bindparam("lease_id"), Lease.annotator_id == bindparam("user_id"))
+)
 
 
 def task_for(session: Session, lease_id: int, user: User) -> Task:
     """The annotator's lease with its item and project, in one query."""
-    row = session.execute(
-        select(Lease, Item, Project)
-        .join(Item, Item.id == Lease.item_id)
-        .join(Project, Project.id == Item.project_id)
-        .where(Lease.id == lease_id, Lease.annotator_id == user.id)
-    ).first()
+    row = session.execute(_TASK, {"lease_id": lease_id, "user_id": user.id}).first()
     if row is None:
         raise AnnotationError("This task is not yours or does not exist.", 404)
     return Task(*row)
@@ -180,14 +176,15 @@ def _notify(session: Session, edit: Edit, item: Item) -> None:
     """Webhook deliveries, queued in this transaction so they exist exactly when the edit does."""
     if edit.outcome == Outcome.SKIPPED:
         return
-    webhooks.enqueue(session, "edit.submitted", {
+    events = [("edit.submitted", {
         "edit_id": edit.id, "item_id": item.id, "project_id": item.project_id, "outcome": edit.outcome,
         "edit_rate": edit.edit_rate, "not_minimal": edit.not_minimal,
-    })
+    })]
     if item.status == ItemStatus.COMPLETE:
-        webhooks.enqueue(session, "item.completed", {
+        events.append(("item.completed", {
             "item_id": item.id, "project_id": item.project_id, "completed_count": item.completed_count,
-        })
+        }))
+    webhooks.enqueue_many(session, events)
 
 
 # --- the live diff --------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import case, delete, func, select, update
+from sqlalchemy import bindparam, case, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from app.models import Item, ItemStatus, Project, ProjectMember, Role, User
@@ -125,17 +125,19 @@ def set_members(session: Session, project: Project, user_ids: set[int], actor: U
                  before={"members": sorted(before)}, after={"members": sorted(user_ids)})
 
 
+_ACTIVE_PROJECT = select(Project).where(Project.id == bindparam("project_id"), Project.archived.is_(False))
+# Built once: this runs on every "Next", where building the expression would cost more than running it.
+_MEMBER_PROJECT = _ACTIVE_PROJECT.where(
+    select(ProjectMember.user_id)
+    .where(ProjectMember.project_id == Project.id, ProjectMember.user_id == bindparam("user_id"))
+    .exists()
+)
+
+
 def project_for_member(session: Session, project_id: int, user: User) -> Project | None:
     """The active project if `user` works in it (admins: any), in one query; else None."""
-    member = (
-        select(ProjectMember.user_id)
-        .where(ProjectMember.project_id == Project.id, ProjectMember.user_id == user.id)
-        .exists()
-    )
-    query = select(Project).where(Project.id == project_id, Project.archived.is_(False))
-    if user.role != Role.ADMIN:
-        query = query.where(member)
-    return session.scalars(query).first()
+    query = _ACTIVE_PROJECT if user.role == Role.ADMIN else _MEMBER_PROJECT
+    return session.scalars(query, {"project_id": project_id, "user_id": user.id}).first()
 
 
 def projects_for(session: Session, user: User) -> list[Project]:

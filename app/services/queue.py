@@ -5,14 +5,18 @@ held it. Every change to an item's lease count happens with the item's row locke
 `SELECT … FOR UPDATE SKIP LOCKED` (concurrent annotators pass over each other's rows instead of
 waiting), on SQLite by taking the database write lock up front (`BEGIN IMMEDIATE`). After the lock
 the count is read again in a fresh statement, so a lease committed a moment earlier is always seen.
+
+"Next" is the hottest path of the application, so it is a handful of round trips: lock the annotator,
+resume their lease or lock a candidate item, and one INSERT … SELECT that re-counts and leases at once.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import Select, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from app.db import is_postgres
@@ -33,13 +37,26 @@ def lock_for_write(session: Session) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def _for_dialect(query: Select, **for_update) -> dict[str, Select]:
+    """A hot-path query built once per dialect: Postgres locks rows; SQLite already holds the write lock."""
+    return {"postgresql": query.with_for_update(**for_update), "sqlite": query}
+
+
+def _run(session: Session, queries: dict[str, Select]) -> Select:
+    return queries[session.get_bind().dialect.name]
+
+
+# The request paths only bind values into statements built once at import: constructing a SQLAlchemy
+# expression costs more CPU than Postgres spends running it.
+_ITEM_FOR_UPDATE = _for_dialect(
+    select(Item).where(Item.id == bindparam("item_id")).execution_options(populate_existing=True)
+)
+
+
 def lock_item(session: Session, item_id: int) -> Item:
     """The item with its row locked (Postgres) or the database write-locked (SQLite), freshly read."""
     lock_for_write(session)
-    query = select(Item).where(Item.id == item_id).execution_options(populate_existing=True)
-    if is_postgres(session.get_bind()):
-        query = query.with_for_update()
-    return session.scalars(query).one()
+    return session.scalars(_run(session, _ITEM_FOR_UPDATE), {"item_id": item_id}).one()
 
 
 def active_lease_count(session: Session, item_id: int, now: datetime, exclude_lease: int | None = None) -> int:
@@ -62,85 +79,117 @@ def expire_stale_leases(session: Session, now: datetime) -> int:
     return len(ids)
 
 
-def current_lease(session: Session, project_id: int, user: User, now: datetime) -> Lease | None:
+@dataclass(frozen=True)
+class Task:
+    """An annotator's lease with its item and project: everything the editor page shows."""
+
+    lease: Lease
+    item: Item
+    project: Project
+
+
+_CURRENT_TASK = (
+    select(Lease, Item)
+    .join(Item, Item.id == Lease.item_id)
+    .where(
+        Lease.annotator_id == bindparam("user_id"), Lease.state == LeaseState.ACTIVE,
+        Lease.expires_at > bindparam("now"), Item.project_id == bindparam("project_id"),
+    )
+    .order_by(Lease.id)
+    .limit(1)
+)
+
+
+def current_task(session: Session, project: Project, user: User, now: datetime) -> Task | None:
     """The annotator's unexpired lease in this project, so "Next" resumes instead of hoarding items."""
-    return session.scalars(
-        select(Lease)
-        .join(Item, Item.id == Lease.item_id)
-        .where(
-            Lease.annotator_id == user.id, Lease.state == LeaseState.ACTIVE, Lease.expires_at > now,
-            Item.project_id == project_id,
-        )
-        .order_by(Lease.id)
-        .limit(1)
-    ).first()
+    row = session.execute(_CURRENT_TASK, {"user_id": user.id, "now": now, "project_id": project.id}).first()
+    return Task(row[0], row[1], project) if row else None
 
 
-def _candidates(session: Session, project: Project, user: User, now: datetime, tried: list[int]):
-    held_before = select(Lease.id).where(Lease.item_id == Item.id, Lease.annotator_id == user.id).exists()
-    active = (
+def _active_leases(item_id) -> Select:
+    """Unexpired active leases of an item, counted (`item_id`: a column to correlate, or a parameter)."""
+    return (
         select(func.count()).select_from(Lease)
-        .where(Lease.item_id == Item.id, Lease.state == LeaseState.ACTIVE, Lease.expires_at > now)
+        .where(Lease.item_id == item_id, Lease.state == LeaseState.ACTIVE, Lease.expires_at > bindparam("now"))
         .scalar_subquery()
     )
-    query = (
-        select(Item)
-        .where(
-            Item.project_id == project.id, Item.status == ItemStatus.OPEN, ~held_before,
-            Item.completed_count + active < project.annotations_per_item,
-        )
-        .order_by(Item.id)
-        .limit(1)
-        .execution_options(populate_existing=True)
+
+
+_CANDIDATE = _for_dialect(
+    select(Item)
+    .where(
+        Item.project_id == bindparam("project_id"),
+        Item.status == ItemStatus.OPEN,
+        ~select(Lease.id).where(Lease.item_id == Item.id, Lease.annotator_id == bindparam("user_id")).exists(),
+        Item.completed_count + _active_leases(Item.id) < bindparam("n"),
+        Item.id.not_in(bindparam("tried", expanding=True)),
     )
-    if tried:
-        query = query.where(Item.id.not_in(tried))
-    if is_postgres(session.get_bind()):
-        query = query.with_for_update(skip_locked=True, of=Item)
-    return session.scalars(query).first()
+    .order_by(Item.id)
+    .limit(1)
+    .execution_options(populate_existing=True),
+    skip_locked=True, of=Item,
+)
 
 
-def _lease_commit_without_fsync(session: Session) -> None:
-    """A lease is cheap to lose: after a crash its item simply returns to the pool. So its commit need not
-    wait for the WAL flush (several ms per commit on ordinary disks). Submits stay fully durable."""
-    if is_postgres(session.get_bind()):
-        session.execute(text("SET LOCAL synchronous_commit TO off"))
+def _candidate(session: Session, project: Project, user: User, now: datetime, tried: list[int]) -> Item | None:
+    """The first open item this annotator never held that has a free slot, locked (skipping locked rows)."""
+    params = {"project_id": project.id, "user_id": user.id, "now": now, "n": project.annotations_per_item,
+              "tried": tried}
+    return session.scalars(_run(session, _CANDIDATE), params).first()
 
 
-def _serialise_per_annotator(session: Session, user: User) -> None:
-    """Two "Next" clicks of one annotator run one after the other (the second resumes the first's lease)."""
-    if is_postgres(session.get_bind()):
-        session.execute(select(User.id).where(User.id == user.id).with_for_update())
+# Postgres: two "Next" clicks of one annotator run one after the other (the second resumes the first's
+# lease), and the lease's commit does not wait for the WAL flush — a lease is cheap to lose: after a crash
+# its item simply returns to the pool. Submits stay fully durable. One statement does both.
+_CLAIM_ANNOTATOR = (
+    select(func.set_config("synchronous_commit", "off", True)).where(User.id == bindparam("user_id")).with_for_update()
+)
+
+_LEASE_COLUMNS = ("item_id", "annotator_id", "state", "leased_at", "expires_at")
+# Leases the locked item if it still has a free slot, re-counting its leases in this new statement: a
+# statement that starts after the lock sees every lease committed before it.
+_LEASES = Lease.__table__  # a Core INSERT: the ORM would read a parameter dict as a bulk insert
+_LEASE_IF_SLOT_FREE = (
+    insert(_LEASES)
+    .from_select(
+        _LEASE_COLUMNS,
+        select(*(bindparam(name, type_=_LEASES.c[name].type) for name in _LEASE_COLUMNS))
+        .where(_active_leases(bindparam("item_id")) < bindparam("free_slots")),
+    )
+    .returning(_LEASES.c.id)
+)
 
 
-def next_task(session: Session, project: Project, user: User) -> Lease | None:
-    """Lease the next item to `user` (or return their current lease); None when nothing is left for them.
+def _lease_if_slot_free(session: Session, item: Item, user: User, project: Project, now: datetime) -> Lease | None:
+    values = {
+        "item_id": item.id, "annotator_id": user.id, "state": LeaseState.ACTIVE.value, "leased_at": now,
+        "expires_at": now + timedelta(seconds=project.lease_seconds),
+    }
+    free_slots = project.annotations_per_item - item.completed_count
+    lease_id = session.scalar(_LEASE_IF_SLOT_FREE, {**values, "now": now, "free_slots": free_slots})
+    return None if lease_id is None else Lease(id=lease_id, **values)
+
+
+def next_task(session: Session, project: Project, user: User) -> Task | None:
+    """Lease the next item to `user` (or return their current task); None when nothing is left for them.
 
     Runs in the caller's transaction; the caller commits at once, which releases the row locks.
     """
     lock_for_write(session)
-    _lease_commit_without_fsync(session)
-    _serialise_per_annotator(session, user)
+    if is_postgres(session.get_bind()):
+        session.execute(_CLAIM_ANNOTATOR, {"user_id": user.id})
     now = utcnow()
     if time.monotonic() - _last_sweep["at"] >= SWEEP_EVERY_S:
         _last_sweep["at"] = time.monotonic()
         expire_stale_leases(session, now)
-    if (lease := current_lease(session, project.id, user, now)) is not None:
-        return lease
+    if (task := current_task(session, project, user, now)) is not None:
+        return task
     tried: list[int] = []
     for _ in range(CANDIDATE_TRIES):
-        item = _candidates(session, project, user, now, tried)
+        item = _candidate(session, project, user, now, tried)
         if item is None:
             return None
-        # Locked now: count again in a new statement, which sees every lease committed before the lock.
-        if item.completed_count + active_lease_count(session, item.id, now) < project.annotations_per_item:
-            lease = Lease(
-                item_id=item.id, annotator_id=user.id, state=LeaseState.ACTIVE, leased_at=now,
-                expires_at=now + timedelta(seconds=project.lease_seconds),
-            )
-            session.add(lease)
-            session.flush()
-            return lease
+        if (lease := _lease_if_slot_free(session, item, user, project, now)) is not None:
+            return Task(lease, item, project)
         tried.append(item.id)
     return None
-

@@ -85,20 +85,33 @@ def create_webhook(session: Session, url: str, events: Iterable[str], actor: Use
     return hook
 
 
+_SUBSCRIPTIONS = select(Webhook.id, Webhook.events).where(Webhook.active.is_(True))
+
+
 def enqueue(session: Session, event: str, payload: dict[str, Any]) -> int:
     """Queue `event` for every active webhook subscribed to it; returns how many deliveries were queued.
 
     Call it inside the transaction of the change it reports: the deliveries commit (or roll back) with it.
     `payload` must be JSON-serialisable; it is sent as `{"event", "delivery_id", "created_at", "data"}`.
     """
-    if event not in EVENTS:
-        raise WebhookError(f"unknown webhook event {event!r}; known: {list(EVENTS)}")
-    hooks = session.scalars(select(Webhook).where(Webhook.active.is_(True))).all()
-    subscribed = [h for h in hooks if event in h.events or ALL_EVENTS in h.events]
-    for hook in subscribed:
-        session.add(WebhookDelivery(webhook_id=hook.id, event=event, payload=payload))
-    session.flush()
-    return len(subscribed)
+    return enqueue_many(session, [(event, payload)])
+
+
+def enqueue_many(session: Session, events: list[tuple[str, dict[str, Any]]]) -> int:
+    """`enqueue` for several (event, payload) pairs of one change, reading the subscriptions once."""
+    for event, _payload in events:
+        if event not in EVENTS:
+            raise WebhookError(f"unknown webhook event {event!r}; known: {list(EVENTS)}")
+    subscriptions = session.execute(_SUBSCRIPTIONS).all()
+    queued = 0
+    for event, payload in events:
+        for hook_id, hook_events in subscriptions:
+            if event in hook_events or ALL_EVENTS in hook_events:
+                session.add(WebhookDelivery(webhook_id=hook_id, event=event, payload=payload))
+                queued += 1
+    if queued:
+        session.flush()
+    return queued
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:

@@ -27,7 +27,7 @@ def _hostile_project(make_user, make_project, add_items):
                            description=PAYLOADS)
     add_items(project, [(f"Prompt {PAYLOADS}", f"Response {PAYLOADS}"), ("Second", f"Another {PAYLOADS}")])
     with session_scope() as session:
-        lease = queue.next_task(session, project, ann)
+        lease = queue.next_task(session, project, ann).lease
     with session_scope() as session:
         edit = annotation.submit(session, lease.id, ann, Outcome.EDITED, f"Edited {PAYLOADS} {PAYLOADS}")
     with session_scope() as session:

@@ -9,7 +9,7 @@ from app.services import annotation, dashboard, queue
 
 def _annotate(project, user, text):
     with session_scope() as session:
-        lease = queue.next_task(session, project, user)
+        lease = queue.next_task(session, project, user).lease
     with session_scope() as session:
         metrics = annotation.EditorMetrics(900, 4000, 12, 1)
         annotation.submit(session, lease.id, user, Outcome.EDITED, text, metrics=metrics)

@@ -17,7 +17,8 @@ from app.services import annotation, queue
 
 def _lease(project, user):
     with session_scope() as session:
-        return queue.next_task(session, project, user)
+        task = queue.next_task(session, project, user)
+        return task.lease if task else None
 
 
 def _submit(lease_id, user, text="An edited answer.", outcome=Outcome.EDITED):

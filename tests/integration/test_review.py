@@ -17,7 +17,7 @@ def _annotated(make_user, make_project, add_items, text="The fixed answer."):
     project = make_project(members=[ann, rev])
     add_items(project, [("Prompt", "The broken answr.")])
     with session_scope() as session:
-        lease = queue.next_task(session, project, ann)
+        lease = queue.next_task(session, project, ann).lease
     with session_scope() as session:
         edit = annotation.submit(session, lease.id, ann, Outcome.EDITED, text)
     return ann, rev, project, edit
