@@ -183,6 +183,15 @@ def collate_pairs(items: Sequence[EncodedPair], pad_id: int) -> dict[str, Tensor
     return batch
 
 
+def shared_prefix_length(batch: dict[str, Tensor]) -> int:
+    """How many leading tokens every pair of a `collate_pairs` batch shares (the prompt and the response up to
+    its first change), padding excluded; at most width − 1, so every row keeps a token of its own."""
+    ids, attention = batch["input_ids"], batch["attention_mask"].bool()
+    n = ids.shape[0] // 2
+    same = ((ids[:n] == ids[n:]) & attention[:n] & attention[n:]).all(0)
+    return min(int(same.long().cumprod(0).sum()), ids.shape[1] - 1)
+
+
 def edit_masks(batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
     """U1 (insert/replace tokens of y1, chosen half) and U0 (delete/replace tokens of y0, rejected half)."""
     n = batch["input_ids"].shape[0] // 2

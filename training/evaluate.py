@@ -27,6 +27,7 @@ from training.data import (
     encode_pairs,
     read_export,
     read_rows,
+    shared_prefix_length,
     split_by_prompt,
 )
 from training.generate import HFGenerator, strip_eos
@@ -63,7 +64,8 @@ def pair_metrics(
     span_hits, seq_hits, pos, neg = [], [], [], []
     for start in range(0, len(items), batch_size):
         batch = {k: v.to(device) for k, v in collate_pairs(items[start : start + batch_size], pad_id).items()}
-        r = token_rewards(model(batch["input_ids"], batch["attention_mask"]), model.head_kind)
+        out = model(batch["input_ids"], batch["attention_mask"], shared_prefix=shared_prefix_length(batch))
+        r = token_rewards(out, model.head_kind)
         n = r.shape[0] // 2
         u1, u0 = edit_masks(batch)
         scores = sequence_scores(r, batch["response_mask"], model.head_kind)

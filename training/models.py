@@ -172,11 +172,41 @@ class RewardModel(nn.Module):
                 nn.init.zeros_(model.head.bias)
         return model
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """Head output on every position: [B, T] (scalar heads) or [B, T, 2] (tlcr), float32."""
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, shared_prefix: int = 0) -> Tensor:
+        """Head output on every position: [B, T] (scalar heads) or [B, T, 2] (tlcr), float32.
+
+        `shared_prefix` = L > 0 declares the batch to be pairs, row i and row B/2 + i, whose first L tokens
+        are the same real tokens (`data.shared_prefix_length`): the backbone then runs those L tokens once
+        per pair and the rest of both rows on top of their keys and values. The outputs are the plain
+        forward's (up to float rounding; gradients flow through the shared part), with L·B/2 fewer token
+        positions through the backbone.
+        """
+        cache = self._prefix_cache() if shared_prefix > 0 else None
+        if cache is None:
+            out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            hidden = out.last_hidden_state
+        else:
+            n, length = input_ids.shape[0] // 2, shared_prefix
+            prefix = self.backbone(input_ids=input_ids[:n, :length], attention_mask=attention_mask[:n, :length],
+                                   past_key_values=cache, use_cache=True).last_hidden_state
+            cache.reorder_cache(torch.arange(n, device=input_ids.device).repeat(2))  # pair i's keys for rows i, n+i
+            rest = self.backbone(input_ids=input_ids[:, length:], attention_mask=attention_mask,
+                                 past_key_values=cache, use_cache=True).last_hidden_state
+            hidden = torch.cat([prefix.repeat(2, 1, 1), rest], dim=1)
         out = self.head(hidden).float()
         return out if self.head_kind == "tlcr" else out.squeeze(-1)
+
+    def _prefix_cache(self):
+        """An empty KV cache for the shared-prefix forward, or None where it would not be exact: under
+        activation checkpointing (the layers drop the cache) or with layers that are not plain full
+        attention (sliding windows, recurrent states)."""
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
+        if any(getattr(m, "gradient_checkpointing", False) for m in self.backbone.modules()):
+            return None
+        cache = DynamicCache(config=self.backbone.config)
+        return cache if cache.layers and all(type(layer) is DynamicLayer for layer in cache.layers) else None
 
     def save(self, folder: Path, base_model: str, merge: bool = True) -> None:
         folder.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from training import losses
 from training.config import SeqRMConfig, TokenRMConfig
-from training.data import EncodedPair, collate_pairs, edit_masks
+from training.data import EncodedPair, collate_pairs, edit_masks, shared_prefix_length
 from training.evaluate import pair_metrics
 from training.models import RewardModel, last_index, token_rewards
 from training.trainers.base import Trainer
@@ -47,7 +47,7 @@ class TokenRMTrainer(RewardTrainer):
 
     def compute_loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         cfg = self.cfg
-        out = model(batch["input_ids"], batch["attention_mask"])
+        out = model(batch["input_ids"], batch["attention_mask"], shared_prefix=shared_prefix_length(batch))
         r = token_rewards(out, self.head_kind)
         n = r.shape[0] // 2
         response = batch["response_mask"]
@@ -79,7 +79,7 @@ class SeqRMTrainer(RewardTrainer):
     cfg: SeqRMConfig
 
     def compute_loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        out = model(batch["input_ids"], batch["attention_mask"])
+        out = model(batch["input_ids"], batch["attention_mask"], shared_prefix=shared_prefix_length(batch))
         scores = out.gather(1, last_index(batch["response_mask"])[:, None]).squeeze(1)
         n = scores.shape[0] // 2
         loss = losses.sequence_bt(scores[:n], scores[n:])
