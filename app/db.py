@@ -45,7 +45,8 @@ def engine_for(url: str) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    engine = create_engine(url, pool_size=20, max_overflow=20)
+    threads = get_settings().web_threads
+    engine = create_engine(url, pool_size=threads, max_overflow=threads)  # overflow: the worker, the CLI
     _ping_idle_connections(engine)
     return engine
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
+import anyio.to_thread
 from fastapi import Depends, FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -16,19 +19,30 @@ from app.routes import admin_projects, admin_users, annotate, auth, dashboard, r
 from app.routes import datasets as dataset_routes
 from app.routes import jobs as job_routes
 from app.security import SecurityMiddleware
+from app.settings import get_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 STATIC_DIR = ROOT / "static"
 TEMPLATES_DIR = ROOT / "templates"
 
 
+@asynccontextmanager
+async def _lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    # Sync routes and dependencies run in anyio's thread pool: size it to the database pool.
+    anyio.to_thread.current_default_thread_limiter().total_tokens = get_settings().web_threads
+    yield
+
+
 def create_app() -> FastAPI:
     # The default /docs, /redoc and /openapi.json would be public: they are served below behind login.
-    app = FastAPI(title="Redline", version="0.1.0", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="Redline", version="0.1.0", docs_url=None, redoc_url=None, openapi_url=None,
+                  lifespan=_lifespan)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_middleware(SecurityMiddleware)
     install_auth_handlers(app)
-    for router in (auth.router, admin_users.router, admin_projects.router, annotate.router, review.router,
+    # Routes are matched in order: the annotator's (the busiest by far) first, then the rest; no two
+    # routers share a path prefix, so the order changes nothing else.
+    for router in (annotate.router, auth.router, admin_users.router, admin_projects.router, review.router,
                    dashboard.router, job_routes.router, api.router, dataset_routes.router,
                    settings_tokens.router):
         app.include_router(router)

@@ -23,6 +23,10 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     web_workers: int = 1
+    # Threads per web worker process that run request handlers; each holds at most one database
+    # connection, so this is also the size of each process's connection pool. More threads than cores
+    # mostly fight over Python's GIL; a few cover the time spent waiting on the database.
+    web_threads: int = Field(default=8, ge=1, le=200)
     session_max_age_s: int = 14 * 24 * 3600
     secure_cookies: bool = False
     max_upload_mb: int = 200

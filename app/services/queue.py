@@ -59,6 +59,23 @@ def lock_item(session: Session, item_id: int) -> Item:
     return session.scalars(_run(session, _ITEM_FOR_UPDATE), {"item_id": item_id}).one()
 
 
+_ITEM_AND_LEASE_FOR_UPDATE = _for_dialect(
+    select(Item, Lease)
+    .join(Lease, Lease.item_id == Item.id)
+    .where(Item.id == bindparam("item_id"), Lease.id == bindparam("lease_id"))
+    .execution_options(populate_existing=True)
+)
+
+
+def lock_item_and_lease(session: Session, item_id: int, lease_id: int) -> tuple[Item, Lease]:
+    """`lock_item`, also locking and re-reading one of its leases: both rows come back as they are after
+    any concurrent change to either (Postgres re-reads locked rows once their lock is free)."""
+    lock_for_write(session)
+    item, lease = session.execute(_run(session, _ITEM_AND_LEASE_FOR_UPDATE),
+                                  {"item_id": item_id, "lease_id": lease_id}).one()
+    return item, lease
+
+
 def active_lease_count(session: Session, item_id: int, now: datetime, exclude_lease: int | None = None) -> int:
     query = select(func.count()).select_from(Lease).where(
         Lease.item_id == item_id, Lease.state == LeaseState.ACTIVE, Lease.expires_at > now
