@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import datasets
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from factories import SAMPLE_PAIRS, make_corpus
@@ -16,6 +17,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 from app.db import engine_for, session_scope
 from app.models import DatasetRow, Edit, Review, Verdict
+from app.services import export
 from app.services.datasets import DatasetFilter, create_version
 from app.services.export import EXPORT_FORMATS, ExportError, open_export, stream_export
 from labels import load_tokenizer
@@ -170,13 +172,32 @@ def test_export_time_tokenizer_recomputes_labels(db_url, version, tmp_path):
     assert all(r["token_labels"]["tokenizer_hash"] != tok.vocab_hash for r in _db_rows(db_url, version.id))
 
 
-def test_parquet_is_written_in_row_groups_as_it_streams(db_url, version, tmp_path, monkeypatch, settings_env):
-    monkeypatch.setattr(settings_env, "export_chunk_rows", 2)
-    pieces = list(stream_export(lambda: session_scope(engine_for(db_url)), version.id, "pairs-parquet"))
+@pytest.mark.parametrize("relabel", [False, True])
+def test_parquet_is_written_in_row_groups_as_it_streams(db_url, version, tmp_path, monkeypatch, relabel):
+    # Row groups close at PARQUET_GROUP_BYTES of Arrow data: one byte makes every read range (fast path) or
+    # Arrow batch (relabelled path) a row group of its own.
+    monkeypatch.setattr(export, "PARQUET_GROUP_BYTES", 1)
+    monkeypatch.setattr(export, "PARQUET_FETCH_ROWS", 2)
+    monkeypatch.setattr(export, "ARROW_BATCH_ROWS", 2)
+    tokenizer = _train_tiny_tokenizer(tmp_path / "tiny-tokenizer") if relabel else None
+    pieces = list(
+        stream_export(lambda: session_scope(engine_for(db_url)), version.id, "pairs-parquet", tokenizer=tokenizer)
+    )
     assert len(pieces) == 4  # one piece per row group of two, then the footer
     path = tmp_path / "grouped.parquet"
     path.write_bytes(b"".join(pieces))
-    assert pq.ParquetFile(path).metadata.num_row_groups == 3
+    parquet = pq.ParquetFile(path)
+    assert parquet.metadata.num_row_groups == 3
+    assert parquet.schema_arrow == export.PAIRS_SCHEMA
+    assert [g for g in range(3) if parquet.metadata.row_group(g).num_rows != 2] == []
+
+
+def test_parquet_fast_path_matches_the_parsed_rows(db_url, version, tmp_path):
+    """The Parquet file (rows parsed by Arrow's JSON reader) holds exactly the frozen rows as orjson reads them."""
+    table = pq.read_table(_write(db_url, version.id, "pairs-parquet", tmp_path / "pairs.parquet"))
+    rows = _db_rows(db_url, version.id)
+    assert table.schema == export.PAIRS_SCHEMA
+    assert table.equals(pa.Table.from_batches([export.pairs_record_batch(rows)]))
 
 
 def test_unknown_format_version_or_tokenizer_is_reported(db_url, version, tmp_path):
