@@ -227,6 +227,29 @@ def test_next_through_the_pages_and_membership(web_client, make_user, make_proje
     assert edit.keystrokes == 7 and edit.annotator_id == member.id
 
 
+def test_htmx_next_answers_with_the_editor_and_submit_advances_to_the_next_one(
+    web_client, make_user, make_project, add_items, login_as
+):
+    ann = make_user("ann")
+    project = make_project(members=[ann])
+    add_items(project, [("P1", "First original."), ("P2", "Second original.")])
+    csrf = login_as(web_client, "ann")
+    htmx = {"X-CSRF-Token": csrf, "HX-Request": "true"}
+    page = web_client.post(f"/annotate/{project.id}/next", headers=htmx)
+    assert page.status_code == 200 and "First original." in page.text  # no redirect, no second request
+    task_url = page.headers["HX-Push-Url"]
+    again = web_client.post(f"/annotate/{project.id}/next", headers=htmx)
+    assert again.headers["HX-Push-Url"] == task_url  # resumes the same lease
+    form = {"text": "First original, fixed.", "outcome": "edited", "advance": "true"}
+    following = web_client.post(f"{task_url}/submit", data=form, headers=htmx)
+    assert following.status_code == 200 and "Second original." in following.text
+    assert following.headers["HX-Push-Url"] != task_url
+    with session_scope() as session:
+        [edit] = session.scalars(select(Edit)).all()
+        item = session.get(Item, edit.item_id)
+    assert edit.edited_text == "First original, fixed." and item.completed_count == 1
+
+
 def test_changing_n_reopens_and_completes_items(make_user, make_project, add_items):
     from app.services.projects import ProjectSettings, update_project
 
