@@ -4,7 +4,7 @@ Setup (not timed as export): a fresh Postgres database (dropped afterwards) is f
 realistic edits — a few hundred pairs of ~300-token model-written responses (app/demo) with word-level
 edits, analysed by the real label engine, reused round-robin — then a dataset version is frozen through
 `create_version`. Each export then runs in a child process (`python -m bench.export --child …`) that
-streams `stream_export` into a file; it reports rows/s and its own peak RSS (ru_maxrss).
+streams `stream_export` into a file; it reports rows/s and its own peak RSS (VmHWM).
 
 Goals (issue #5): ≥ 20,000 rows/s to JSONL; peak memory < 300 MB and flat from 100k to 1M rows.
 Environment: REDLINE_TEST_PG_URL (admin connection, default postgresql://postgres@127.0.0.1:5432/test),
@@ -213,14 +213,22 @@ def child(version_id: int, fmt: str, out: str) -> None:
 
 def _measure(url: str, size: int, figures: dict[str, float], notes: dict[str, str]) -> None:
     label = "1m" if size == 1_000_000 else f"{size // 1000}k"
+    load_before = os.getloadavg()[0]
     version_id, rows, freeze_s = freeze(url, f"bench {label}")
     figures[f"freeze_rows_per_s_{label}"] = rows / freeze_s
+    notes[f"freeze {label}"] = (
+        f"{rows} rows in {freeze_s:.1f} s; 1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
+    )
     peaks = []
     for fmt, key in (("pairs-jsonl", "jsonl"), ("pairs-parquet", "parquet")):
+        load_before = os.getloadavg()[0]
         result = export_in_child(url, version_id, fmt)
         figures[f"{key}_rows_per_s_{label}"] = result["rows_per_s"]
         figures[f"{key}_peak_mb_{label}"] = result["peak_mb"]
-        notes[f"{key} {label}"] = f"{result['rows']} rows, {result['bytes'] / 1e9:.2f} GB in {result['seconds']:.1f} s"
+        notes[f"{key} {label}"] = (
+            f"{result['rows']} rows, {result['bytes'] / 1e9:.2f} GB in {result['seconds']:.1f} s; 1-min load average "
+            f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
+        )
         peaks.append(result["peak_mb"])
         print(f"  {fmt} @ {label}: {result}", flush=True)
     figures[f"peak_mb_{label}"] = max(peaks)
