@@ -1,9 +1,9 @@
 """Submitting an annotation, and the server-rendered diff the editor shows while the annotator types.
 
 The server never trusts the client's diff: labels, char diff and statistics are recomputed from the
-submitted text with the project's (cached) tokenizer before the short locking transaction starts.
-A double submit returns the first edit: the lease is re-read under the item lock, and `edits.lease_id`
-is unique as the last line of defence.
+submitted text with the project's (cached) tokenizer. A submit locks only its item's and its lease's
+rows, so only another submit of the same item waits for it. A double submit returns the first edit: the
+lease is read under that lock, and `edits.lease_id` is unique as the last line of defence.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from app.models import (
     utcnow,
 )
 from app.services import webhooks
-from app.services.queue import Task, active_lease_count, lock_item_and_lease
+from app.services.queue import Task, active_lease_count, find_task, lock_task
 from labels import EditAnalysis, analyse_edit, load_tokenizer
 
 MAX_EDIT_CHARS = 200_000
@@ -69,20 +69,11 @@ def as_utc(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-_TASK = (
-    select(Lease, Item, Project)
-    .join(Item, Item.id == Lease.item_id)
-    .join(Project, Project.id == Item.project_id)
-    .where(Lease.id == bindparam("lease_id"), Lease.annotator_id == bindparam("user_id"))
-)
-
-
 def task_for(session: Session, lease_id: int, user: User) -> Task:
     """The annotator's lease with its item and project, in one query."""
-    row = session.execute(_TASK, {"lease_id": lease_id, "user_id": user.id}).first()
-    if row is None:
+    if (task := find_task(session, lease_id, user)) is None:
         raise AnnotationError("This task is not yours or does not exist.", 404)
-    return Task(*row)
+    return task
 
 
 def analyse(project: Project, original: str, edited: str) -> EditAnalysis:
@@ -163,7 +154,8 @@ def submit(
     metrics: EditorMetrics = EditorMetrics(), skip_reason: str = "",
 ) -> Edit:
     """Store the annotator's decision on a leased item in one short transaction (the caller commits)."""
-    task = task_for(session, lease_id, user)
+    if (task := lock_task(session, lease_id, user)) is None:
+        raise AnnotationError("This task is not yours or does not exist.", 404)
     lease, item, project = task.lease, task.item, task.project
     if lease.state in (LeaseState.SUBMITTED, LeaseState.SKIPPED) and (done := _existing_edit(session, lease.id)):
         return done
@@ -173,10 +165,6 @@ def submit(
         outcome = Outcome.NO_CHANGE_NEEDED  # submitting the untouched text is "no change needed"
     text = text.replace("\r\n", "\n") if outcome == Outcome.EDITED else item.original
     analysis = analyse(project, item.original, text) if outcome != Outcome.SKIPPED else None
-
-    item, lease = lock_item_and_lease(session, item.id, lease.id)
-    if lease.state in (LeaseState.SUBMITTED, LeaseState.SKIPPED) and (done := _existing_edit(session, lease.id)):
-        return done
     now = utcnow()
     if outcome in COMPLETED_OUTCOMES:
         _check_slot(session, lease, item, project, now)

@@ -59,21 +59,27 @@ def lock_item(session: Session, item_id: int) -> Item:
     return session.scalars(_run(session, _ITEM_FOR_UPDATE), {"item_id": item_id}).one()
 
 
-_ITEM_AND_LEASE_FOR_UPDATE = _for_dialect(
-    select(Item, Lease)
-    .join(Lease, Lease.item_id == Item.id)
-    .where(Item.id == bindparam("item_id"), Lease.id == bindparam("lease_id"))
-    .execution_options(populate_existing=True)
+_TASK = (
+    select(Lease, Item, Project)
+    .join(Item, Item.id == Lease.item_id)
+    .join(Project, Project.id == Item.project_id)
+    .where(Lease.id == bindparam("lease_id"), Lease.annotator_id == bindparam("user_id"))
 )
+_LOCKED_TASK = _for_dialect(_TASK.execution_options(populate_existing=True), of=[Item, Lease])
 
 
-def lock_item_and_lease(session: Session, item_id: int, lease_id: int) -> tuple[Item, Lease]:
-    """`lock_item`, also locking and re-reading one of its leases: both rows come back as they are after
-    any concurrent change to either (Postgres re-reads locked rows once their lock is free)."""
+def find_task(session: Session, lease_id: int, user: User) -> Task | None:
+    """The annotator's lease with its item and project, in one query; None if it is not theirs."""
+    row = session.execute(_TASK, {"lease_id": lease_id, "user_id": user.id}).first()
+    return Task(*row) if row else None
+
+
+def lock_task(session: Session, lease_id: int, user: User) -> Task | None:
+    """`find_task` with the item's and the lease's rows locked (Postgres) or the database write-locked
+    (SQLite), freshly read: a concurrent submit of the same item or lease has committed or waits."""
     lock_for_write(session)
-    item, lease = session.execute(_run(session, _ITEM_AND_LEASE_FOR_UPDATE),
-                                  {"item_id": item_id, "lease_id": lease_id}).one()
-    return item, lease
+    row = session.execute(_run(session, _LOCKED_TASK), {"lease_id": lease_id, "user_id": user.id}).first()
+    return Task(*row) if row else None
 
 
 def active_lease_count(session: Session, item_id: int, now: datetime, exclude_lease: int | None = None) -> int:
