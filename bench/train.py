@@ -3,7 +3,15 @@
 SmolLM2-135M-Instruct, sequences of exactly 256 tokens, batch 4 (pairs for pairwise kinds), CPU, fp32.
 Every measurement runs in its own child process (same environment, so the same MALLOC_* settings), which
 reports its step times and its peak RSS. One warm-up step is dropped; REDLINE_BENCH_TRAIN_STEPS (default
-1) steps are measured after it.
+4) steps are measured after it, each on its own batch, and a side's figure is the median of its step times
+(one step slowed by another process on a shared machine does not move it; all step times are printed).
+
+What a step time covers, on both sides: fetching and collating the batch, forward, loss, backward, gradient
+clipping, the optimizer and the schedule. Ours is `train/step_time` (the loop's window from the end of one
+step's logging to the end of the next step's update, logging_steps = 1); TRL's is the wall time between
+consecutive `on_step_end` callbacks, which also holds TRL's own per-step logging (a few milliseconds).
+Both sides use AdamW (torch's fused kernel: TRL's default `adamw_torch_fused`, ours by `training.run.adamw`),
+the same learning rate, a constant schedule, clipping at 1.0, no gradient checkpointing, fp32.
 
 Both sides see identical token ids: the export's texts are built from words that are one token each, so
 every prompt ⊕ response ⊕ EOS is exactly 256 tokens, and TRL gets those same ids pre-tokenised.
@@ -19,6 +27,7 @@ import os
 import random
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,7 +38,7 @@ from bench.common import write_results
 
 MODEL = os.environ.get("REDLINE_BENCH_TRAIN_MODEL", "var/models/SmolLM2-135M-Instruct")
 SEQ, BATCH, WARMUP = 256, 4, 1
-STEPS = int(os.environ.get("REDLINE_BENCH_TRAIN_STEPS", "1"))
+STEPS = int(os.environ.get("REDLINE_BENCH_TRAIN_STEPS", "4"))
 PPO_NEW_TOKENS = 32
 WORDS = ("the a of and to in is it that was for on are with as his they be at one have this from or had by "
          "word but what some we can out other were all there when up use your how said an each she which do "
@@ -104,14 +113,21 @@ def ours(kind: str, work: Path, export: Path, extra: dict | None = None) -> dict
         PPOTrainer(load_config(kind, None, values)).train()
         metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         times = [m["iteration_time"] for m in metrics if "iteration_time" in m][WARMUP:]
-        return {"iteration_s": sum(times) / len(times), "peak_mb": peak_mb()}
+        return {"iteration_s": statistics.median(times), "times_s": rounded(times), "peak_mb": peak_mb()}
     values["max_steps"] = WARMUP + STEPS
     TRAINERS[kind](load_config(kind, None, values)).train()
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     measured = [m for m in metrics if "train/tokens_per_second" in m][WARMUP:]
-    seconds = sum(m["train/step_time"] for m in measured)
-    tokens = sum(m["train/tokens_per_second"] * m["train/step_time"] for m in measured)
-    return {"tokens_per_s": tokens / seconds, "step_s": seconds / len(measured), "peak_mb": peak_mb()}
+    times = [m["train/step_time"] for m in measured]
+    tokens = {round(m["train/tokens_per_second"] * m["train/step_time"]) for m in measured}
+    if len(tokens) != 1:
+        raise RuntimeError(f"{kind}: steps of different sizes {tokens}; the bench expects fixed shapes")
+    step_s = statistics.median(times)
+    return {"tokens_per_s": tokens.pop() / step_s, "step_s": step_s, "times_s": rounded(times), "peak_mb": peak_mb()}
+
+
+def rounded(times: list[float]) -> list[float]:
+    return [round(t, 2) for t in times]
 
 
 def trl_step_timer():
@@ -185,9 +201,12 @@ def trl(kind: str, work: Path, export: Path) -> dict:
                              processing_class=tokenizer, callbacks=[timer])
         tokens_per_step = BATCH * SEQ
     trainer.train()
-    steps = [b - a for a, b in zip(timer.marks, timer.marks[1:], strict=False)][WARMUP:]
-    step_s = sum(steps) / len(steps)
-    return {"tokens_per_s": tokens_per_step / step_s, "step_s": step_s, "peak_mb": peak_mb()}
+    times = [b - a for a, b in zip(timer.marks, timer.marks[1:], strict=False)][WARMUP:]
+    if len(times) != STEPS:
+        raise RuntimeError(f"TRL {kind}: {len(times)} measured steps, expected {STEPS}")
+    step_s = statistics.median(times)
+    return {"tokens_per_s": tokens_per_step / step_s, "step_s": step_s, "times_s": rounded(times),
+            "peak_mb": peak_mb()}
 
 
 def child(name: str, work: Path, export: Path) -> dict:
@@ -210,14 +229,14 @@ CASES = ["ours:token-rm", "trl:reward", "ours:dpo", "trl:dpo", "ours:sft", "trl:
 
 
 def run_child(name: str, work: Path, export: Path) -> dict:
-    started = time.monotonic()
+    started, load_before = time.monotonic(), os.getloadavg()[0]
     proc = subprocess.run([sys.executable, "-m", "bench.train", "--child", name, str(work), str(export)],
                           capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
     if proc.returncode != 0:
         raise RuntimeError(f"bench child {name} failed:\n{proc.stderr[-4000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    # The 1-minute load average after the child: other processes on the machine skew every figure.
-    result["load_avg"] = os.getloadavg()[0]
+    # The 1-minute load average before and after the child: other processes on the machine skew every figure.
+    result["load_avg"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     print(f"  {name:<20} {json.dumps(result)}  ({time.monotonic() - started:.0f}s)", flush=True)
     return result
 
@@ -272,10 +291,13 @@ def main() -> None:
             figures[f"tokens_per_s_{name.replace(':', '_').replace('-', '_')}"] = result["tokens_per_s"]
     figures["ppo_iteration_s_token"] = r["ours:ppo-token"]["iteration_s"]
     figures["ppo_iteration_s_sequence"] = r["ours:ppo-sequence"]["iteration_s"]
-    notes = {"malloc": json.dumps(malloc) if malloc else "unset", "steps": f"{WARMUP} warm-up + {STEPS} measured",
+    notes = {"malloc": json.dumps(malloc) if malloc else "unset",
+             "steps": f"{WARMUP} warm-up + {STEPS} measured, median step time per side",
              "shapes": f"seq {SEQ}, batch {BATCH}, fp32 CPU, {os.cpu_count()} cpus",
              "ppo": f"{PPO_NEW_TOKENS} generated tokens, 1 PPO epoch per iteration",
-             "load_avg_after_each_child": ", ".join(f"{r['load_avg']:.1f}" for r in results.values())}
+             "load_avg_before_after_each_child": ", ".join(f"{a:.1f}/{b:.1f}" for a, b in
+                                                           (r["load_avg"] for r in results.values())),
+             "step_times_s": "; ".join(f"{name} {r['times_s']}" for name, r in results.items())}
     write_results("train", figures, notes)
 
 
