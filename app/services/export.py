@@ -1,7 +1,8 @@
 """Streaming export of a dataset version: edit pairs (JSONL, Parquet), TRL preference and SFT rows, card.
 
-`stream_export` yields the file in pieces while reading the frozen rows with a server-side cursor, so a
-version of any size is exported with bounded memory. Formats (see docs/datasets.md):
+`stream_export` yields the file in pieces while reading the frozen rows in ranges of consecutive rows, so a
+version of any size is exported with bounded memory (Parquet: plus ~28 KB of footer metadata per row
+group). Formats (see docs/datasets.md):
 
 - `pairs-jsonl`, `pairs-parquet`: the edit-pair contract of product.md; in Parquet `char_diff` is a list
   of `{op, text}` structs (a Parquet list cannot mix numbers and strings).
