@@ -63,10 +63,14 @@ def _session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
+def new_session(engine: Engine | None = None) -> Session:
+    return _session_factory(engine or get_engine())()
+
+
 @contextmanager
 def session_scope(engine: Engine | None = None) -> Iterator[Session]:
     """A unit of work: commits on success, rolls back on any error."""
-    session = _session_factory(engine or get_engine())()
+    session = new_session(engine)
     try:
         yield session
         session.commit()

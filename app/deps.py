@@ -2,23 +2,45 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from urllib.parse import quote
 
-from fastapi import Depends, FastAPI, Request
+import anyio.to_thread
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 
-from app.db import session_scope
+from app.db import new_session
 from app.models import Role, User
 from app.security import AuthContext
 from app.templating import render
 
 
-def get_db() -> Iterator[Session]:
-    """One unit of work per request; handlers commit what they change, errors roll back."""
-    with session_scope() as session:
+async def get_db() -> AsyncIterator[Session]:
+    """One unit of work per request: committed when the handler returns, rolled back if it raises.
+
+    Async so that FastAPI does not move it to its thread pool twice per request (entering and leaving):
+    creating a session does no I/O, and neither does closing one whose handler already committed. Only
+    a session with work left (a read that left a transaction open, unflushed changes, an error) is
+    finished in a thread, since that is a round trip to the database.
+    """
+    session = new_session()
+    try:
         yield session
+    except BaseException:
+        await anyio.to_thread.run_sync(session.close)  # closing rolls back
+        raise
+    if session.in_transaction() or session.new or session.dirty or session.deleted:
+        await anyio.to_thread.run_sync(_commit_and_close, session)
+    else:
+        session.close()
+
+
+def _commit_and_close(session: Session) -> None:
+    try:
+        session.commit()
+    finally:
+        session.close()
 
 
 class NotAuthenticated(Exception):
@@ -42,16 +64,20 @@ async def current_auth(request: Request) -> AuthContext:
     return auth
 
 
-async def current_user(auth: AuthContext = Depends(current_auth)) -> User:
+async def current_user(request: Request) -> User:
     """The logged-in, active user (a detached snapshot loaded by the security middleware)."""
-    return auth.user
+    return (await current_auth(request)).user
 
 
 def require_roles(*roles: Role) -> Callable[..., Awaitable[User]]:
-    """Dependency factory: the current user if their role is one of `roles`; admins pass every check."""
+    """Dependency factory: the current user if their role is one of `roles`; admins pass every check.
+
+    One flat dependency (not one built on `current_user`): FastAPI's per-dependency bookkeeping costs
+    more than the check, and this runs on every request."""
     allowed = {str(role) for role in roles} | {Role.ADMIN.value}
 
-    async def check(user: User = Depends(current_user)) -> User:
+    async def check(request: Request) -> User:
+        user = (await current_auth(request)).user
         if user.role not in allowed:
             raise Forbidden
         return user

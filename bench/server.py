@@ -2,16 +2,21 @@
 
 A Postgres database (REDLINE_BENCH_PG_URL, default postgresql://postgres@127.0.0.1:5432/redline_bench)
 holds one project (N = 3) with 100,000 items whose responses are about 300 tokens. The real app runs
-under uvicorn in a subprocess; an asyncio httpx client plays 50 logged-in annotators, each looping:
+under uvicorn in a subprocess; 50 logged-in annotators (one keep-alive connection each, bench/_http.py)
+loop, as the browser does:
 
-  POST /annotate/{project}/next        ("next": leases an item, SKIP LOCKED)  -> 303 to the task page
-  GET  /annotate/task/{lease}          (the editor page; the client reads the original from it)
-  POST /annotate/task/{lease}/submit   ("submit": labels recomputed server-side, one transaction)
+  POST /annotate/{project}/next         "next": leases an item (SKIP LOCKED) and, as the htmx "Next" button
+                                        asks, answers with the editor page; the client edits its original
+  POST /annotate/task/{lease}/submit    "submit": labels recomputed server-side, one transaction -> 303
 
-Submitted texts are minimal edits (two words changed). After a warm-up, figures cover a fixed window.
-The seeded database is kept between runs (only annotations are reset) so reruns start in seconds.
-Context figures: `healthz_req_per_s` (the bare framework at the same concurrency, measured right after), CPU
-per annotation cycle of server and client, and the load average, since the box may be shared.
+Submitted texts are minimal edits (two words changed). Two phases, each a warm-up then a fixed window:
+  paced      50 annotators together offer REDLINE_BENCH_RATE (default 200) cycles per second, each on a
+             fixed schedule; latency counts from when a request was due, so a server that falls behind
+             shows its backlog instead of slowing the clients down. -> submits_per_s, next_/submit_ p50/p99
+  saturated  closed loop, no think time: the most the box can do. -> max_submits_per_s, saturated_*
+Context: CPU per cycle of the server, of the Postgres backends and of the load generator (saturated
+phase), `healthz_req_per_s` (the bare framework at the same concurrency), and the load average, since the
+box may be shared. The seeded database is kept between runs (annotations are reset, tables vacuumed).
 """
 
 from __future__ import annotations
@@ -95,12 +100,16 @@ def _seed(url: str) -> int:
                 "minimality_budget, lease_seconds, created_at, archived) VALUES ('bench', '', 'Fix it.', :t, :n, "
                 "0.35, 1800, now(), false) RETURNING id"), {"t": TOKENIZER, "n": N})
         conn.execute(text("UPDATE projects SET tokenizer = :t WHERE id = :p"), {"t": TOKENIZER, "p": project_id})
-        conn.execute(text("UPDATE items SET completed_count = 0, status = 'open' WHERE project_id = :p"),
-                     {"p": project_id})
+        conn.execute(text("UPDATE items SET completed_count = 0, status = 'open' WHERE project_id = :p "
+                          "AND (completed_count <> 0 OR status <> 'open')"), {"p": project_id})
         have = conn.scalar(text("SELECT count(*) FROM items WHERE project_id = :p"), {"p": project_id})
-    engine.dispose()
     if have < ITEMS:
         _copy_items(url, project_id, have)
+    # The reset leaves dead rows behind, and autovacuum may be off or late: every run starts from clean
+    # tables and fresh statistics, or each rerun would measure a little more bloat than the last.
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("VACUUM ANALYZE items, leases, edits, web_sessions, webhook_deliveries"))
+    engine.dispose()
     return project_id
 
 
@@ -110,16 +119,13 @@ def _copy_items(url: str, project_id: int, start: int) -> None:
 
     print(f"seeding items {start}..{ITEMS} (kept for later runs)", flush=True)
     dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(dsn) as conn, conn.cursor() as cur:
-        with cur.copy("COPY items (project_id, prompt, original, source, content_hash, status, completed_count, "
-                      "created_at) FROM STDIN") as copy:
-            for index in range(start, ITEMS):
-                prompt = f"Question {index}: why is the sky blue?"
-                original = response_text(index)
-                digest = hashlib.sha256(f"{prompt}\x00{original}".encode()).hexdigest()
-                copy.write_row((project_id, prompt, original, json.dumps({"bench": index}), digest, "open", 0,
-                                utcnow()))
-        conn.execute("ANALYZE items")
+    columns = "project_id, prompt, original, source, content_hash, status, completed_count, created_at"
+    with psycopg.connect(dsn) as conn, conn.cursor() as cur, cur.copy(f"COPY items ({columns}) FROM STDIN") as copy:
+        for index in range(start, ITEMS):
+            prompt = f"Question {index}: why is the sky blue?"
+            original = response_text(index)
+            digest = hashlib.sha256(f"{prompt}\x00{original}".encode()).hexdigest()
+            copy.write_row((project_id, prompt, original, json.dumps({"bench": index}), digest, "open", 0, utcnow()))
 
 
 def _sessions(url: str, project_id: int) -> list[tuple[str, str]]:
@@ -252,37 +258,40 @@ async def _floor_req_per_s(port: int, seconds: float = 5.0) -> float:
     return done / seconds
 
 
-def _cpu_s(wanted) -> float:
-    """User + system CPU seconds of the processes for which `wanted(pid, ppid, cmdline)` holds, from /proc."""
-    total = 0.0
+def _cpu_by_pid(wanted) -> dict[int, float]:
+    """User + system CPU seconds of each process for which `wanted(pid, ppid, cmdline)` holds, from /proc."""
+    found: dict[int, float] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
             cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue  # the process ended while we looked
-        if wanted(int(stat.parent.name), int(fields[1]), cmdline):
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+        pid = int(stat.parent.name)
+        if wanted(pid, int(fields[1]), cmdline):
+            found[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return found
 
 
-def _cpu_counters(server_pid: int) -> dict[str, float]:
-    """CPU seconds so far of the uvicorn processes, of the Postgres backends serving the bench database,
-    and of this load generator."""
+def _cpu_counters(server_pid: int) -> dict[str, dict[int, float]]:
+    """CPU seconds so far, per process, of the uvicorn processes, of the Postgres backends serving the bench
+    database, and of this load generator."""
     database = make_url(PG_URL).database
     return {
-        "server": _cpu_s(lambda pid, ppid, _cmd: server_pid in (pid, ppid)),
-        "postgres": _cpu_s(lambda _pid, _ppid, cmd: cmd.startswith("postgres:") and f" {database} " in cmd),
-        "client": time.process_time(),
+        "server": _cpu_by_pid(lambda pid, ppid, _cmd: server_pid in (pid, ppid)),
+        "postgres": _cpu_by_pid(lambda _pid, _ppid, cmd: cmd.startswith("postgres:") and f" {database} " in cmd),
+        "client": {os.getpid(): time.process_time()},
     }
 
 
 async def _cpu_during_window(recorder: Recorder, server_pid: int) -> dict[str, float]:
+    """CPU seconds spent inside the window; a process that started meanwhile counts from zero (one that
+    ended meanwhile is lost, so the pools are sized to keep their connections)."""
     await asyncio.sleep(max(0.0, recorder.measure_from - time.perf_counter()))
     before = _cpu_counters(server_pid)
     await asyncio.sleep(max(0.0, recorder.measure_to - time.perf_counter()))
     after = _cpu_counters(server_pid)
-    return {key: after[key] - before[key] for key in before}
+    return {who: sum(cpu - before[who].get(pid, 0.0) for pid, cpu in after[who].items()) for who in after}
 
 
 def _percentile(values: list[float], q: int) -> float:
