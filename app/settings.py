@@ -43,7 +43,7 @@ class Settings(BaseSettings):
     # Deliveries that keep failing are retried with exponential backoff (30 s doubling, capped at 1 h)
     # and marked failed after this many attempts.
     webhook_max_attempts: int = 8
-    # Rows per round trip when freezing a dataset version, and rows per Parquet row group in exports.
+    # Rows per round trip when freezing a dataset version.
     export_chunk_rows: int = 1000
     pseudonym_salt: str = ""
 

@@ -13,6 +13,7 @@ Submitted texts are minimal edits (two words changed). Two phases, each a warm-u
   paced      50 annotators together offer REDLINE_BENCH_RATE (default 200) cycles per second, each on a
              fixed schedule; latency counts from when a request was due, so a server that falls behind
              shows its backlog instead of slowing the clients down. -> submits_per_s, next_/submit_ p50/p99
+             REDLINE_BENCH_LOWER_RATE (default 100; 0: skip) repeats it at a lower rate -> lower_rate_*
   saturated  closed loop, no think time: the most the box can do. -> max_submits_per_s, saturated_*
 Context: CPU per cycle of the server, of the Postgres backends and of the load generator (saturated
 phase), `healthz_req_per_s` (the bare framework at the same concurrency), and the load average, since the
@@ -54,6 +55,8 @@ WARMUP_S = float(os.environ.get("REDLINE_BENCH_WARMUP_S", "5"))
 WINDOW_S = float(os.environ.get("REDLINE_BENCH_WINDOW_S", "30"))
 # Offered load of the paced phase, in annotation cycles (= submits) per second over all annotators.
 RATE = float(os.environ.get("REDLINE_BENCH_RATE", "200"))
+# A second paced phase at a lower rate: the latency the server gives when it is not saturated.
+LOWER_RATE = float(os.environ.get("REDLINE_BENCH_LOWER_RATE", "100"))
 N = 3
 TOKENIZER = os.environ.get("REDLINE_DEFAULT_MODEL", "var/models/SmolLM2-135M-Instruct")
 WORDS = (
@@ -345,6 +348,7 @@ def main() -> None:
     server = _start_server(url, port)
     try:
         paced, _ = asyncio.run(_drive(port, project_id, sessions, server.pid, RATE))
+        lower = asyncio.run(_drive(port, project_id, sessions, server.pid, LOWER_RATE))[0] if LOWER_RATE else None
         saturated, cpu = asyncio.run(_drive(port, project_id, sessions, server.pid, 0.0))
         floor = asyncio.run(_floor_req_per_s(port))  # afterwards, on the warmed-up server
     finally:
@@ -356,10 +360,11 @@ def main() -> None:
         "server",
         {
             **_phase_figures(paced),
+            **(_phase_figures(lower, "lower_rate_") if lower else {}),
             "max_submits_per_s": len(saturated.samples["submit"]) / WINDOW_S,
             **{k: v for k, v in _phase_figures(saturated, "saturated_").items() if k != "saturated_submits_per_s"},
             "invariant_violations": wrong_counts + duplicates,
-            # CPU per annotation cycle (next + page + submit) at saturation: what throughput is made of.
+            # CPU per annotation cycle (next + submit) at saturation: what throughput is made of.
             **{f"{who}_cpu_ms_per_cycle": 1000 * seconds / cycles for who, seconds in cpu.items()},
             "healthz_req_per_s": floor,
             "load_avg_1m": os.getloadavg()[0],
@@ -368,7 +373,8 @@ def main() -> None:
             "setup": f"{ITEMS} items (~300 tokens), N={N}, {ANNOTATORS} annotators, {WEB_WORKERS} uvicorn "
                      f"workers, Postgres, loopback keep-alive HTTP; per phase {WARMUP_S:.0f} s warm-up, "
                      f"{WINDOW_S:.0f} s window",
-            "phases": f"paced: {RATE:.0f} cycles/s offered in total (latency counted from when each cycle was due); "
+            "phases": f"paced: {RATE:.0f} (lower_rate_*: {LOWER_RATE:.0f}) cycles/s offered in total (latency "
+                      "counted from when each cycle was due); "
                       "saturated: closed loop, no think time (max_submits_per_s, saturated_*, CPU per cycle)",
             "cpus": str(os.cpu_count()),
         },
