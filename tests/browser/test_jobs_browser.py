@@ -122,8 +122,9 @@ def test_researcher_trains_a_token_rm_watches_it_and_compares_runs(
     page, server, worker, dataset, tiny_model_path, screenshots
 ):
     log_in(page, server)
+    # Enough steps that the run outlasts a few 2-second polls even on a fast, quiet machine.
     start_token_rm(page, server, dataset, tiny_model_path, name="token-rm lr 1e-5",
-                   max_steps="80", logging_steps="1", batch_size="2", val_fraction="0.3")
+                   max_steps="400", logging_steps="1", batch_size="2", val_fraction="0.3")
     page.screenshot(path=str(screenshots / "new-job-form.png"), full_page=True)
     page.click("button:has-text('Start job')")
     expect(page.locator("h1")).to_contain_text("token-rm lr 1e-5")
@@ -144,7 +145,7 @@ def test_researcher_trains_a_token_rm_watches_it_and_compares_runs(
     expect(eval_table).to_contain_text("accuracy")
     expect(page.locator("#artifacts")).to_contain_text("model/ (zip)")
     stored = page.request.get(page.url + "/metrics").json()["points"]
-    assert len(stored) > 80  # all 80 steps, several metrics each
+    assert len(stored) > 400  # all 400 steps, several metrics each
     page.wait_for_function(  # every stored point reaches the chart, the last ones included
         f"Number(document.querySelector('#job-charts').dataset.points) === {len(stored)}", timeout=10_000
     )
