@@ -240,6 +240,7 @@ class Lease(Base):
         CheckConstraint(f"state IN ({_values(LeaseState)})", name="state"),
         Index("ix_leases_item_state", "item_id", "state"),
         Index("ix_leases_annotator_state", "annotator_id", "state"),
+        Index("ix_leases_annotator_item", "annotator_id", "item_id"),  # "held before?" reads only one history
         Index("ix_leases_state_expires", "state", "expires_at"),
     )
 

@@ -143,7 +143,9 @@ _CANDIDATE = _for_dialect(
     .where(
         Item.project_id == bindparam("project_id"),
         Item.status == ItemStatus.OPEN,
-        ~select(Lease.id).where(Lease.item_id == Item.id, Lease.annotator_id == bindparam("user_id")).exists(),
+        # Never offered twice: NOT IN over this annotator's own history (one index range, hashed once)
+        # rather than NOT EXISTS, which Postgres ran as a merge over every annotator's leases.
+        Item.id.not_in(select(Lease.item_id).where(Lease.annotator_id == bindparam("user_id"))),
         Item.completed_count + _active_leases(Item.id) < bindparam("n"),
         Item.id.not_in(bindparam("tried", expanding=True)),
     )
