@@ -16,7 +16,7 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from app.db import engine_for
-from app.models import Base, Item, Outcome, Role, User
+from app.models import Base, Outcome, Role, User
 from app.security import hash_password
 from app.services.annotation import submit
 from app.services.datasets import DatasetFilter, create_version
@@ -61,11 +61,10 @@ def annotate_and_export(db_path: Path, responses: list[dict], tokenizer: str, ed
     session.commit()
 
     outcomes: Counter[str] = Counter()
-    while (lease := next_task(session, project, annotator)) is not None:
+    while (task := next_task(session, project, annotator)) is not None:
         session.commit()
-        item = session.get(Item, lease.item_id)
-        edited, outcome = editor(item.prompt, item.original)
-        submit(session, lease.id, annotator, Outcome(outcome), edited)
+        edited, outcome = editor(task.item.prompt, task.item.original)
+        submit(session, task.lease.id, annotator, Outcome(outcome), edited)
         session.commit()
         outcomes[outcome] += 1
 
