@@ -30,6 +30,15 @@ SWEEP_EVERY_S = 10.0
 _last_sweep = {"at": 0.0}
 
 
+@dataclass(frozen=True)
+class Task:
+    """An annotator's lease with its item and project: everything the editor page shows."""
+
+    lease: Lease
+    item: Item
+    project: Project
+
+
 def lock_for_write(session: Session) -> None:
     """SQLite: take the write lock now, so the reads that follow cannot be overtaken (no-op on Postgres)."""
     connection = session.connection()
@@ -100,15 +109,6 @@ def expire_stale_leases(session: Session, now: datetime) -> int:
     if ids:
         session.execute(update(Lease).where(Lease.id.in_(ids)).values(state=LeaseState.EXPIRED))
     return len(ids)
-
-
-@dataclass(frozen=True)
-class Task:
-    """An annotator's lease with its item and project: everything the editor page shows."""
-
-    lease: Lease
-    item: Item
-    project: Project
 
 
 _CURRENT_TASK = (
