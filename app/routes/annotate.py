@@ -19,6 +19,10 @@ annotator = require_roles(Role.ANNOTATOR)
 FORM_OUTCOMES = {o.value: o for o in (Outcome.EDITED, Outcome.NO_CHANGE_NEEDED, Outcome.UNFIXABLE)}
 
 
+def _is_htmx(request: Request) -> bool:
+    return request.headers.get("hx-request") == "true"
+
+
 def _redirect(request: Request, url: str) -> Response:
     """htmx follows HX-Redirect with a full page load; plain forms get a 303."""
     if _is_htmx(request):
@@ -53,10 +57,6 @@ def index(request: Request, user: User = Depends(annotator), db: Session = Depen
     ).all())
     return render(request, "annotate/index.html", title="Annotate", projects=mine, open_items=open_items,
                   done=done, flash=request.query_params.get("msg"))
-
-
-def _is_htmx(request: Request) -> bool:
-    return request.headers.get("hx-request") == "true"
 
 
 def _editor_page(request: Request, task: queue.Task, headers: dict[str, str] | None = None) -> Response:

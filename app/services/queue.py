@@ -91,13 +91,19 @@ def lock_task(session: Session, lease_id: int, user: User) -> Task | None:
     return Task(*row) if row else None
 
 
-def active_lease_count(session: Session, item_id: int, now: datetime, exclude_lease: int | None = None) -> int:
-    query = select(func.count()).select_from(Lease).where(
-        Lease.item_id == item_id, Lease.state == LeaseState.ACTIVE, Lease.expires_at > now
+def _active_leases(item_id) -> Select:
+    """Unexpired active leases of an item, counted (`item_id`: a value, a column to correlate, or a
+    parameter; the time is the parameter `now`)."""
+    return select(func.count()).select_from(Lease).where(
+        Lease.item_id == item_id, Lease.state == LeaseState.ACTIVE, Lease.expires_at > bindparam("now")
     )
+
+
+def active_lease_count(session: Session, item_id: int, now: datetime, exclude_lease: int | None = None) -> int:
+    query = _active_leases(item_id)
     if exclude_lease is not None:
         query = query.where(Lease.id != exclude_lease)
-    return session.scalar(query)
+    return session.scalar(query, {"now": now})
 
 
 def expire_stale_leases(session: Session, now: datetime) -> int:
@@ -129,15 +135,6 @@ def current_task(session: Session, project: Project, user: User, now: datetime) 
     return Task(row[0], row[1], project) if row else None
 
 
-def _active_leases(item_id) -> Select:
-    """Unexpired active leases of an item, counted (`item_id`: a column to correlate, or a parameter)."""
-    return (
-        select(func.count()).select_from(Lease)
-        .where(Lease.item_id == item_id, Lease.state == LeaseState.ACTIVE, Lease.expires_at > bindparam("now"))
-        .scalar_subquery()
-    )
-
-
 _CANDIDATE = _for_dialect(
     select(Item)
     .where(
@@ -146,7 +143,7 @@ _CANDIDATE = _for_dialect(
         # Never offered twice: NOT IN over this annotator's own history (one index range, hashed once)
         # rather than NOT EXISTS, which Postgres ran as a merge over every annotator's leases.
         Item.id.not_in(select(Lease.item_id).where(Lease.annotator_id == bindparam("user_id"))),
-        Item.completed_count + _active_leases(Item.id) < bindparam("n"),
+        Item.completed_count + _active_leases(Item.id).scalar_subquery() < bindparam("n"),
         Item.id.not_in(bindparam("tried", expanding=True)),
     )
     .order_by(Item.id)
@@ -179,7 +176,7 @@ _LEASE_IF_SLOT_FREE = (
     .from_select(
         _LEASE_COLUMNS,
         select(*(bindparam(name, type_=_LEASES.c[name].type) for name in _LEASE_COLUMNS))
-        .where(_active_leases(bindparam("item_id")) < bindparam("free_slots")),
+        .where(_active_leases(bindparam("item_id")).scalar_subquery() < bindparam("free_slots")),
     )
     .returning(_LEASES.c.id)
 )
