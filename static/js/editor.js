@@ -72,4 +72,7 @@
                                    : "lease expired: submit may fail if the item was reassigned";
     }, 1000);
   }
+  // "Next" swaps the editor in with htmx, which loads this script after the page is shown: say when
+  // the shortcuts and measurements are live.
+  form.dataset.ready = "true";
 })();

@@ -58,6 +58,7 @@ def test_click_through_import_annotate_review_dashboard(
     annotator = login_page("ann")
     expect(annotator).to_have_url(f"{live_server}/annotate")
     annotator.click(f"#next-{project.id}")
+    expect(annotator.locator("#editor-form")).to_have_attribute("data-ready", "true")  # editor.js live
     expect(annotator.locator("#original")).to_contain_text("red light more than blue")
     editor = annotator.locator("#editor")
     editor.fill(ITEMS[0]["response"].replace("red light more than blue light", "blue light more than red light")
@@ -102,6 +103,7 @@ def test_no_change_and_unfixable_buttons_and_reset(live_server, login_page, make
     add_items(project, [("P1", "Already perfect."), ("P2", "Hopeless answer.")])
     page = login_page("ann")
     page.click(f"#next-{project.id}")
+    expect(page.locator("#editor-form")).to_have_attribute("data-ready", "true")  # editor.js live
     page.locator("#editor").fill("Changed entirely, far beyond any sensible budget of edits.")
     expect(page.locator("#not-minimal")).to_be_visible()
     page.keyboard.press("Alt+r")

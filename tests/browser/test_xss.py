@@ -62,6 +62,7 @@ def test_payloads_stay_text_on_every_page(live_server, chromium, make_user, make
     annotator = login("ann")
     _assert_inert(annotator, f"{live_server}/annotate")
     annotator.click(f"#next-{project.id}")
+    expect(annotator.locator("#editor-form")).to_have_attribute("data-ready", "true")  # editor.js live
     expect(annotator.locator("#original")).to_contain_text("<script>")
     annotator.locator("#editor").fill(f"Typed {PAYLOADS} into the editor")
     expect(annotator.locator("#char-diff")).to_contain_text("onerror")  # the live diff shows it as text
