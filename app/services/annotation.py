@@ -8,15 +8,33 @@ lease is read under that lock, and `edits.lease_id` is unique as the last line o
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import (
+    CTE,
+    ColumnElement,
+    Connection,
+    Select,
+    bindparam,
+    case,
+    func,
+    insert,
+    literal,
+    select,
+    true,
+    type_coerce,
+    union_all,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 
+from app.db import is_postgres
 from app.models import (
     COMPLETED_OUTCOMES,
     Edit,
@@ -26,7 +44,10 @@ from app.models import (
     LeaseState,
     Outcome,
     Project,
+    ReviewStatus,
     User,
+    Webhook,
+    WebhookDelivery,
     utcnow,
 )
 from app.services import webhooks
@@ -111,16 +132,17 @@ def _check_slot(session: Session, lease: Lease, item: Item, project: Project, no
         raise AnnotationError("Your lease on this item expired and it was given to someone else.", 409)
 
 
-def _edit_values(lease: Lease, item: Item, project: Project, outcome: Outcome, text: str,
+def _edit_values(lease_id: int, annotator_id: int, item_id: int, budget: float, outcome: Outcome, text: str,
                  analysis: EditAnalysis | None, metrics: EditorMetrics, skip_reason: str) -> dict[str, Any]:
+    """The edit's columns (all but those the database or the model fill in)."""
     record = stored_record(analysis) if analysis else {"token_labels": {}, "char_diff": [], "stats": {}}
     rate = analysis.stats.edit_rate if analysis else 0.0
     return dict(
-        item_id=item.id, annotator_id=lease.annotator_id, lease_id=lease.id, outcome=outcome.value,
+        item_id=item_id, annotator_id=annotator_id, lease_id=lease_id, outcome=outcome.value,
         edited_text=text, skip_reason=skip_reason, char_diff=record["char_diff"],
         token_labels=record["token_labels"], tokenizer_hash=analysis.labels.tokenizer_hash if analysis else "",
         algorithm=analysis.labels.algorithm if analysis else "", stats=record["stats"], edit_rate=rate,
-        not_minimal=rate > project.minimality_budget, time_to_first_key_ms=metrics.time_to_first_key_ms,
+        not_minimal=rate > budget, time_to_first_key_ms=metrics.time_to_first_key_ms,
         active_ms=metrics.active_ms, keystrokes=metrics.keystrokes, pastes=metrics.pastes,
     )
 
@@ -149,11 +171,26 @@ def _store(session: Session, values: dict[str, Any], item: Item, lease: Lease, l
     return edit
 
 
+def _decide(outcome: Outcome, text: str, original: str) -> tuple[Outcome, str]:
+    """The outcome and text to store: the untouched text is "no change needed"; only edits keep a text."""
+    text = text.replace("\r\n", "\n")
+    if outcome == Outcome.EDITED and text == original:
+        outcome = Outcome.NO_CHANGE_NEEDED
+    return outcome, text if outcome == Outcome.EDITED else original
+
+
 def submit(
     session: Session, lease_id: int, user: User, outcome: Outcome, text: str = "", *,
     metrics: EditorMetrics = EditorMetrics(), skip_reason: str = "",
 ) -> Edit:
-    """Store the annotator's decision on a leased item in one short transaction (the caller commits)."""
+    """Store the annotator's decision on a leased item in one short transaction (the caller commits).
+
+    On Postgres a completed annotation under a live lease is one statement (`_submit_at_once`); every
+    other case (skips, expired leases, double submits, errors, SQLite) takes the locking path below."""
+    if outcome in COMPLETED_OUTCOMES and is_postgres(session.get_bind()):
+        edit = _submit_at_once(session, lease_id, user, outcome, text, metrics.clamped(), skip_reason.strip()[:2000])
+        if edit is not None:
+            return edit
     if (task := lock_task(session, lease_id, user)) is None:
         raise AnnotationError("This task is not yours or does not exist.", 404)
     lease, item, project = task.lease, task.item, task.project
@@ -161,9 +198,7 @@ def submit(
         return done
     if outcome == Outcome.SKIPPED and not skip_reason.strip():
         raise AnnotationError("Say why you skip this item.")
-    if outcome == Outcome.EDITED and text.replace("\r\n", "\n") == item.original:
-        outcome = Outcome.NO_CHANGE_NEEDED  # submitting the untouched text is "no change needed"
-    text = text.replace("\r\n", "\n") if outcome == Outcome.EDITED else item.original
+    outcome, text = _decide(outcome, text, item.original)
     analysis = analyse(project, item.original, text) if outcome != Outcome.SKIPPED else None
     now = utcnow()
     if outcome in COMPLETED_OUTCOMES:
@@ -173,7 +208,8 @@ def submit(
         if completed >= project.annotations_per_item:
             set_committed_value(item, "status", ItemStatus.COMPLETE.value)
     lease_state = LeaseState.SKIPPED if outcome == Outcome.SKIPPED else LeaseState.SUBMITTED
-    values = _edit_values(lease, item, project, outcome, text, analysis, metrics.clamped(), skip_reason.strip()[:2000])
+    values = _edit_values(lease.id, lease.annotator_id, item.id, project.minimality_budget, outcome, text, analysis,
+                          metrics.clamped(), skip_reason.strip()[:2000])
     try:
         edit = _store(session, values, item, lease, lease_state.value)
     except IntegrityError:
@@ -185,19 +221,154 @@ def submit(
     return edit
 
 
+def _submitted_event(item_id: int, project_id: int, outcome: str, edit_rate: float, not_minimal: bool) -> dict:
+    """Payload of `edit.submitted`, less the edit's id (the one-statement path adds it in SQL)."""
+    return {"item_id": item_id, "project_id": project_id, "outcome": outcome, "edit_rate": edit_rate,
+            "not_minimal": not_minimal}
+
+
+def _completed_event(item_id: int, project_id: int) -> dict:
+    """Payload of `item.completed`, less the final `completed_count`."""
+    return {"item_id": item_id, "project_id": project_id}
+
+
 def _notify(session: Session, edit: Edit, item: Item) -> None:
     """Webhook deliveries, queued in this transaction so they exist exactly when the edit does."""
     if edit.outcome == Outcome.SKIPPED:
         return
-    events = [("edit.submitted", {
-        "edit_id": edit.id, "item_id": item.id, "project_id": item.project_id, "outcome": edit.outcome,
-        "edit_rate": edit.edit_rate, "not_minimal": edit.not_minimal,
-    })]
+    submitted = _submitted_event(item.id, item.project_id, edit.outcome, edit.edit_rate, edit.not_minimal)
+    events = [("edit.submitted", {"edit_id": edit.id, **submitted})]
     if item.status == ItemStatus.COMPLETE:
-        events.append(("item.completed", {
-            "item_id": item.id, "project_id": item.project_id, "completed_count": item.completed_count,
-        }))
+        events.append(("item.completed", {**_completed_event(item.id, item.project_id),
+                                          "completed_count": item.completed_count}))
     webhooks.enqueue_many(session, events)
+
+
+# --- the one-statement submit (Postgres) -----------------------------------------------------------
+#
+# The common submit, a completed annotation under a live lease, in one statement: lock the lease (and
+# re-read it), count the item's annotation, close the lease, insert the edit and queue its webhook
+# deliveries. Each step runs only if the one before it did, so the statement does all of it or nothing,
+# and by itself it is a transaction: no BEGIN, no COMMIT, no lock held while Python computes labels
+# (they are computed first, from the unlocked read; an item's original never changes). A live lease
+# holds its slot, so no count is needed. When it does nothing, `submit` takes the locking path, which
+# tells a double submit, an expired lease or a lost task apart.
+
+# Only leases this far from expiry take the fast path: their slot cannot be handed on while it runs.
+AT_ONCE_MARGIN = timedelta(seconds=30)
+
+_DELIVERIES, _HOOKS = WebhookDelivery.__table__, Webhook.__table__
+_AT_ONCE_READ = (
+    select(_LEASES.c.state, _LEASES.c.expires_at, _ITEMS.c.id, _ITEMS.c.project_id, _ITEMS.c.original,
+           *(Project.__table__.c[name] for name in ("tokenizer", "minimality_budget", "annotations_per_item")))
+    .join(_ITEMS, _ITEMS.c.id == _LEASES.c.item_id)
+    .join(Project.__table__, Project.__table__.c.id == _ITEMS.c.project_id)
+    .where(_LEASES.c.id == bindparam("lease_id"), _LEASES.c.annotator_id == bindparam("annotator_id"))
+)
+
+
+
+def _build_at_once() -> Select:
+    # No parameter is named like a column: SQLAlchemy would read it as a value for the INSERTs and UPDATEs.
+    live = (
+        select(_LEASES.c.id, _LEASES.c.item_id)
+        .where(_LEASES.c.id == bindparam("the_lease"), _LEASES.c.annotator_id == bindparam("the_annotator"),
+               _LEASES.c.state == LeaseState.ACTIVE.value, _LEASES.c.expires_at > bindparam("live_until"))
+        .with_for_update()
+        .cte("live")
+    )
+    counted = _ITEMS.c.completed_count + 1
+    item = (
+        update(_ITEMS)
+        .where(_ITEMS.c.id == live.c.item_id, _ITEMS.c.status == ItemStatus.OPEN.value)
+        .values(completed_count=counted, status=case(
+            (counted >= bindparam("per_item"), ItemStatus.COMPLETE.value), else_=_ITEMS.c.status))
+        .returning(_ITEMS.c.id, _ITEMS.c.completed_count, _ITEMS.c.status)
+        .cte("item")
+    )
+    closed = (
+        update(_LEASES).where(_LEASES.c.id == live.c.id, live.c.item_id == item.c.id)
+        .values(state=LeaseState.SUBMITTED.value).returning(_LEASES.c.id).cte("closed")
+    )
+    # The columns `_edit_values` gives, bound as edit_<name>; the statement supplies the rest.
+    own = ("id", "item_id", "lease_id", "review_status", "created_at", "version")
+    given = [column.name for column in _EDITS.c if column.name not in own]
+    edit = (
+        insert(_EDITS)
+        .from_select([*own[1:], *given], select(
+            item.c.id, closed.c.id, literal(ReviewStatus.PENDING.value),
+            bindparam("now", type_=_EDITS.c.created_at.type), literal(1),
+            *(bindparam(f"edit_{name}", type_=_EDITS.c[name].type) for name in given),
+        ).select_from(item.join(closed, true())))
+        .returning(_EDITS.c.id, _EDITS.c.review_status, _EDITS.c.created_at, _EDITS.c.version)
+        .cte("edit")
+    )
+
+    # The deliveries, in the order the locking path queues them: per event, per webhook.
+    def event(rank: int, name: str, source: CTE, template: str, key: str, value: ColumnElement) -> Select:
+        payload = bindparam(template, type_=JSONB).op("||")(func.jsonb_build_object(key, value))
+        return select(literal(rank).label("rank"), literal(name).label("event"), payload.label("payload")).select_from(
+            source)
+
+    events = union_all(
+        event(1, "edit.submitted", edit, "submitted_event", "edit_id", edit.c.id),
+        event(2, "item.completed", item, "completed_event", "completed_count", item.c.completed_count)
+        .where(item.c.status == ItemStatus.COMPLETE.value),
+    ).subquery("events")
+    subscribed = type_coerce(_HOOKS.c.events, JSONB)
+    wants = subscribed.contains(func.jsonb_build_array(events.c.event)) | subscribed.contains([webhooks.ALL_EVENTS])
+    columns = ("webhook_id", "event", "payload", "status", "attempts", "next_attempt_at", "last_error", "created_at")
+    deliveries = insert(_DELIVERIES).from_select(columns, select(
+        _HOOKS.c.id, events.c.event, events.c.payload, literal("pending"), literal(0), bindparam("now"), literal(""),
+        bindparam("now"),
+    ).select_from(_HOOKS.join(events, wants)).where(_HOOKS.c.active.is_(True)).order_by(events.c.rank, _HOOKS.c.id))
+    return (
+        select(edit.c.id, edit.c.review_status, edit.c.created_at, edit.c.version, item.c.completed_count,
+               item.c.status)
+        .select_from(edit.join(item, true()))
+        .add_cte(deliveries.cte("deliveries"))
+    )
+
+
+_AT_ONCE = _build_at_once()
+
+
+def _connection_for_one_statement(session: Session) -> AbstractContextManager[Connection]:
+    """A session with work in progress lends its transaction (the statement sees that work, and cannot
+    wait on its locks); otherwise the statement runs alone, in autocommit."""
+    if session.in_transaction():
+        return nullcontext(session.connection())
+    return session.get_bind().connect().execution_options(isolation_level="AUTOCOMMIT")
+
+
+def _submit_at_once(
+    session: Session, lease_id: int, user: User, outcome: Outcome, text: str, metrics: EditorMetrics,
+    skip_reason: str,
+) -> Edit | None:
+    """The one-statement submit; None when it does not apply or did nothing (the caller falls back)."""
+    now = utcnow()
+    with _connection_for_one_statement(session) as conn:
+        read = conn.execute(_AT_ONCE_READ, {"lease_id": lease_id, "annotator_id": user.id}).first()
+        if read is None or read.state != LeaseState.ACTIVE or as_utc(read.expires_at) <= now + AT_ONCE_MARGIN:
+            return None
+        outcome, text = _decide(outcome, text, read.original)
+        analysis = analyse(Project(tokenizer=read.tokenizer), read.original, text)
+        values = _edit_values(lease_id, user.id, read.id, read.minimality_budget, outcome, text, analysis, metrics,
+                              skip_reason)
+        rate, not_minimal = values["edit_rate"], values["not_minimal"]
+        submitted = _submitted_event(read.id, read.project_id, outcome.value, rate, not_minimal)
+        row = conn.execute(_AT_ONCE, {
+            **{f"edit_{name}": value for name, value in values.items()},
+            "the_lease": lease_id, "the_annotator": user.id, "now": now, "live_until": now + AT_ONCE_MARGIN,
+            "per_item": read.annotations_per_item,
+            "submitted_event": submitted, "completed_event": _completed_event(read.id, read.project_id),
+        }).first()
+    if row is None:
+        return None
+    edit = Edit(**values, id=row.id, review_status=row.review_status, created_at=row.created_at, version=row.version)
+    make_transient_to_detached(edit)
+    session.add(edit)
+    return edit
 
 
 # --- the live diff --------------------------------------------------------------------------------

@@ -268,3 +268,67 @@ def test_changing_n_reopens_and_completes_items(make_user, make_project, add_ite
 
     assert set_n(2) == ItemStatus.OPEN
     assert set_n(1) == ItemStatus.COMPLETE
+
+
+def _stored(edit_id: int) -> tuple[dict, list[tuple[str, dict]]]:
+    """An edit's columns (less ids and time) and its webhook deliveries (event, payload less ids)."""
+    from app.models import WebhookDelivery
+
+    with session_scope() as session:
+        edit = session.get(Edit, edit_id)
+        columns = {c.key: getattr(edit, c.key) for c in Edit.__table__.c
+                   if c.key not in ("id", "item_id", "lease_id", "created_at")}
+        deliveries = session.scalars(select(WebhookDelivery).order_by(WebhookDelivery.id)).all()
+        ours = [(d.event, {k: v for k, v in d.payload.items() if k not in ("edit_id", "item_id")})
+                for d in deliveries if d.payload["item_id"] == edit.item_id]
+        assert all(d.payload.get("edit_id", edit.id) == edit.id
+                   for d in deliveries if d.payload["item_id"] == edit.item_id)
+        assert all((d.status, d.attempts, d.last_error) == ("pending", 0, "") for d in deliveries)
+    return columns, ours
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_one_statement_submit_stores_what_the_locking_path_stores(make_user, make_project, add_items):
+    """A live lease is submitted in one statement; one about to expire takes the locking path. Both must
+    leave the same edit, item, lease and webhook deliveries behind."""
+    from app.services.webhooks import create_webhook
+
+    ann = make_user("ann")
+    project = make_project(n=1, members=[ann])
+    add_items(project, [("P1", "Teh first original."), ("P2", "Teh first original.")])
+    with session_scope() as session:
+        create_webhook(session, "https://hooks.example/redline", ["*"], None)
+    results = []
+    for near_expiry in (False, True):
+        lease = _lease(project, ann)
+        if near_expiry:  # inside the margin: the one-statement path declines
+            with session_scope() as session:
+                session.execute(update(Lease).where(Lease.id == lease.id).values(
+                    expires_at=utcnow() + annotation.AT_ONCE_MARGIN / 2))
+        edit = _submit(lease.id, ann, "The first original.")
+        with session_scope() as session:
+            item, closed = session.get(Item, lease.item_id), session.get(Lease, lease.id)
+            assert (item.completed_count, item.status, closed.state) == (1, ItemStatus.COMPLETE, LeaseState.SUBMITTED)
+        results.append(_stored(edit.id))
+    one_statement, locking = results
+    assert one_statement == locking
+    assert [event for event, _ in one_statement[1]] == ["edit.submitted", "item.completed"]
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_submit_inside_an_open_transaction_uses_it(make_user, make_project, add_items):
+    """Next and submit in one unit of work: the submit runs in that transaction (a separate connection
+    would wait forever on the item row Next locked) and commits with it."""
+    ann = make_user("ann")
+    project = make_project(members=[ann])
+    add_items(project, [("P", "The original.")])
+    with session_scope() as session:
+        task = queue.next_task(session, project, ann)
+        item_id = task.item.id
+        edit_id = annotation.submit(session, task.lease.id, ann, Outcome.EDITED, "The edited.").id
+        session.rollback()  # so nothing of it may remain
+    with session_scope() as session:
+        assert session.get(Edit, edit_id) is None
+        assert session.get(Item, item_id).completed_count == 0
