@@ -7,7 +7,8 @@ waiting), on SQLite by taking the database write lock up front (`BEGIN IMMEDIATE
 the count is read again in a fresh statement, so a lease committed a moment earlier is always seen.
 
 "Next" is the hottest path of the application, so it is a handful of round trips: lock the annotator,
-resume their lease or lock a candidate item, and one INSERT … SELECT that re-counts and leases at once.
+lock a candidate item (or, finding none, resume the annotator's live lease), and one INSERT … SELECT that
+re-counts and leases at once.
 """
 
 from __future__ import annotations
@@ -144,6 +145,13 @@ _FIRST_OPEN_ID = (
     .scalar_subquery()
 )
 
+_HELD = aliased(Item)
+_HELD_HERE = (
+    select(Lease.id).join(_HELD, _HELD.id == Lease.item_id)
+    .where(Lease.annotator_id == bindparam("user_id"), Lease.state == LeaseState.ACTIVE,
+           Lease.expires_at > bindparam("now"), _HELD.project_id == bindparam("project_id"))
+)
+
 _CANDIDATE = _for_dialect(
     select(Item)
     .where(
@@ -155,6 +163,9 @@ _CANDIDATE = _for_dialect(
         Item.id.not_in(select(Lease.item_id).where(Lease.annotator_id == bindparam("user_id"))),
         Item.completed_count + _active_leases(Item.id).scalar_subquery() < bindparam("n"),
         Item.id.not_in(bindparam("tried", expanding=True)),
+        # None while the annotator holds a live lease here: `next_task` then resumes it. Checked in this
+        # statement, so the usual "Next" (nothing to resume) is one round trip less.
+        ~_HELD_HERE.exists(),
     )
     .order_by(Item.id)
     .limit(1)
@@ -164,7 +175,8 @@ _CANDIDATE = _for_dialect(
 
 
 def _candidate(session: Session, project: Project, user: User, now: datetime, tried: list[int]) -> Item | None:
-    """The first open item this annotator never held that has a free slot, locked (skipping locked rows)."""
+    """The first open item this annotator never held that has a free slot, locked (skipping locked rows);
+    None if there is none, or if the annotator holds a live lease in this project."""
     params = {"project_id": project.id, "user_id": user.id, "now": now, "n": project.annotations_per_item,
               "tried": tried}
     return session.scalars(_run(session, _CANDIDATE), params).first()
@@ -214,13 +226,11 @@ def next_task(session: Session, project: Project, user: User) -> Task | None:
     if time.monotonic() - _last_sweep["at"] >= SWEEP_EVERY_S:
         _last_sweep["at"] = time.monotonic()
         expire_stale_leases(session, now)
-    if (task := current_task(session, project, user, now)) is not None:
-        return task
     tried: list[int] = []
     for _ in range(CANDIDATE_TRIES):
         item = _candidate(session, project, user, now, tried)
-        if item is None:
-            return None
+        if item is None:  # their live lease here, or nothing left for them
+            return current_task(session, project, user, now)
         if (lease := _lease_if_slot_free(session, item, user, project, now)) is not None:
             return Task(lease, item, project)
         tried.append(item.id)

@@ -201,3 +201,14 @@ def test_unknown_tokenizer_is_a_clear_error() -> None:
 
     with pytest.raises(TokenizerNotFound, match="neither a local folder"):
         load_tokenizer("no-such-org/no-such-tokenizer-xyz")
+
+
+def test_cached_original_encoding_is_exact_and_never_shared(tok: LabelTokenizer) -> None:
+    original, edited = "Teh quick brown fox, naturally.", "The quick brown fox, naturally."
+    tok.forget_originals()
+    first = tok.encode_pair(original, edited)
+    assert first == (tok.encode(original), tok.encode(edited))
+    first[0][0].append(-1)  # a caller that changes its lists must not change the next caller's
+    first[0][1].clear()
+    assert tok.encode_pair(original, edited) == (tok.encode(original), tok.encode(edited))
+    assert tok._originals.cache_info().hits >= 1
