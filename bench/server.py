@@ -15,6 +15,10 @@ Submitted texts are minimal edits (two words changed). Two phases, each a warm-u
              shows its backlog instead of slowing the clients down. -> submits_per_s, next_/submit_ p50/p99
              REDLINE_BENCH_LOWER_RATE (default 100; 0: skip) repeats it at a lower rate -> lower_rate_*
   saturated  closed loop, no think time: the most the box can do. -> max_submits_per_s, saturated_*
+REDLINE_BENCH_BASELINE=<git revision> adds closed-loop rounds alternating between that revision (checked out
+in a temporary worktree) and this checkout, each window from a freshly reset database -> current_vs_baseline
+(median of the per-round ratios), baseline_/current_ max_submits_per_s and server_cpu_ms_per_cycle;
+REDLINE_BENCH_BASELINE_ROUNDS (4) rounds.
 Context: CPU per cycle of the server, of the Postgres backends and of the load generator (saturated
 phase), `healthz_req_per_s` (the bare framework at the same concurrency), and the load average, since the
 box may be shared. The seeded database is kept between runs (annotations are reset, tables vacuumed).
@@ -27,12 +31,16 @@ import html
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -57,6 +65,10 @@ WINDOW_S = float(os.environ.get("REDLINE_BENCH_WINDOW_S", "30"))
 RATE = float(os.environ.get("REDLINE_BENCH_RATE", "200"))
 # A second paced phase at a lower rate: the latency the server gives when it is not saturated.
 LOWER_RATE = float(os.environ.get("REDLINE_BENCH_LOWER_RATE", "100"))
+# A git revision to compare with, side by side: closed-loop rounds alternate between it and this checkout.
+BASELINE = os.environ.get("REDLINE_BENCH_BASELINE", "")
+BASELINE_ROUNDS = int(os.environ.get("REDLINE_BENCH_BASELINE_ROUNDS", "4"))
+ROOT = Path(__file__).resolve().parent.parent
 N = 3
 TOKENIZER = os.environ.get("REDLINE_DEFAULT_MODEL", "var/models/SmolLM2-135M-Instruct")
 WORDS = (
@@ -162,12 +174,13 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _start_server(url: str, port: int) -> subprocess.Popen:
+def _start_server(url: str, port: int, code: Path = ROOT) -> subprocess.Popen:
+    """The app of the checkout at `code` under uvicorn (`python -m` imports `app` from the working directory)."""
     env = {**os.environ, "DATABASE_URL": url, "REDLINE_DEFAULT_MODEL": TOKENIZER, "TOKENIZERS_PARALLELISM": "false"}
     server = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--host", "127.0.0.1", "--port",
          str(port), "--workers", str(WEB_WORKERS), "--no-access-log", "--log-level", "warning"],
-        env=env, start_new_session=True,
+        env=env, start_new_session=True, cwd=code,
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -176,8 +189,13 @@ def _start_server(url: str, port: int) -> subprocess.Popen:
                 return server
         except httpx.TransportError:
             time.sleep(0.2)
-    os.killpg(server.pid, signal.SIGTERM)
+    _stop_server(server)
     raise RuntimeError("the server did not start")
+
+
+def _stop_server(server: subprocess.Popen) -> None:
+    os.killpg(server.pid, signal.SIGTERM)
+    server.wait(timeout=30)
 
 
 def minimal_edit(original: str, rng: random.Random) -> str:
@@ -339,6 +357,54 @@ def _phase_figures(recorder: Recorder, prefix: str = "") -> dict[str, float]:
     return figures
 
 
+@contextmanager
+def _checkout(revision: str) -> Iterator[Path]:
+    """The repository at `revision` in a temporary git worktree, sharing this checkout's var/ (the model)."""
+    where = Path(tempfile.mkdtemp(prefix="redline-baseline-")) / "tree"
+    git = ["git", "-C", str(ROOT)]
+    subprocess.run([*git, "worktree", "add", "--detach", str(where), revision], check=True, capture_output=True)
+    try:
+        if sorted(p.name for p in (where / "migrations" / "versions").glob("*.py")) != sorted(
+                p.name for p in (ROOT / "migrations" / "versions").glob("*.py")):
+            raise SystemExit(f"baseline {revision} has other migrations: both sides must share one database schema")
+        (where / "var").symlink_to(ROOT / "var")
+        yield where
+    finally:
+        subprocess.run([*git, "worktree", "remove", "--force", str(where)], check=False, capture_output=True)
+        shutil.rmtree(where.parent, ignore_errors=True)
+
+
+def _closed_loop(url: str, code: Path) -> tuple[float, float]:
+    """Submits per second and server CPU ms per cycle of one closed-loop window of the code at `code`,
+    from a freshly reset database (every window starts from the same state)."""
+    project_id = _seed(url)
+    sessions = _sessions(url, project_id)
+    port = _free_port()
+    server = _start_server(url, port, code)
+    try:
+        recorder, cpu = asyncio.run(_drive(port, project_id, sessions, server.pid, 0.0))
+    finally:
+        _stop_server(server)
+    cycles = len(recorder.samples["submit"])
+    return cycles / WINDOW_S, 1000 * cpu["server"] / max(1, cycles)
+
+
+def side_by_side(url: str, revision: str) -> dict[str, float]:
+    """Closed-loop windows alternating between `revision` and this checkout, on one database: the box is
+    shared and its speed drifts by tens of percent within minutes, so only ratios taken this way hold."""
+    rounds: dict[str, list[tuple[float, float]]] = {"baseline": [], "current": []}
+    with _checkout(revision) as baseline:
+        for _ in range(BASELINE_ROUNDS):
+            rounds["baseline"].append(_closed_loop(url, baseline))
+            rounds["current"].append(_closed_loop(url, ROOT))
+    ratios = [now[0] / before[0] for before, now in zip(rounds["baseline"], rounds["current"], strict=True)]
+    figures = {"current_vs_baseline": statistics.median(ratios)}
+    for who, runs in rounds.items():
+        figures[f"{who}_max_submits_per_s"] = statistics.median(rate for rate, _ in runs)
+        figures[f"{who}_server_cpu_ms_per_cycle"] = statistics.median(cpu for _, cpu in runs)
+    return figures
+
+
 def main() -> None:
     url, admin_url = _urls()
     _ensure_database(url, admin_url)
@@ -352,9 +418,9 @@ def main() -> None:
         saturated, cpu = asyncio.run(_drive(port, project_id, sessions, server.pid, 0.0))
         floor = asyncio.run(_floor_req_per_s(port))  # afterwards, on the warmed-up server
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        _stop_server(server)
     wrong_counts, duplicates = _check_invariants(url, project_id)
+    compared = side_by_side(url, BASELINE) if BASELINE else {}
     cycles = max(1, len(saturated.samples["submit"]))
     write_results(
         "server",
@@ -368,6 +434,7 @@ def main() -> None:
             **{f"{who}_cpu_ms_per_cycle": 1000 * seconds / cycles for who, seconds in cpu.items()},
             "healthz_req_per_s": floor,
             "load_avg_1m": os.getloadavg()[0],
+            **compared,
         },
         notes={
             "setup": f"{ITEMS} items (~300 tokens), N={N}, {ANNOTATORS} annotators, {WEB_WORKERS} uvicorn "
@@ -377,6 +444,8 @@ def main() -> None:
                       "counted from when each cycle was due); "
                       "saturated: closed loop, no think time (max_submits_per_s, saturated_*, CPU per cycle)",
             "cpus": str(os.cpu_count()),
+            **({"baseline": f"{BASELINE}: {BASELINE_ROUNDS} closed-loop rounds each, alternating (medians)"}
+               if BASELINE else {}),
         },
     )
 
