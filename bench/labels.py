@@ -55,7 +55,7 @@ def make_pair(rng: random.Random, n_words: int = 200, edit_share: float = 0.10) 
 
 
 def time_pairs(fn, pairs: list[tuple[str, str]], tok: LabelTokenizer | None = None) -> float:
-    """Seconds for `fn` over all pairs, each original seen for the first time (its cached encoding dropped)."""
+    """Seconds for `fn` over all pairs; with `tok`, its originals' cache is emptied first (the cold cost)."""
     if tok is not None:
         tok.forget_originals()
     start = time.perf_counter()

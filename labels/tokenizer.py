@@ -32,8 +32,8 @@ class LabelTokenizer:
         object.__setattr__(self, "_originals", lru_cache(maxsize=ORIGINALS_CACHED)(self._encode_frozen))
 
     def _encode_frozen(self, text: str) -> Encoded:
-        enc = self.tokenizer.encode(text, add_special_tokens=False)
-        return tuple(enc.ids), tuple(enc.offsets)
+        ids, offsets = self.encode(text)
+        return tuple(ids), tuple(offsets)
 
     def forget_originals(self) -> None:
         """Empty the originals' cache (benchmarks measure the cold cost)."""

@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import (
     CTE,
+    Column,
     ColumnElement,
     Connection,
     Select,
@@ -44,7 +45,6 @@ from app.models import (
     LeaseState,
     Outcome,
     Project,
-    ReviewStatus,
     User,
     Webhook,
     WebhookDelivery,
@@ -97,10 +97,11 @@ def task_for(session: Session, lease_id: int, user: User) -> Task:
     return task
 
 
-def analyse(project: Project, original: str, edited: str) -> EditAnalysis:
+def analyse(tokenizer: str, original: str, edited: str) -> EditAnalysis:
+    """Labels, diff and statistics of an edit with the named tokenizer (a project's)."""
     if len(edited) > MAX_EDIT_CHARS:
         raise AnnotationError(f"The edited text is longer than {MAX_EDIT_CHARS} characters.", 413)
-    return analyse_edit(original, edited, load_tokenizer(project.tokenizer))
+    return analyse_edit(original, edited, load_tokenizer(tokenizer))
 
 
 def _shallow(obj) -> dict:
@@ -199,7 +200,7 @@ def submit(
     if outcome == Outcome.SKIPPED and not skip_reason.strip():
         raise AnnotationError("Say why you skip this item.")
     outcome, text = _decide(outcome, text, item.original)
-    analysis = analyse(project, item.original, text) if outcome != Outcome.SKIPPED else None
+    analysis = analyse(project.tokenizer, item.original, text) if outcome != Outcome.SKIPPED else None
     now = utcnow()
     if outcome in COMPLETED_OUTCOMES:
         _check_slot(session, lease, item, project, now)
@@ -267,6 +268,11 @@ _AT_ONCE_READ = (
 )
 
 
+def _model_default(column: Column) -> ColumnElement:
+    """A column's scalar default from the model, as a value in the statement: an INSERT … SELECT that
+    names every column (two INSERTs into one table cannot both leave the defaults to SQLAlchemy)."""
+    return literal(column.default.arg, type_=column.type)
+
 
 def _build_at_once() -> Select:
     # No parameter is named like a column: SQLAlchemy would read it as a value for the INSERTs and UPDATEs.
@@ -290,14 +296,14 @@ def _build_at_once() -> Select:
         update(_LEASES).where(_LEASES.c.id == live.c.id, live.c.item_id == item.c.id)
         .values(state=LeaseState.SUBMITTED.value).returning(_LEASES.c.id).cte("closed")
     )
-    # The columns `_edit_values` gives, bound as edit_<name>; the statement supplies the rest.
+    # The columns `_edit_values` gives, bound as edit_<name>; the statement supplies the others.
     own = ("id", "item_id", "lease_id", "review_status", "created_at", "version")
     given = [column.name for column in _EDITS.c if column.name not in own]
     edit = (
         insert(_EDITS)
         .from_select([*own[1:], *given], select(
-            item.c.id, closed.c.id, literal(ReviewStatus.PENDING.value),
-            bindparam("now", type_=_EDITS.c.created_at.type), literal(1),
+            item.c.id, closed.c.id, _model_default(_EDITS.c.review_status),
+            bindparam("now", type_=_EDITS.c.created_at.type), _model_default(_EDITS.c.version),
             *(bindparam(f"edit_{name}", type_=_EDITS.c[name].type) for name in given),
         ).select_from(item.join(closed, true())))
         .returning(_EDITS.c.id, _EDITS.c.review_status, _EDITS.c.created_at, _EDITS.c.version)
@@ -317,9 +323,10 @@ def _build_at_once() -> Select:
     ).subquery("events")
     subscribed = type_coerce(_HOOKS.c.events, JSONB)
     wants = subscribed.contains(func.jsonb_build_array(events.c.event)) | subscribed.contains([webhooks.ALL_EVENTS])
-    columns = ("webhook_id", "event", "payload", "status", "attempts", "next_attempt_at", "last_error", "created_at")
+    columns = ("webhook_id", "event", "payload", "status", "attempts", "last_error", "next_attempt_at", "created_at")
     deliveries = insert(_DELIVERIES).from_select(columns, select(
-        _HOOKS.c.id, events.c.event, events.c.payload, literal("pending"), literal(0), bindparam("now"), literal(""),
+        _HOOKS.c.id, events.c.event, events.c.payload, _model_default(_DELIVERIES.c.status),
+        _model_default(_DELIVERIES.c.attempts), _model_default(_DELIVERIES.c.last_error), bindparam("now"),
         bindparam("now"),
     ).select_from(_HOOKS.join(events, wants)).where(_HOOKS.c.active.is_(True)).order_by(events.c.rank, _HOOKS.c.id))
     return (
@@ -352,7 +359,7 @@ def _submit_at_once(
         if read is None or read.state != LeaseState.ACTIVE or as_utc(read.expires_at) <= now + AT_ONCE_MARGIN:
             return None
         outcome, text = _decide(outcome, text, read.original)
-        analysis = analyse(Project(tokenizer=read.tokenizer), read.original, text)
+        analysis = analyse(read.tokenizer, read.original, text)
         values = _edit_values(lease_id, user.id, read.id, read.minimality_budget, outcome, text, analysis, metrics,
                               skip_reason)
         rate, not_minimal = values["edit_rate"], values["not_minimal"]
@@ -413,7 +420,7 @@ class DiffView:
 
 
 def diff_view(project: Project, original: str, edited: str) -> DiffView:
-    analysis = analyse(project, original, edited.replace("\r\n", "\n"))
+    analysis = analyse(project.tokenizer, original, edited.replace("\r\n", "\n"))
     labels = analysis.labels
     return DiffView(
         analysis=analysis,

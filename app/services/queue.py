@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Select, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm.util import AliasedClass
 
 from app.db import is_postgres
 from app.models import Item, ItemStatus, Lease, LeaseState, Project, User, utcnow
@@ -118,13 +119,18 @@ def expire_stale_leases(session: Session, now: datetime) -> int:
     return len(ids)
 
 
+def _live_lease_here(item: type[Item] | AliasedClass[Item]) -> tuple:
+    """The annotator's unexpired lease on an `item` of the project (parameters user_id, now, project_id)."""
+    return (
+        Lease.annotator_id == bindparam("user_id"), Lease.state == LeaseState.ACTIVE,
+        Lease.expires_at > bindparam("now"), item.project_id == bindparam("project_id"),
+    )
+
+
 _CURRENT_TASK = (
     select(Lease, Item)
     .join(Item, Item.id == Lease.item_id)
-    .where(
-        Lease.annotator_id == bindparam("user_id"), Lease.state == LeaseState.ACTIVE,
-        Lease.expires_at > bindparam("now"), Item.project_id == bindparam("project_id"),
-    )
+    .where(*_live_lease_here(Item))
     .order_by(Lease.id)
     .limit(1)
 )
@@ -146,11 +152,7 @@ _FIRST_OPEN_ID = (
 )
 
 _HELD = aliased(Item)
-_HELD_HERE = (
-    select(Lease.id).join(_HELD, _HELD.id == Lease.item_id)
-    .where(Lease.annotator_id == bindparam("user_id"), Lease.state == LeaseState.ACTIVE,
-           Lease.expires_at > bindparam("now"), _HELD.project_id == bindparam("project_id"))
-)
+_HELD_HERE = select(Lease.id).join(_HELD, _HELD.id == Lease.item_id).where(*_live_lease_here(_HELD))
 
 _CANDIDATE = _for_dialect(
     select(Item)

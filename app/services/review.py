@@ -86,7 +86,7 @@ def history(session: Session, edit_id: int) -> tuple[list[Review], list[Comment]
 def _fix_layer(project: Project, original: str, fixed_text: str) -> dict:
     if not fixed_text.strip():
         raise ReviewError("fixed text: write the corrected response (or choose Accept).")
-    record = stored_record(analyse(project, original, fixed_text))
+    record = stored_record(analyse(project.tokenizer, original, fixed_text))
     return {"fixed_text": fixed_text, **record}
 
 
