@@ -270,8 +270,8 @@ def test_changing_n_reopens_and_completes_items(make_user, make_project, add_ite
     assert set_n(1) == ItemStatus.COMPLETE
 
 
-def _stored(edit_id: int) -> tuple[dict, list[tuple[str, dict]]]:
-    """An edit's columns (less ids and time) and its webhook deliveries (event, payload less ids)."""
+def _stored(edit_id: int) -> tuple[dict, list[tuple[str, int, dict]]]:
+    """An edit's columns (less ids and time) and its webhook deliveries (event, webhook, payload less ids)."""
     from app.models import WebhookDelivery
 
     with session_scope() as session:
@@ -279,7 +279,7 @@ def _stored(edit_id: int) -> tuple[dict, list[tuple[str, dict]]]:
         columns = {c.key: getattr(edit, c.key) for c in Edit.__table__.c
                    if c.key not in ("id", "item_id", "lease_id", "created_at")}
         deliveries = session.scalars(select(WebhookDelivery).order_by(WebhookDelivery.id)).all()
-        ours = [(d.event, {k: v for k, v in d.payload.items() if k not in ("edit_id", "item_id")})
+        ours = [(d.event, d.webhook_id, {k: v for k, v in d.payload.items() if k not in ("edit_id", "item_id")})
                 for d in deliveries if d.payload["item_id"] == edit.item_id]
         assert all(d.payload.get("edit_id", edit.id) == edit.id
                    for d in deliveries if d.payload["item_id"] == edit.item_id)
@@ -297,8 +297,11 @@ def test_one_statement_submit_stores_what_the_locking_path_stores(make_user, mak
     ann = make_user("ann")
     project = make_project(n=1, members=[ann])
     add_items(project, [("P1", "Teh first original."), ("P2", "Teh first original.")])
-    with session_scope() as session:
-        create_webhook(session, "https://hooks.example/redline", ["*"], None)
+    with session_scope() as session:  # every event; one event; an inactive hook, which gets nothing
+        every, completed, inactive = (create_webhook(session, f"https://hooks.example/{events[0]}", events, None)
+                                      for events in (["*"], ["item.completed"], ["edit.submitted"]))
+        inactive.active = False
+        every, completed = every.id, completed.id
     results = []
     for near_expiry in (False, True):
         lease = _lease(project, ann)
@@ -313,7 +316,8 @@ def test_one_statement_submit_stores_what_the_locking_path_stores(make_user, mak
         results.append(_stored(edit.id))
     one_statement, locking = results
     assert one_statement == locking
-    assert [event for event, _ in one_statement[1]] == ["edit.submitted", "item.completed"]
+    assert [(event, hook) for event, hook, _ in one_statement[1]] == [
+        ("edit.submitted", every), ("item.completed", every), ("item.completed", completed)]
 
 
 @pytest.mark.postgres
