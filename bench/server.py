@@ -362,8 +362,11 @@ def _checkout(revision: str) -> Iterator[Path]:
     """The repository at `revision` in a temporary git worktree, sharing this checkout's var/ (the model)."""
     where = Path(tempfile.mkdtemp(prefix="redline-baseline-")) / "tree"
     git = ["git", "-C", str(ROOT)]
-    subprocess.run([*git, "worktree", "add", "--detach", str(where), revision], check=True, capture_output=True)
     try:
+        added = subprocess.run([*git, "worktree", "add", "--detach", str(where), revision], capture_output=True,
+                               text=True)
+        if added.returncode:
+            raise SystemExit(f"REDLINE_BENCH_BASELINE={revision}: git worktree add failed: {added.stderr.strip()}")
         if sorted(p.name for p in (where / "migrations" / "versions").glob("*.py")) != sorted(
                 p.name for p in (ROOT / "migrations" / "versions").glob("*.py")):
             raise SystemExit(f"baseline {revision} has other migrations: both sides must share one database schema")
