@@ -3,7 +3,8 @@
 The server never trusts the client's diff: labels, char diff and statistics are recomputed from the
 submitted text with the project's (cached) tokenizer. A submit locks only its item's and its lease's
 rows, so only another submit of the same item waits for it. A double submit returns the first edit: the
-lease is read under that lock, and `edits.lease_id` is unique as the last line of defence.
+lease is read under that lock, and `edits.lease_id` is unique as the last line of defence. On Postgres
+the usual submit is a single statement (see "the one-statement submit" below).
 """
 
 from __future__ import annotations
