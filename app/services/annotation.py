@@ -52,7 +52,7 @@ from app.models import (
     utcnow,
 )
 from app.services import webhooks
-from app.services.queue import Task, active_lease_count, find_task, lock_task
+from app.services.queue import Task, active_lease_count, find_task, lock_task, task_columns
 from labels import EditAnalysis, analyse_edit, load_tokenizer
 
 MAX_EDIT_CHARS = 200_000
@@ -260,12 +260,9 @@ def _notify(session: Session, edit: Edit, item: Item) -> None:
 AT_ONCE_MARGIN = timedelta(seconds=30)
 
 _DELIVERIES, _HOOKS = WebhookDelivery.__table__, Webhook.__table__
-_AT_ONCE_READ = (
-    select(_LEASES.c.state, _LEASES.c.expires_at, _ITEMS.c.id, _ITEMS.c.project_id, _ITEMS.c.original,
-           *(Project.__table__.c[name] for name in ("tokenizer", "minimality_budget", "annotations_per_item")))
-    .join(_ITEMS, _ITEMS.c.id == _LEASES.c.item_id)
-    .join(Project.__table__, Project.__table__.c.id == _ITEMS.c.project_id)
-    .where(_LEASES.c.id == bindparam("lease_id"), _LEASES.c.annotator_id == bindparam("annotator_id"))
+_AT_ONCE_READ = task_columns(
+    Lease.state, Lease.expires_at, Item.id, Item.project_id, Item.original, Project.tokenizer,
+    Project.minimality_budget, Project.annotations_per_item,
 )
 
 
@@ -356,7 +353,7 @@ def _submit_at_once(
     """The one-statement submit; None when it does not apply or did nothing (the caller falls back)."""
     now = utcnow()
     with _connection_for_one_statement(session) as conn:
-        read = conn.execute(_AT_ONCE_READ, {"lease_id": lease_id, "annotator_id": user.id}).first()
+        read = conn.execute(_AT_ONCE_READ, {"lease_id": lease_id, "user_id": user.id}).first()
         if read is None or read.state != LeaseState.ACTIVE or as_utc(read.expires_at) <= now + AT_ONCE_MARGIN:
             return None
         outcome, text = _decide(outcome, text, read.original)
