@@ -77,7 +77,7 @@ def require_roles(*roles: Role) -> Callable[..., Awaitable[User]]:
     allowed = {str(role) for role in roles} | {Role.ADMIN.value}
 
     async def check(request: Request) -> User:
-        user = (await current_auth(request)).user
+        user = await current_user(request)
         if user.role not in allowed:
             raise Forbidden
         return user
