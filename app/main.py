@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -14,11 +16,13 @@ from fastapi.staticfiles import StaticFiles
 
 from app import api
 from app.api.auth import principal
+from app.db import get_engine, is_postgres
 from app.deps import install_auth_handlers
 from app.routes import admin_projects, admin_users, annotate, auth, dashboard, review, settings_tokens
 from app.routes import datasets as dataset_routes
 from app.routes import jobs as job_routes
-from app.security import SecurityMiddleware
+from app.security import Login, SecurityMiddleware
+from app.session_cache import SessionCache
 from app.settings import get_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,10 +31,21 @@ TEMPLATES_DIR = ROOT / "templates"
 
 
 @asynccontextmanager
-async def _lifespan(_app: FastAPI) -> AsyncIterator[None]:
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     # Sync routes and dependencies run in anyio's thread pool: size it to the database pool.
     anyio.to_thread.current_default_thread_limiter().total_tokens = get_settings().web_threads
-    yield
+    engine = get_engine()
+    if not is_postgres(engine) or app.state.logins.capacity == 0:
+        yield  # the login cache never serves: every request checks its session in the database
+        return
+    dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    listener = asyncio.create_task(app.state.logins.keep_listening(dsn))
+    try:
+        yield
+    finally:
+        listener.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listener
 
 
 def create_app() -> FastAPI:
@@ -38,7 +53,8 @@ def create_app() -> FastAPI:
     app = FastAPI(title="Redline", version="0.1.0", docs_url=None, redoc_url=None, openapi_url=None,
                   lifespan=_lifespan)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    app.add_middleware(SecurityMiddleware)
+    app.state.logins = SessionCache[Login](get_settings().session_cache_entries)
+    app.add_middleware(SecurityMiddleware, logins=app.state.logins)
     install_auth_handlers(app)
     # Routes are matched in order: the annotator's (the busiest by far) first, then the rest; no two
     # routers share a path prefix, so the order changes nothing else.

@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.db import get_engine
 from app.models import User, WebSession, utcnow
+from app.session_cache import SessionCache
 from app.settings import get_settings
 
 SESSION_COOKIE = "redline_session"
@@ -121,9 +122,22 @@ _USER_COLUMNS = (User.id, User.username, User.display_name, User.role, User.is_a
                  User.last_login_at)
 
 
+@dataclass(frozen=True)
+class Login:
+    """A checked session as the cache keeps it: plain values, so no request shares another's objects."""
+
+    session_id: int
+    csrf_token: str
+    user_values: tuple  # in `_USER_COLUMNS` order
+
+    def context(self) -> AuthContext:
+        user = User(**{column.key: value for column, value in zip(_USER_COLUMNS, self.user_values, strict=True)})
+        return AuthContext(user=user, session_id=self.session_id, csrf_token=self.csrf_token)
+
+
 # Built once: the request path only binds the two values (building the expression costs more than running it).
 _AUTH_QUERY = (
-    select(WebSession.id, WebSession.csrf_token, *_USER_COLUMNS)
+    select(WebSession.id, WebSession.csrf_token, WebSession.expires_at, *_USER_COLUMNS)
     .join(User, User.id == WebSession.user_id)
     .where(
         WebSession.token_hash == bindparam("digest"),
@@ -133,19 +147,30 @@ _AUTH_QUERY = (
 )
 
 
-def load_auth(token: str) -> AuthContext | None:
-    """The active user and session behind a cookie token, or None (unknown, expired, deactivated).
+def cached_auth(token: str, cache: SessionCache[Login]) -> AuthContext | None:
+    """The login behind a cookie token from the process's cache, or None (not cached: ask `load_auth`)."""
+    login = cache.get(token_digest(token), utcnow())
+    return login.context() if login else None
 
-    Runs on every request, so it is one Core query; the user comes back as a detached object without
-    its password hash, which no request handler needs."""
+
+def load_auth(token: str, cache: SessionCache[Login] | None = None) -> AuthContext | None:
+    """The active user and session behind a cookie token, or None (unknown, expired, deactivated); a
+    found login is offered to `cache`.
+
+    One Core query; the user comes back as a detached object without its password hash, which no request
+    handler needs."""
+    digest = token_digest(token)
+    generation = cache.generation if cache is not None else 0  # read before the query: see SessionCache.put
     # Autocommit: one read needs no transaction, which saves a BEGIN and a ROLLBACK round trip per request.
     with get_engine().connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        row = conn.execute(_AUTH_QUERY, {"digest": token_digest(token), "now": utcnow()}).first()
+        row = conn.execute(_AUTH_QUERY, {"digest": digest, "now": utcnow()}).first()
     if row is None:
         return None
-    session_id, csrf_token, *user_values = row
-    user = User(**{column.key: value for column, value in zip(_USER_COLUMNS, user_values, strict=True)})
-    return AuthContext(user=user, session_id=session_id, csrf_token=csrf_token)
+    session_id, csrf_token, expires_at, *user_values = row
+    login = Login(session_id, csrf_token, tuple(user_values))
+    if cache is not None:
+        cache.put(digest, login, expires_at, generation)
+    return login.context()
 
 
 # --- the middleware -----------------------------------------------------------------------------
@@ -226,10 +251,11 @@ async def _send_forbidden(send: Send, reason: str) -> None:
 
 
 class SecurityMiddleware:
-    """Authenticates the session cookie (one query, off the event loop) and enforces CSRF."""
+    """Authenticates the session cookie (from `logins`, else one query off the event loop) and enforces CSRF."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, logins: SessionCache[Login]) -> None:
         self.app = app
+        self.logins = logins
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -237,8 +263,8 @@ class SecurityMiddleware:
             return
         cookies = _cookies(scope)
         auth = None
-        if SESSION_COOKIE in cookies:
-            auth = await anyio.to_thread.run_sync(load_auth, cookies[SESSION_COOKIE])
+        if token := cookies.get(SESSION_COOKIE):
+            auth = cached_auth(token, self.logins) or await anyio.to_thread.run_sync(load_auth, token, self.logins)
         scope.setdefault("state", {})["auth"] = auth
         if scope["method"] in UNSAFE_METHODS and not self._exempt(scope, cookies):
             expected = auth.csrf_token if auth else cookies.get(PRE_CSRF_COOKIE)

@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     # mostly fight over Python's GIL; a few cover the time spent waiting on the database.
     web_threads: int = Field(default=8, ge=1, le=200)
     session_max_age_s: int = 14 * 24 * 3600
+    # Checked login sessions each web process keeps in memory (Postgres only; 0: check every request
+    # in the database). See app/session_cache.py for how changes reach it.
+    session_cache_entries: int = Field(default=10_000, ge=0)
     secure_cookies: bool = False
     max_upload_mb: int = 200
     login_attempts_per_minute: int = 10

@@ -18,7 +18,8 @@ Submitted texts are minimal edits (two words changed). Two phases, each a warm-u
 REDLINE_BENCH_BASELINE=<git revision> adds closed-loop rounds alternating between that revision (checked out
 in a temporary worktree) and this checkout, each window from a freshly reset database -> current_vs_baseline
 (median of the per-round ratios), baseline_/current_ max_submits_per_s and server_cpu_ms_per_cycle;
-REDLINE_BENCH_BASELINE_ROUNDS (4) rounds.
+REDLINE_BENCH_BASELINE_ROUNDS (4) rounds. The baseline's migrations must be a prefix of this checkout's
+(the database is migrated to this checkout's head).
 Context: CPU per cycle of the server, of the Postgres backends and of the load generator (saturated
 phase), `healthz_req_per_s` (the bare framework at the same concurrency), and the load average, since the
 box may be shared. The seeded database is kept between runs (annotations are reset, tables vacuumed).
@@ -367,9 +368,10 @@ def _checkout(revision: str) -> Iterator[Path]:
                                text=True)
         if added.returncode:
             raise SystemExit(f"REDLINE_BENCH_BASELINE={revision}: git worktree add failed: {added.stderr.strip()}")
-        if sorted(p.name for p in (where / "migrations" / "versions").glob("*.py")) != sorted(
-                p.name for p in (ROOT / "migrations" / "versions").glob("*.py")):
-            raise SystemExit(f"baseline {revision} has other migrations: both sides must share one database schema")
+        theirs, ours = ([p.name for p in sorted((tree / "migrations" / "versions").glob("*.py"))]
+                        for tree in (where, ROOT))
+        if ours[:len(theirs)] != theirs:  # the database is at our head: it must have passed through theirs
+            raise SystemExit(f"baseline {revision} has migrations this checkout lacks: both sides share one database")
         (where / "var").symlink_to(ROOT / "var")
         yield where
     finally:
