@@ -83,6 +83,8 @@ class Connection:
                 raise ConnectionError(f"{method} {path}: the server closed the connection")
             parser.feed_data(data)
         reply = Reply(parser.get_status_code(), collector.headers, b"".join(collector.chunks))
-        if not parser.should_keep_alive():
+        # HTTP/1.1 keeps the connection unless the server says otherwise. (httptools' should_keep_alive()
+        # cannot tell: once a message is complete it answers False, which made every request reconnect.)
+        if collector.headers.get("connection", "").lower() == "close":
             await self.close()
         return reply
