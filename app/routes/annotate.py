@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.deps import Forbidden, get_db, require_roles
-from app.models import Edit, Item, ItemStatus, LeaseState, Outcome, Project, Role, User, utcnow
+from app.models import Edit, Item, ItemStatus, LeaseState, Outcome, Role, User, utcnow
 from app.services import annotation, projects, queue
 from app.templating import render
 
@@ -28,13 +28,6 @@ def _redirect(request: Request, url: str) -> Response:
     if _is_htmx(request):
         return Response(status_code=204, headers={"HX-Redirect": url})
     return RedirectResponse(url, status_code=303)
-
-
-def _member_project(db: Session, project_id: int, user: User) -> Project:
-    project = projects.project_for_member(db, project_id, user)
-    if project is None:
-        raise Forbidden("You are not assigned to this project.")
-    return project
 
 
 def _error_page(request: Request, exc: annotation.AnnotationError) -> Response:
@@ -74,7 +67,9 @@ def _editor_page(request: Request, task: queue.Task, headers: dict[str, str] | N
 def next_item(
     request: Request, project_id: int, user: User = Depends(annotator), db: Session = Depends(get_db)
 ) -> Response:
-    project = _member_project(db, project_id, user)
+    project = queue.enter_project(db, project_id, user)
+    if project is None:
+        raise Forbidden("You are not assigned to this project.")
     task = queue.next_task(db, project, user)
     db.commit()
     if task is None:

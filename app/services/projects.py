@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, case, delete, func, select, update
+from sqlalchemy import Select, bindparam, case, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from app.models import Item, ItemStatus, Project, ProjectMember, Role, User
@@ -126,7 +126,8 @@ def set_members(session: Session, project: Project, user_ids: set[int], actor: U
 
 
 _ACTIVE_PROJECT = select(Project).where(Project.id == bindparam("project_id"), Project.archived.is_(False))
-# Built once: this runs on every "Next", where building the expression would cost more than running it.
+# Built once: this starts every "Next" (queue.enter_project), where building the expression would cost more
+# than running it.
 _MEMBER_PROJECT = _ACTIVE_PROJECT.where(
     select(ProjectMember.user_id)
     .where(ProjectMember.project_id == Project.id, ProjectMember.user_id == bindparam("user_id"))
@@ -134,10 +135,10 @@ _MEMBER_PROJECT = _ACTIVE_PROJECT.where(
 )
 
 
-def project_for_member(session: Session, project_id: int, user: User) -> Project | None:
-    """The active project if `user` works in it (admins: any), in one query; else None."""
-    query = _ACTIVE_PROJECT if user.role == Role.ADMIN else _MEMBER_PROJECT
-    return session.scalars(query, {"project_id": project_id, "user_id": user.id}).first()
+def member_project_query(role: str) -> Select:
+    """The query (parameters project_id, user_id) for the active project if the user, who has `role`, works
+    in it (admins: any)."""
+    return _ACTIVE_PROJECT if role == Role.ADMIN else _MEMBER_PROJECT
 
 
 def projects_for(session: Session, user: User) -> list[Project]:

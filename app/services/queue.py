@@ -22,7 +22,8 @@ from sqlalchemy.orm import Session, aliased
 from sqlalchemy.orm.util import AliasedClass
 
 from app.db import is_postgres
-from app.models import Item, ItemStatus, Lease, LeaseState, Project, User, utcnow
+from app.models import Item, ItemStatus, Lease, LeaseState, Project, Role, User, utcnow
+from app.services import projects
 
 CANDIDATE_TRIES = 8  # rows re-checked per request before reporting the queue as empty
 SWEEP_BATCH = 200
@@ -189,12 +190,30 @@ def _candidate(session: Session, project: Project, user: User, now: datetime, tr
     return session.scalars(_run(session, _CANDIDATE), params).first()
 
 
-# Postgres: two "Next" clicks of one annotator run one after the other (the second resumes the first's
-# lease), and the lease's commit does not wait for the WAL flush — a lease is cheap to lose: after a crash
-# its item simply returns to the pool. Submits stay fully durable. One statement does both.
-_CLAIM_ANNOTATOR = (
-    select(func.set_config("synchronous_commit", "off", True)).where(User.id == bindparam("user_id")).with_for_update()
-)
+# On Postgres, entering a project also locks the annotator's row for the transaction: two "Next" clicks of one
+# annotator run one after the other (the second resumes the first's lease). And the lease's commit does not
+# wait for the WAL flush: a lease is cheap to lose, after a crash its item simply returns to the pool
+# (submits stay fully durable). The membership check, the lock and the setting are one statement.
+_ENTER_POSTGRES = {
+    query: query.add_columns(func.set_config("synchronous_commit", "off", True))
+    .join(User, User.id == bindparam("user_id")).with_for_update(of=User)
+    for query in (projects.member_project_query(Role.ADMIN), projects.member_project_query(Role.ANNOTATOR))
+}
+_ENTERED = "redline_queue_entered"  # session.info: (transaction, project id, user id) of the last entry
+
+
+def enter_project(session: Session, project_id: int, user: User) -> Project | None:
+    """Start a "Next": the active project if `user` works in it (admins: any), else None; with the
+    annotator's row locked (Postgres) or the database write-locked (SQLite) until the transaction ends."""
+    lock_for_write(session)
+    query = projects.member_project_query(user.role)
+    if is_postgres(session.get_bind()):
+        query = _ENTER_POSTGRES[query]
+    project = session.scalars(query, {"project_id": project_id, "user_id": user.id}).first()
+    if project is not None:
+        session.info[_ENTERED] = (session.get_transaction(), project.id, user.id)
+    return project
+
 
 _LEASE_COLUMNS = ("item_id", "annotator_id", "state", "leased_at", "expires_at")
 # Leases the locked item if it still has a free slot, re-counting its leases in this new statement: a
@@ -224,11 +243,11 @@ def _lease_if_slot_free(session: Session, item: Item, user: User, project: Proje
 def next_task(session: Session, project: Project, user: User) -> Task | None:
     """Lease the next item to `user` (or return their current task); None when nothing is left for them.
 
-    Runs in the caller's transaction; the caller commits at once, which releases the row locks.
+    Runs in the caller's transaction, after `enter_project` in it; the caller commits at once, which
+    releases the row locks.
     """
-    lock_for_write(session)
-    if is_postgres(session.get_bind()):
-        session.execute(_CLAIM_ANNOTATOR, {"user_id": user.id})
+    if session.info.get(_ENTERED) != (session.get_transaction(), project.id, user.id):
+        raise RuntimeError("next_task: call enter_project first, in the same transaction (it takes the locks)")
     now = utcnow()
     if time.monotonic() - _last_sweep["at"] >= SWEEP_EVERY_S:
         _last_sweep["at"] = time.monotonic()

@@ -13,11 +13,12 @@ from sqlalchemy import func, select, update
 from app.db import session_scope
 from app.models import Edit, Item, ItemStatus, Lease, LeaseState, Outcome, User, utcnow
 from app.services import annotation, queue
+from tests.factories import next_task
 
 
 def _lease(project, user):
     with session_scope() as session:
-        task = queue.next_task(session, project, user)
+        task = next_task(session, project, user)
         return task.lease if task else None
 
 
@@ -142,6 +143,33 @@ def test_fifty_concurrent_annotators_give_exactly_n(settings_env, make_user, mak
     assert per_item == Counter({item_id: 3 for item_id in item_ids})
     assert len(pairs) == len(set(pairs))
     assert all(i.completed_count == 3 and i.status == ItemStatus.COMPLETE for i in items)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_concurrent_next_clicks_of_one_annotator_give_one_lease(settings_env, make_user, make_project, add_items):
+    ann = make_user("ann")
+    project = make_project(n=1, members=[ann])
+    add_items(project, [(f"Prompt {i}", f"Response {i}.") for i in range(10)])
+    barrier = threading.Barrier(8)
+
+    def click(_: int) -> int:
+        barrier.wait()
+        return _lease(project, ann).id
+
+    with ThreadPoolExecutor(8) as pool:
+        leases = set(pool.map(click, range(8)))
+    assert len(leases) == 1  # the annotator's lock made the later clicks resume the first one's lease
+
+
+def test_next_task_needs_the_project_entered_first(make_user, make_project, add_items):
+    ann, other = make_user("ann"), make_user("other")
+    project = make_project(members=[ann])
+    add_items(project, [("Prompt", "Response.")])
+    with session_scope() as session:
+        assert queue.enter_project(session, project.id, other) is None  # not a member
+        with pytest.raises(RuntimeError, match="enter_project first"):
+            queue.next_task(session, project, ann)
 
 
 @pytest.mark.postgres
@@ -329,7 +357,7 @@ def test_submit_inside_an_open_transaction_uses_it(make_user, make_project, add_
     project = make_project(members=[ann])
     add_items(project, [("P", "The original.")])
     with session_scope() as session:
-        task = queue.next_task(session, project, ann)
+        task = next_task(session, project, ann)
         item_id = task.item.id
         edit_id = annotation.submit(session, task.lease.id, ann, Outcome.EDITED, "The edited.").id
         session.rollback()  # so nothing of it may remain
