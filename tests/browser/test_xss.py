@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from factories import next_task
 from playwright.sync_api import expect
 
 from app.db import session_scope
 from app.models import Outcome, Verdict
 from app.services import annotation, review
-from tests.factories import next_task
 
 pytestmark = [pytest.mark.browser, pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)]
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from factories import next_task
+
 from app.db import session_scope
 from app.models import Outcome
 from app.services import annotation, dashboard
-from tests.factories import next_task
 
 
 def _annotate(project, user, text):

@@ -8,12 +8,12 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
+from factories import next_task
 from sqlalchemy import func, select, update
 
 from app.db import session_scope
 from app.models import Edit, Item, ItemStatus, Lease, LeaseState, Outcome, User, utcnow
 from app.services import annotation, queue
-from tests.factories import next_task
 
 
 def _lease(project, user):

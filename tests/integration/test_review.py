@@ -5,12 +5,12 @@ from __future__ import annotations
 import re
 
 import pytest
+from factories import next_task
 from sqlalchemy import select
 
 from app.db import session_scope
 from app.models import Comment, Edit, Item, ItemStatus, Outcome, Review, ReviewStatus, Verdict
 from app.services import annotation, review
-from tests.factories import next_task
 
 
 def _annotated(make_user, make_project, add_items, text="The fixed answer."):
