@@ -174,12 +174,3 @@ def make_corpus(session: Session, *, start: datetime | None = None) -> dict:
         "skipped": skipped,
         "reviews": reviews,
     }
-
-
-def next_task(session: Session, project: Project, user: User):
-    """What "Next" does: enter the project (membership, the annotator's lock), then lease; the caller commits."""
-    from app.services import queue
-
-    entered = queue.enter_project(session, project.id, user)
-    assert entered is not None, f"{user.username} does not work in {project.name}"
-    return queue.next_task(session, entered, user)

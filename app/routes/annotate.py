@@ -70,7 +70,7 @@ def next_item(
     project = queue.enter_project(db, project_id, user)
     if project is None:
         raise Forbidden("You are not assigned to this project.")
-    task = queue.next_task(db, project, user)
+    task = queue.next_task_entered(db, project, user)
     db.commit()
     if task is None:
         return _redirect(request, f"/annotate?msg=Nothing+left+for+you+in+{project.name}.+Thank+you!")

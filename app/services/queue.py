@@ -241,13 +241,21 @@ def _lease_if_slot_free(session: Session, item: Item, user: User, project: Proje
 
 
 def next_task(session: Session, project: Project, user: User) -> Task | None:
+    """`enter_project`, then `next_task_entered`: for callers that hold the project already."""
+    if enter_project(session, project.id, user) is None:
+        raise PermissionError(f"{user.username} does not work in project {project.name}")
+    return next_task_entered(session, project, user)
+
+
+def next_task_entered(session: Session, project: Project, user: User) -> Task | None:
     """Lease the next item to `user` (or return their current task); None when nothing is left for them.
 
     Runs in the caller's transaction, after `enter_project` in it; the caller commits at once, which
     releases the row locks.
     """
     if session.info.get(_ENTERED) != (session.get_transaction(), project.id, user.id):
-        raise RuntimeError("next_task: call enter_project first, in the same transaction (it takes the locks)")
+        raise RuntimeError("next_task_entered: call enter_project first, in the same transaction (it takes the "
+                           "locks)")
     now = utcnow()
     if time.monotonic() - _last_sweep["at"] >= SWEEP_EVERY_S:
         _last_sweep["at"] = time.monotonic()

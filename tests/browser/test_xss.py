@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from factories import next_task
 from playwright.sync_api import expect
 
 from app.db import session_scope
 from app.models import Outcome, Verdict
-from app.services import annotation, review
+from app.services import annotation, queue, review
 
 pytestmark = [pytest.mark.browser, pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)]
 
@@ -28,7 +27,7 @@ def _hostile_project(make_user, make_project, add_items):
                            description=PAYLOADS)
     add_items(project, [(f"Prompt {PAYLOADS}", f"Response {PAYLOADS}"), ("Second", f"Another {PAYLOADS}")])
     with session_scope() as session:
-        lease = next_task(session, project, ann).lease
+        lease = queue.next_task(session, project, ann).lease
     with session_scope() as session:
         edit = annotation.submit(session, lease.id, ann, Outcome.EDITED, f"Edited {PAYLOADS} {PAYLOADS}")
     with session_scope() as session:

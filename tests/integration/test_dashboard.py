@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from factories import next_task
-
 from app.db import session_scope
 from app.models import Outcome
-from app.services import annotation, dashboard
+from app.services import annotation, dashboard, queue
 
 
 def _annotate(project, user, text):
     with session_scope() as session:
-        lease = next_task(session, project, user).lease
+        lease = queue.next_task(session, project, user).lease
     with session_scope() as session:
         metrics = annotation.EditorMetrics(900, 4000, 12, 1)
         annotation.submit(session, lease.id, user, Outcome.EDITED, text, metrics=metrics)

@@ -8,7 +8,6 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
-from factories import next_task
 from sqlalchemy import func, select, update
 
 from app.db import session_scope
@@ -18,7 +17,7 @@ from app.services import annotation, queue
 
 def _lease(project, user):
     with session_scope() as session:
-        task = next_task(session, project, user)
+        task = queue.next_task(session, project, user)
         return task.lease if task else None
 
 
@@ -162,14 +161,16 @@ def test_concurrent_next_clicks_of_one_annotator_give_one_lease(settings_env, ma
     assert len(leases) == 1  # the annotator's lock made the later clicks resume the first one's lease
 
 
-def test_next_task_needs_the_project_entered_first(make_user, make_project, add_items):
+def test_leasing_needs_the_project_entered_first(make_user, make_project, add_items):
     ann, other = make_user("ann"), make_user("other")
     project = make_project(members=[ann])
     add_items(project, [("Prompt", "Response.")])
     with session_scope() as session:
         assert queue.enter_project(session, project.id, other) is None  # not a member
         with pytest.raises(RuntimeError, match="enter_project first"):
-            queue.next_task(session, project, ann)
+            queue.next_task_entered(session, project, ann)
+        with pytest.raises(PermissionError):
+            queue.next_task(session, project, other)
 
 
 @pytest.mark.postgres
@@ -357,7 +358,7 @@ def test_submit_inside_an_open_transaction_uses_it(make_user, make_project, add_
     project = make_project(members=[ann])
     add_items(project, [("P", "The original.")])
     with session_scope() as session:
-        task = next_task(session, project, ann)
+        task = queue.next_task(session, project, ann)
         item_id = task.item.id
         edit_id = annotation.submit(session, task.lease.id, ann, Outcome.EDITED, "The edited.").id
         session.rollback()  # so nothing of it may remain
