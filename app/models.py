@@ -270,11 +270,12 @@ class Edit(Base):
     outcome: Mapped[str] = mapped_column(String(24))
     edited_text: Mapped[str] = mapped_column(Text)
     skip_reason: Mapped[str] = mapped_column(Text, default="")
-    char_diff: Mapped[list[Any]] = mapped_column(default=list)
-    token_labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Layers (diff, labels, statistics) are plain `json` on Postgres: written once, read whole (migration 0006).
+    char_diff: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    token_labels: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     tokenizer_hash: Mapped[str] = mapped_column(String(64), default="")
     algorithm: Mapped[str] = mapped_column(String(64), default="")
-    stats: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    stats: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     edit_rate: Mapped[float] = mapped_column(Float, default=0.0)
     not_minimal: Mapped[bool] = mapped_column(Boolean, default=False)
     time_to_first_key_ms: Mapped[int | None] = mapped_column(Integer)
@@ -299,9 +300,9 @@ class Review(Base):
     reviewer_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT"))
     verdict: Mapped[str] = mapped_column(String(16))
     fixed_text: Mapped[str | None] = mapped_column(Text)
-    char_diff: Mapped[list[Any] | None] = mapped_column(Json)
-    token_labels: Mapped[dict[str, Any] | None] = mapped_column(Json)
-    stats: Mapped[dict[str, Any] | None] = mapped_column(Json)
+    char_diff: Mapped[list[Any] | None] = mapped_column(JSON)  # plain json, as the edit's layer
+    token_labels: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    stats: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     comment: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
