@@ -212,3 +212,31 @@ def test_cached_original_encoding_is_exact_and_never_shared(tok: LabelTokenizer)
     first[0][1].clear()
     assert tok.encode_pair(original, edited) == (tok.encode(original), tok.encode(edited))
     assert tok._originals.cache_info().hits >= 1
+
+
+_PIECES = st.sampled_from([
+    " ", "  ", "\n", "\t", "\u00a0", "\u2003", "\x1c", "a", "Word", "teh", "'s", "'ll", "don't", "3", "42", "1.5",
+    ",", ".", "!?", "--", "(", ")", "é", "naïve", "日本語", "😀", "\u0301", "<|im_start|>", "<|endoftext|>", "Ġ",
+])
+
+
+@given(st.lists(_PIECES, max_size=60).map("".join))
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_encoding_word_by_word_equals_encoding_whole(tok: LabelTokenizer, text: str) -> None:
+    whole = tok.tokenizer.encode(text, add_special_tokens=False)
+    assert tok._words is not None  # SmolLM2 is byte-level BPE: the word-by-word path is the one under test
+    assert tok.encode(text) == (whole.ids, whole.offsets)
+    assert tok.encode(text) == (whole.ids, whole.offsets)  # again, from the word cache
+
+
+def test_other_tokenizers_are_encoded_whole() -> None:
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+    bpe = Tokenizer(models.BPE(vocab={"a": 0, "b": 1}, merges=[]))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.normalizer = normalizers.NFKC()  # a normaliser may join characters across words
+    assert LabelTokenizer("nfkc", bpe, "x")._words is None
+    words = Tokenizer(models.WordLevel(vocab={"a": 0, "[UNK]": 1}, unk_token="[UNK]"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    assert LabelTokenizer("word-level", words, "x")._words is None
+    assert LabelTokenizer("word-level", words, "x").encode("a b") == ([0, 1], [(0, 1), (2, 3)])
