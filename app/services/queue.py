@@ -6,9 +6,9 @@ held it. Every change to an item's lease count happens with the item's row locke
 waiting), on SQLite by taking the database write lock up front (`BEGIN IMMEDIATE`). After the lock
 the count is read again in a fresh statement, so a lease committed a moment earlier is always seen.
 
-"Next" is the hottest path of the application, so it is a handful of round trips: lock the annotator,
-lock a candidate item (or, finding none, resume the annotator's live lease), and one INSERT … SELECT that
-re-counts and leases at once.
+"Next" is the hottest path of the application, so it is three statements: enter the project (membership
+check and the annotator's lock in one), lock a candidate item (or, finding none, resume the annotator's
+live lease), and one INSERT … SELECT that re-counts and leases at once.
 """
 
 from __future__ import annotations
