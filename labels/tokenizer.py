@@ -29,7 +29,7 @@ WORDS_CACHED = 65_536
 # running that regular expression over the whole text: it is about 3/4 of an encode. Python's `\S` is
 # narrower than the tokenizer's (Python counts a few more characters as space), so every cut here is a
 # cut there too.
-_WORD_CUTS = re.compile(r"(?<=\S) (?=\S)")
+_WORD_CUTS = re.compile(r"(?<=\S)(?= \S)")  # zero-width: splitting keeps the space with the next word
 
 
 def _splits_into_words(tok: Tokenizer) -> bool:
@@ -91,15 +91,15 @@ class LabelTokenizer:
         ids: list[int] = []
         offsets: list[tuple[int, int]] = []
         start = 0
-        for end in [*(cut.start() for cut in _WORD_CUTS.finditer(text)), len(text)]:
-            word = text[start:end]
+        for word in _WORD_CUTS.split(text):
             known = words.get(word)
             if known is None:
                 enc = self.tokenizer.encode(word, add_special_tokens=False)
                 known = words[word] = (enc.ids, enc.offsets)
             ids += known[0]
-            offsets += [(a + start, b + start) for a, b in known[1]]
-            start = end
+            for a, b in known[1]:
+                offsets.append((a + start, b + start))
+            start += len(word)
         return ids, offsets
 
     def encode_pair(self, original: str, edited: str) -> tuple[tuple[list[int], list[tuple[int, int]]], ...]:
