@@ -14,6 +14,7 @@ live lease), and one INSERT … SELECT that re-counts and leases at once.
 from __future__ import annotations
 
 import time
+import weakref
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -199,7 +200,9 @@ _ENTER_POSTGRES = {
     .join(User, User.id == bindparam("user_id")).with_for_update(of=User)
     for query in (projects.member_project_query(Role.ADMIN), projects.member_project_query(Role.ANNOTATOR))
 }
-_ENTERED = "redline_queue_entered"  # session.info: (transaction, project id, user id) of the last entry
+# session.info: the last entry's (transaction, project id, user id); a weak reference to the transaction, so
+# the session does not hold itself in a reference cycle (left to the garbage collector's full sweeps).
+_ENTERED = "redline_queue_entered"
 
 
 def enter_project(session: Session, project_id: int, user: User) -> Project | None:
@@ -211,7 +214,7 @@ def enter_project(session: Session, project_id: int, user: User) -> Project | No
         query = _ENTER_POSTGRES[query]
     project = session.scalars(query, {"project_id": project_id, "user_id": user.id}).first()
     if project is not None:
-        session.info[_ENTERED] = (session.get_transaction(), project.id, user.id)
+        session.info[_ENTERED] = (weakref.ref(session.get_transaction()), project.id, user.id)
     return project
 
 
@@ -253,7 +256,8 @@ def next_task_entered(session: Session, project: Project, user: User) -> Task | 
     Runs in the caller's transaction, after `enter_project` in it; the caller commits at once, which
     releases the row locks.
     """
-    if session.info.get(_ENTERED) != (session.get_transaction(), project.id, user.id):
+    transaction, *entered = session.info.get(_ENTERED, (lambda: None, None, None))
+    if transaction() is not session.get_transaction() or entered != [project.id, user.id]:
         raise RuntimeError("next_task_entered: call enter_project first, in the same transaction (it takes the "
                            "locks)")
     now = utcnow()
