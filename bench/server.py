@@ -22,7 +22,8 @@ REDLINE_BENCH_BASELINE_ROUNDS (4) rounds. The baseline's migrations must be a pr
 (the database is migrated to this checkout's head).
 Context: CPU per cycle of the server, of the Postgres backends and of the load generator (saturated
 phase), `healthz_req_per_s` (the bare framework at the same concurrency), and the load average, since the
-box may be shared. The seeded database is kept between runs (annotations are reset, tables vacuumed).
+box may be shared. The seeded database is kept between runs (annotations are reset); the tables a cycle
+writes are vacuumed before each phase, as autovacuum would (it is off on the development box).
 """
 
 from __future__ import annotations
@@ -121,12 +122,19 @@ def _seed(url: str) -> int:
         have = conn.scalar(text("SELECT count(*) FROM items WHERE project_id = :p"), {"p": project_id})
     if have < ITEMS:
         _copy_items(url, project_id, have)
-    # The reset leaves dead rows behind, and autovacuum may be off or late: every run starts from clean
-    # tables and fresh statistics, or each rerun would measure a little more bloat than the last.
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+    engine.dispose()
+    _vacuum(url)
+    return project_id
+
+
+def _vacuum(url: str) -> None:
+    """VACUUM ANALYZE the tables a cycle writes. Every submit leaves dead row versions in items and leases
+    (and their indexes), and autovacuum may be off (it is off on the development box) or late: without this,
+    each phase and each rerun would measure a little more bloat than the one before."""
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
         conn.execute(text("VACUUM ANALYZE items, leases, edits, web_sessions, webhook_deliveries"))
     engine.dispose()
-    return project_id
 
 
 def _copy_items(url: str, project_id: int, start: int) -> None:
@@ -419,7 +427,11 @@ def main() -> None:
     server = _start_server(url, port)
     try:
         paced, _ = asyncio.run(_drive(port, project_id, sessions, server.pid, RATE))
-        lower = asyncio.run(_drive(port, project_id, sessions, server.pid, LOWER_RATE))[0] if LOWER_RATE else None
+        lower = None
+        if LOWER_RATE:
+            _vacuum(url)
+            lower = asyncio.run(_drive(port, project_id, sessions, server.pid, LOWER_RATE))[0]
+        _vacuum(url)
         saturated, cpu = asyncio.run(_drive(port, project_id, sessions, server.pid, 0.0))
         floor = asyncio.run(_floor_req_per_s(port))  # afterwards, on the warmed-up server
     finally:
