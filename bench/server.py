@@ -317,10 +317,12 @@ def _cpu_counters(server_pid: int) -> dict[str, dict[int, float]]:
 async def _cpu_during_window(recorder: Recorder, server_pid: int) -> dict[str, float]:
     """CPU seconds spent inside the window; a process that started meanwhile counts from zero (one that
     ended meanwhile is lost, so the pools are sized to keep their connections)."""
+    # Off the event loop: walking /proc takes tens of milliseconds, and the annotators' requests would wait
+    # for it (their latencies at the window's edges measured the load generator, not the server).
     await asyncio.sleep(max(0.0, recorder.measure_from - time.perf_counter()))
-    before = _cpu_counters(server_pid)
+    before = await asyncio.to_thread(_cpu_counters, server_pid)
     await asyncio.sleep(max(0.0, recorder.measure_to - time.perf_counter()))
-    after = _cpu_counters(server_pid)
+    after = await asyncio.to_thread(_cpu_counters, server_pid)
     return {who: sum(cpu - before[who].get(pid, 0.0) for pid, cpu in after[who].items()) for who in after}
 
 
