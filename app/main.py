@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -14,19 +15,22 @@ from fastapi import Depends, FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import SQLAlchemyError
 
 from app import api
 from app.api.auth import principal
-from app.db import get_engine, is_postgres
+from app.db import get_engine, is_postgres, session_scope
 from app.deps import install_auth_handlers
 from app.routes import admin_projects, admin_users, annotate, auth, dashboard, review, settings_tokens
 from app.routes import datasets as dataset_routes
 from app.routes import jobs as job_routes
 from app.security import Login, SecurityMiddleware
+from app.services import annotation
 from app.session_cache import SessionCache
 from app.settings import get_settings
 
 ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger(__name__)
 STATIC_DIR = ROOT / "static"
 TEMPLATES_DIR = ROOT / "templates"
 
@@ -35,7 +39,8 @@ TEMPLATES_DIR = ROOT / "templates"
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     # Sync routes and dependencies run in anyio's thread pool: size it to the database pool.
     anyio.to_thread.current_default_thread_limiter().total_tokens = get_settings().web_threads
-    # Everything loaded so far (modules, ORM mappers, routes, templates) lives as long as the process: take
+    await anyio.to_thread.run_sync(_preload_tokenizers)
+    # Everything loaded so far (modules, ORM mappers, routes, tokenizers) lives as long as the process: take
     # it out of the cyclic garbage collector's view. Otherwise every full collection walks all of it and
     # stops the process for 70-110 ms, which was the slowest request of a busy minute.
     gc.freeze()
@@ -51,6 +56,14 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         listener.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await listener
+
+
+def _preload_tokenizers() -> None:
+    try:
+        with session_scope() as session:
+            annotation.preload_tokenizers(session)
+    except SQLAlchemyError as exc:  # no database yet (or not migrated): the first submit loads on demand
+        log.warning("tokenizers not preloaded: %s", exc)
 
 
 def create_app() -> FastAPI:

@@ -32,9 +32,9 @@ WORDS_CACHED = 65_536
 _WORD_CUTS = re.compile(r"(?<=\S)(?= \S)")  # zero-width: splitting keeps the space with the next word
 
 
-def _splits_into_words(tok: Tokenizer) -> bool:
-    """True for byte-level BPE with GPT-2's pre-tokenizer and nothing that looks across words."""
-    config = json.loads(tok.to_str())
+def _splits_into_words(config: dict) -> bool:
+    """True for byte-level BPE with GPT-2's pre-tokenizer and nothing that looks across words (`config`:
+    the tokenizer's serialised form)."""
     pre = config.get("pre_tokenizer") or {}
     model = config.get("model") or {}
     return (
@@ -44,9 +44,9 @@ def _splits_into_words(tok: Tokenizer) -> bool:
     )
 
 
-def _added_tokens(tok: Tokenizer) -> re.Pattern[str] | None:
+def _added_tokens(config: dict) -> re.Pattern[str] | None:
     """Matches any added token's text (the tokenizer splits those out first, across words)."""
-    contents = [token["content"] for token in json.loads(tok.to_str()).get("added_tokens", [])]
+    contents = [token["content"] for token in config.get("added_tokens", [])]
     return re.compile("|".join(map(re.escape, contents))) if contents else None
 
 
@@ -64,8 +64,9 @@ class LabelTokenizer:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_originals", lru_cache(maxsize=ORIGINALS_CACHED)(self._encode_frozen))
-        object.__setattr__(self, "_words", {} if _splits_into_words(self.tokenizer) else None)
-        object.__setattr__(self, "_added", _added_tokens(self.tokenizer))
+        config = json.loads(self.tokenizer.to_str())
+        object.__setattr__(self, "_words", {} if _splits_into_words(config) else None)
+        object.__setattr__(self, "_added", _added_tokens(config))
 
     def _encode_frozen(self, text: str) -> Encoded:
         ids, offsets = self.encode(text)

@@ -9,7 +9,7 @@ the usual submit is a single statement (see "the one-statement submit" below).
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, nullcontext, suppress
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -53,7 +53,7 @@ from app.models import (
 )
 from app.services import webhooks
 from app.services.queue import Task, active_lease_count, find_task, lock_task, task_columns
-from labels import EditAnalysis, analyse_edit, load_tokenizer
+from labels import EditAnalysis, TokenizerNotFound, analyse_edit, load_tokenizer
 
 MAX_EDIT_CHARS = 200_000
 LABEL_CLASSES = {0: "keep", 1: "insert", 2: "delete", 3: "replace"}
@@ -103,6 +103,19 @@ def analyse(tokenizer: str, original: str, edited: str) -> EditAnalysis:
     if len(edited) > MAX_EDIT_CHARS:
         raise AnnotationError(f"The edited text is longer than {MAX_EDIT_CHARS} characters.", 413)
     return analyse_edit(original, edited, load_tokenizer(tokenizer))
+
+
+def preload_tokenizers(session: Session) -> list[str]:
+    """Load the active projects' tokenizers now; returns the names loaded. A load takes about 0.2 s and
+    holds the interpreter, so a web process does this at startup instead of making its first submits wait
+    behind it. A tokenizer that cannot be loaded is left for the request that needs it to report."""
+    names = session.scalars(select(Project.tokenizer).where(Project.archived.is_(False)).distinct()).all()
+    loaded = []
+    for name in names:
+        with suppress(TokenizerNotFound):
+            load_tokenizer(name)
+            loaded.append(name)
+    return loaded
 
 
 def _shallow(obj) -> dict:

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from app.db import session_scope
-from app.models import Edit, Item, ItemStatus, Lease, LeaseState, Outcome, User, utcnow
+from app.models import Edit, Item, ItemStatus, Lease, LeaseState, Outcome, Project, User, utcnow
 from app.services import annotation, queue
 
 
@@ -365,3 +365,18 @@ def test_submit_inside_an_open_transaction_uses_it(make_user, make_project, add_
     with session_scope() as session:
         assert session.get(Edit, edit_id) is None
         assert session.get(Item, item_id).completed_count == 0
+
+
+def test_the_web_app_loads_the_active_projects_tokenizers_at_startup(make_user, make_project, settings_env) -> None:
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from labels import load_tokenizer
+
+    make_project(members=[make_user("ann")])
+    missing = make_project(name="Missing tokenizer")
+    with session_scope() as session:  # its requests report it; it must not stop the app from starting
+        session.execute(update(Project).where(Project.id == missing.id).values(tokenizer="no-such-org/none"))
+    load_tokenizer.cache_clear()
+    with TestClient(create_app()):
+        assert load_tokenizer.cache_info().currsize == 1  # the first submit will not wait for it
