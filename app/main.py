@@ -8,6 +8,7 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import cache
 from pathlib import Path
 
 import anyio.to_thread
@@ -40,10 +41,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     # Sync routes and dependencies run in anyio's thread pool: size it to the database pool.
     anyio.to_thread.current_default_thread_limiter().total_tokens = get_settings().web_threads
     await anyio.to_thread.run_sync(_preload_tokenizers)
-    # Everything loaded so far (modules, ORM mappers, routes, tokenizers) lives as long as the process: take
-    # it out of the cyclic garbage collector's view. Otherwise every full collection walks all of it and
-    # stops the process for 70-110 ms, which was the slowest request of a busy minute.
-    gc.freeze()
+    _freeze_startup_heap()
     engine = get_engine()
     if not is_postgres(engine) or app.state.logins.capacity == 0:
         yield  # the login cache never serves: every request checks its session in the database
@@ -56,6 +54,16 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         listener.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await listener
+
+
+@cache  # once per process (tests start many apps in one)
+def _freeze_startup_heap() -> None:
+    """Everything loaded by now (modules, ORM mappers, routes, tokenizers) lives as long as the process: take
+    it out of the cyclic garbage collector's view, after collecting what is already garbage. Otherwise
+    every full collection walks all of it and stops the process for 70-110 ms, which was the slowest
+    request of a busy minute."""
+    gc.collect()
+    gc.freeze()
 
 
 def _preload_tokenizers() -> None:
