@@ -72,8 +72,12 @@ class SessionCache(Generic[V]):
 
     def clear(self) -> None:
         with self._lock:
-            self._generation += 1
-            self._entries.clear()
+            self._empty()
+
+    def _empty(self) -> None:
+        """(With the lock held.) Drop every entry and refuse values read before now."""
+        self._generation += 1
+        self._entries.clear()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -97,8 +101,7 @@ class SessionCache(Generic[V]):
     def _set_serving(self, serving: bool) -> None:
         with self._lock:
             self.serving = serving
-            self._generation += 1
-            self._entries.clear()
+            self._empty()
 
 
 # --- this process's own changes take effect at once -------------------------------------------------
