@@ -19,12 +19,14 @@ import asyncio
 import logging
 import threading
 import weakref
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Generic, TypeVar
 
 import psycopg
 from sqlalchemy import event
 from sqlalchemy.orm import ORMExecuteState, Session
+
+from app.models import as_utc
 
 CHANNEL = "redline_auth"  # notified by the triggers of migration 0005
 AUTH_TABLES = frozenset({"users", "web_sessions"})
@@ -61,8 +63,7 @@ class SessionCache(Generic[V]):
     def put(self, key: str, value: V, expires_at: datetime, generation: int) -> None:
         """Keep `value` unless the cache was emptied since `generation` was read (the value may predate a
         change) or is not serving."""
-        if expires_at.tzinfo is None:
-            expires_at = expires_at.replace(tzinfo=UTC)  # SQLite's timestamps come back without a zone
+        expires_at = as_utc(expires_at)
         with self._lock:
             if not self.serving or generation != self._generation or self.capacity <= 0:
                 return

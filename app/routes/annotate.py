@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.deps import Forbidden, get_db, require_roles
-from app.models import Edit, Item, ItemStatus, LeaseState, Outcome, Role, User, utcnow
+from app.models import Edit, Item, ItemStatus, LeaseState, Outcome, Role, User, as_utc, utcnow
 from app.services import annotation, projects, queue
 from app.templating import render
 
@@ -57,7 +57,7 @@ def _editor_page(request: Request, task: queue.Task, headers: dict[str, str] | N
     if lease.state != LeaseState.ACTIVE:
         return render(request, "error.html", status_code=410, title="Task closed",
                       message=f"This task is {lease.state}. Press Next for another one.")
-    expires_in_s = max(0, int((annotation.as_utc(lease.expires_at) - utcnow()).total_seconds()))
+    expires_in_s = max(0, int((as_utc(lease.expires_at) - utcnow()).total_seconds()))
     # No diff yet: nothing changed; the first keystroke brings the live diff.
     return render(request, "annotate/task.html", headers=headers, title="Edit", lease=lease, item=task.item,
                   project=task.project, diff=None, expires_in_s=expires_in_s)

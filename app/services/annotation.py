@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext, suppress
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -49,6 +49,7 @@ from app.models import (
     User,
     Webhook,
     WebhookDelivery,
+    as_utc,
     utcnow,
 )
 from app.services import webhooks
@@ -84,11 +85,6 @@ class EditorMetrics:
             self._clamp(self.time_to_first_key_ms, day_ms), self._clamp(self.active_ms, day_ms),
             self._clamp(self.keystrokes, 10_000_000) or 0, self._clamp(self.pastes, 1_000_000) or 0,
         )
-
-
-def as_utc(value: datetime) -> datetime:
-    """SQLite hands timestamps back without a zone; they are stored in UTC."""
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def task_for(session: Session, lease_id: int, user: User) -> Task:

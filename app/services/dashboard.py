@@ -25,9 +25,9 @@ from app.models import (
     Project,
     ReviewStatus,
     User,
+    as_utc,
     utcnow,
 )
-from app.services.annotation import as_utc
 
 RECENT_EDITS = 50_000  # window for per-annotator medians
 AGREEMENT_ITEMS = 500  # most recent multiply-annotated items compared

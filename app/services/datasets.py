@@ -29,6 +29,7 @@ from app.models import (
     Review,
     User,
     Verdict,
+    as_utc,
 )
 from app.services import audit, webhooks
 from app.settings import get_settings
@@ -159,9 +160,7 @@ def _selection(flt: DatasetFilter) -> Select:
 
 
 def iso(moment: datetime) -> str:
-    # SQLite hands back naive datetimes; every stored time is UTC.
-    aware = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-    return aware.astimezone(UTC).isoformat()
+    return as_utc(moment).astimezone(UTC).isoformat()
 
 
 class Pseudonyms(dict[tuple[str, int], str]):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -19,7 +19,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.models import Job, JobLogChunk, JobMetric, JobStatus, User, utcnow
+from app.models import Job, JobLogChunk, JobMetric, JobStatus, User, as_utc, utcnow
 
 FINISHED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 # Options for the worker itself (e.g. how a `generate` job feeds a project) live beside the training
@@ -355,6 +355,4 @@ def list_jobs(session: Session, limit: int = 200) -> list[Job]:
 def heartbeat_age_s(job: Job) -> float | None:
     if job.heartbeat_at is None:
         return None
-    # SQLite hands datetimes back naive; they were stored in UTC.
-    beat = job.heartbeat_at if job.heartbeat_at.tzinfo else job.heartbeat_at.replace(tzinfo=UTC)
-    return (utcnow() - beat).total_seconds()
+    return (utcnow() - as_utc(job.heartbeat_at)).total_seconds()
