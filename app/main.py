@@ -18,7 +18,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import SQLAlchemyError
 
-from app import api
+from app import api, driver
 from app.api.auth import principal
 from app.db import get_engine, is_postgres, session_scope
 from app.deps import install_auth_handlers
@@ -43,17 +43,22 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     await anyio.to_thread.run_sync(_preload_tokenizers)
     _freeze_startup_heap()
     engine = get_engine()
-    if not is_postgres(engine) or app.state.logins.capacity == 0:
-        yield  # the login cache never serves: every request checks its session in the database
+    if not is_postgres(engine):
+        yield  # no driver pool, no login cache: the hot routes use a Session, every request checks its login
         return
     dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-    listener = asyncio.create_task(app.state.logins.keep_listening(dsn))
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        app.state.driver_pool = await driver.open_pool(dsn, get_settings().web_threads)
+        stack.push_async_callback(app.state.driver_pool.close)
+        if app.state.logins.capacity:
+            stack.push_async_callback(_stop, asyncio.create_task(app.state.logins.keep_listening(dsn)))
         yield
-    finally:
-        listener.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await listener
+
+
+async def _stop(task: asyncio.Task) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 @cache  # once per process (tests start many apps in one)
@@ -80,6 +85,7 @@ def create_app() -> FastAPI:
                   lifespan=_lifespan)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.state.logins = SessionCache[Login](get_settings().session_cache_entries)
+    app.state.driver_pool = None  # Postgres: opened by the lifespan (see app.driver)
     app.add_middleware(SecurityMiddleware, logins=app.state.logins)
     install_auth_handlers(app)
     # Routes are matched in order: the annotator's (the busiest by far) first, then the rest; no two

@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any
 
+from psycopg import AsyncConnection
 from sqlalchemy import (
     CTE,
     Column,
@@ -36,7 +37,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 
+from app import driver
 from app.db import is_postgres
+from app.driver import Steps
 from app.models import (
     COMPLETED_OUTCOMES,
     Edit,
@@ -126,6 +129,15 @@ def stored_record(analysis: EditAnalysis) -> dict:
         "char_diff": [[op, piece] for op, piece in analysis.char_diff],
         "stats": _shallow(analysis.stats),
     }
+
+
+_ITEM_PROJECT = select(Item.project_id).where(Item.id == bindparam("item_id"))
+
+
+def project_of_item(item_id: int) -> Steps[int | None]:
+    """The project of an item, as a step (see app.driver)."""
+    row = yield _ITEM_PROJECT, {"item_id": item_id}
+    return None if row is None else row[0]
 
 
 def _existing_edit(session: Session, lease_id: int) -> Edit | None:
@@ -355,34 +367,54 @@ def _connection_for_one_statement(session: Session) -> AbstractContextManager[Co
     return session.get_bind().connect().execution_options(isolation_level="AUTOCOMMIT")
 
 
+def _at_once(lease_id: int, user: User, outcome: Outcome, text: str, metrics: EditorMetrics,
+             skip_reason: str) -> Steps[Edit | None]:
+    """The one-statement submit, as steps (see app.driver): read the task unlocked, compute the labels, then
+    the statement; None when it does not apply or did nothing (the caller falls back)."""
+    now = utcnow()
+    read = yield _AT_ONCE_READ, {"lease_id": lease_id, "user_id": user.id}
+    if read is None:
+        return None
+    state, expires_at, item_id, project_id, original, tokenizer, budget, per_item = read
+    if state != LeaseState.ACTIVE or as_utc(expires_at) <= now + AT_ONCE_MARGIN:
+        return None
+    outcome, text = _decide(outcome, text, original)
+    values = _edit_values(lease_id, user.id, item_id, budget, outcome, text, analyse(tokenizer, original, text),
+                          metrics, skip_reason)
+    submitted = _submitted_event(item_id, project_id, outcome.value, values["edit_rate"], values["not_minimal"])
+    done = yield _AT_ONCE, {
+        **{f"edit_{name}": value for name, value in values.items()},
+        "the_lease": lease_id, "the_annotator": user.id, "now": now, "live_until": now + AT_ONCE_MARGIN,
+        "per_item": per_item, "submitted_event": submitted, "completed_event": _completed_event(item_id, project_id),
+    }
+    if done is None:
+        return None
+    edit_id, review_status, created_at, version, *_ = done
+    return Edit(**values, id=edit_id, review_status=review_status, created_at=created_at, version=version)
+
+
 def _submit_at_once(
     session: Session, lease_id: int, user: User, outcome: Outcome, text: str, metrics: EditorMetrics,
     skip_reason: str,
 ) -> Edit | None:
-    """The one-statement submit; None when it does not apply or did nothing (the caller falls back)."""
-    now = utcnow()
     with _connection_for_one_statement(session) as conn:
-        read = conn.execute(_AT_ONCE_READ, {"lease_id": lease_id, "user_id": user.id}).first()
-        if read is None or read.state != LeaseState.ACTIVE or as_utc(read.expires_at) <= now + AT_ONCE_MARGIN:
-            return None
-        outcome, text = _decide(outcome, text, read.original)
-        analysis = analyse(read.tokenizer, read.original, text)
-        values = _edit_values(lease_id, user.id, read.id, read.minimality_budget, outcome, text, analysis, metrics,
-                              skip_reason)
-        rate, not_minimal = values["edit_rate"], values["not_minimal"]
-        submitted = _submitted_event(read.id, read.project_id, outcome.value, rate, not_minimal)
-        row = conn.execute(_AT_ONCE, {
-            **{f"edit_{name}": value for name, value in values.items()},
-            "the_lease": lease_id, "the_annotator": user.id, "now": now, "live_until": now + AT_ONCE_MARGIN,
-            "per_item": read.annotations_per_item,
-            "submitted_event": submitted, "completed_event": _completed_event(read.id, read.project_id),
-        }).first()
-    if row is None:
-        return None
-    edit = Edit(**values, id=row.id, review_status=row.review_status, created_at=row.created_at, version=row.version)
-    make_transient_to_detached(edit)
-    session.add(edit)
+        edit = driver.run(conn, _at_once(lease_id, user, outcome, text, metrics, skip_reason))
+    if edit is not None:
+        make_transient_to_detached(edit)
+        session.add(edit)
     return edit
+
+
+async def submit_on_driver(
+    conn: AsyncConnection, lease_id: int, user: User, outcome: Outcome, text: str, *,
+    metrics: EditorMetrics = EditorMetrics(),
+) -> Edit | None:
+    """The usual submit on Postgres from the event loop (app.driver), on an autocommit connection: the
+    edit, not attached to any session; None when `submit`'s locking path must decide (a skip, an expired
+    lease, a double submit, a lost task)."""
+    if outcome not in COMPLETED_OUTCOMES:
+        return None
+    return await driver.run_on_driver(conn, _at_once(lease_id, user, outcome, text, metrics.clamped(), ""))
 
 
 # --- the live diff --------------------------------------------------------------------------------

@@ -18,11 +18,15 @@ import weakref
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Select, bindparam, func, insert, select, update
+from psycopg import AsyncConnection
+from sqlalchemy import BigInteger, Select, Update, all_, bindparam, func, insert, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.orm.util import AliasedClass
 
+from app import driver
 from app.db import is_postgres
+from app.driver import Steps, columns_of, entity
 from app.models import Item, ItemStatus, Lease, LeaseState, Project, Role, User, utcnow
 from app.services import projects
 
@@ -115,15 +119,28 @@ def active_lease_count(session: Session, item_id: int, now: datetime, exclude_le
     return session.scalar(query, {"now": now})
 
 
+def _sweep(stale: Select) -> Update:
+    return update(Lease.__table__).where(Lease.id.in_(stale.scalar_subquery())).values(state=LeaseState.EXPIRED)
+
+
+_STALE = select(Lease.id).where(Lease.state == LeaseState.ACTIVE, Lease.expires_at <= bindparam("now")).limit(
+    SWEEP_BATCH)
+# Postgres passes over leases another transaction holds (a submit closing them right now).
+_SWEEP = {"postgresql": _sweep(_STALE.with_for_update(skip_locked=True)), "sqlite": _sweep(_STALE)}
+
+
 def expire_stale_leases(session: Session, now: datetime) -> int:
     """Mark leases past their expiry as expired (they already stopped counting; this keeps state honest)."""
-    stale = select(Lease.id).where(Lease.state == LeaseState.ACTIVE, Lease.expires_at <= now).limit(SWEEP_BATCH)
-    if is_postgres(session.get_bind()):
-        stale = stale.with_for_update(skip_locked=True)
-    ids = list(session.scalars(stale))
-    if ids:
-        session.execute(update(Lease).where(Lease.id.in_(ids)).values(state=LeaseState.EXPIRED))
-    return len(ids)
+    return session.execute(_run(session, _SWEEP), {"now": now}).rowcount
+
+
+def _sweep_due() -> bool:
+    """Expired leases stop counting the moment they expire, so marking them is bookkeeping: each process
+    does it at most every SWEEP_EVERY_S."""
+    if time.monotonic() - _last_sweep["at"] < SWEEP_EVERY_S:
+        return False
+    _last_sweep["at"] = time.monotonic()
+    return True
 
 
 def _live_lease_here(item: type[Item] | AliasedClass[Item]) -> tuple:
@@ -135,18 +152,12 @@ def _live_lease_here(item: type[Item] | AliasedClass[Item]) -> tuple:
 
 
 _CURRENT_TASK = (
-    select(Lease, Item)
+    select(*Lease.__table__.c, *Item.__table__.c)
     .join(Item, Item.id == Lease.item_id)
     .where(*_live_lease_here(Item))
     .order_by(Lease.id)
     .limit(1)
 )
-
-
-def current_task(session: Session, project: Project, user: User, now: datetime) -> Task | None:
-    """The annotator's unexpired lease in this project, so "Next" resumes instead of hoarding items."""
-    row = session.execute(_CURRENT_TASK, {"user_id": user.id, "now": now, "project_id": project.id}).first()
-    return Task(row[0], row[1], project) if row else None
 
 
 _OPEN = aliased(Item)
@@ -161,34 +172,38 @@ _FIRST_OPEN_ID = (
 _HELD = aliased(Item)
 _HELD_HERE = select(Lease.id).join(_HELD, _HELD.id == Lease.item_id).where(*_live_lease_here(_HELD))
 
-_CANDIDATE = _for_dialect(
-    select(Item)
-    .where(
-        Item.project_id == bindparam("project_id"),
-        Item.status == ItemStatus.OPEN,
-        Item.id >= _FIRST_OPEN_ID,
-        # Never offered twice: NOT IN over this annotator's own history (one index range, hashed once)
-        # rather than NOT EXISTS, which Postgres ran as a merge over every annotator's leases.
-        Item.id.not_in(select(Lease.item_id).where(Lease.annotator_id == bindparam("user_id"))),
-        Item.completed_count + _active_leases(Item.id).scalar_subquery() < bindparam("n"),
-        Item.id.not_in(bindparam("tried", expanding=True)),
-        # None while the annotator holds a live lease here: `next_task` then resumes it. Checked in this
-        # statement, so the usual "Next" (nothing to resume) is one round trip less.
-        ~_HELD_HERE.exists(),
+
+def _candidate_query(not_tried) -> Select:
+    """The first open item this annotator never held that has a free slot (parameters project_id, user_id,
+    now, n, tried); none while the annotator holds a live lease in this project."""
+    return (
+        select(*Item.__table__.c)
+        .where(
+            Item.project_id == bindparam("project_id"),
+            Item.status == ItemStatus.OPEN,
+            Item.id >= _FIRST_OPEN_ID,
+            # Never offered twice: NOT IN over this annotator's own history (one index range, hashed once)
+            # rather than NOT EXISTS, which Postgres ran as a merge over every annotator's leases.
+            Item.id.not_in(select(Lease.item_id).where(Lease.annotator_id == bindparam("user_id"))),
+            Item.completed_count + _active_leases(Item.id).scalar_subquery() < bindparam("n"),
+            not_tried,
+            # None while the annotator holds a live lease here: "Next" then resumes it. Checked in this
+            # statement, so the usual "Next" (nothing to resume) is one round trip less.
+            ~_HELD_HERE.exists(),
+        )
+        .order_by(Item.id)
+        .limit(1)
     )
-    .order_by(Item.id)
-    .limit(1)
-    .execution_options(populate_existing=True),
-    skip_locked=True, of=Item,
-)
 
 
-def _candidate(session: Session, project: Project, user: User, now: datetime, tried: list[int]) -> Item | None:
-    """The first open item this annotator never held that has a free slot, locked (skipping locked rows);
-    None if there is none, or if the annotator holds a live lease in this project."""
-    params = {"project_id": project.id, "user_id": user.id, "now": now, "n": project.annotations_per_item,
-              "tried": tried}
-    return session.scalars(_run(session, _CANDIDATE), params).first()
+# `tried`: items whose slot filled up between this request's read and its lock. Postgres locks the row
+# (skipping rows others hold) and takes the list as an array, which the driver binds as is; SQLite holds
+# the write lock already.
+_CANDIDATE = {
+    "postgresql": _candidate_query(Item.id != all_(bindparam("tried", type_=ARRAY(BigInteger))))
+    .with_for_update(skip_locked=True, of=Item.__table__),
+    "sqlite": _candidate_query(Item.id.not_in(bindparam("tried", expanding=True))),
+}
 
 
 # On Postgres, entering a project also locks the annotator's row for the transaction: two "Next" clicks of one
@@ -233,14 +248,29 @@ _LEASE_IF_SLOT_FREE = (
 )
 
 
-def _lease_if_slot_free(session: Session, item: Item, user: User, project: Project, now: datetime) -> Lease | None:
-    values = {
-        "item_id": item.id, "annotator_id": user.id, "state": LeaseState.ACTIVE.value, "leased_at": now,
-        "expires_at": now + timedelta(seconds=project.lease_seconds),
-    }
-    free_slots = project.annotations_per_item - item.completed_count
-    lease_id = session.scalar(_LEASE_IF_SLOT_FREE, {**values, "now": now, "free_slots": free_slots})
-    return None if lease_id is None else Lease(id=lease_id, **values)
+def _leasing(project: Project, user: User, now: datetime) -> Steps[Task | None]:
+    """The steps of "Next" once the project is entered (see app.driver): lease the first item with a free
+    slot, or find the annotator's live lease here; None when nothing is left for them."""
+    if _sweep_due():
+        yield _SWEEP, {"now": now}
+    tried: list[int] = []
+    for _ in range(CANDIDATE_TRIES):
+        params = {"project_id": project.id, "user_id": user.id, "now": now, "n": project.annotations_per_item,
+                  "tried": tried}
+        if (row := (yield _CANDIDATE, params)) is None:  # their live lease here, or nothing left for them
+            row = yield _CURRENT_TASK, {"user_id": user.id, "now": now, "project_id": project.id}
+            leased = columns_of(Lease)
+            return None if row is None else Task(entity(Lease, row[:leased]), entity(Item, row[leased:]), project)
+        item = entity(Item, row)
+        values = {
+            "item_id": item.id, "annotator_id": user.id, "state": LeaseState.ACTIVE.value, "leased_at": now,
+            "expires_at": now + timedelta(seconds=project.lease_seconds),
+        }
+        free_slots = project.annotations_per_item - item.completed_count
+        if (row := (yield _LEASE_IF_SLOT_FREE, {**values, "now": now, "free_slots": free_slots})) is not None:
+            return Task(Lease(id=row[0], **values), item, project)
+        tried.append(item.id)
+    return None
 
 
 def next_task(session: Session, project: Project, user: User) -> Task | None:
@@ -260,16 +290,17 @@ def next_task_entered(session: Session, project: Project, user: User) -> Task | 
     if transaction() is not session.get_transaction() or entered != [project.id, user.id]:
         raise RuntimeError("next_task_entered: call enter_project first, in the same transaction (it takes the "
                            "locks)")
-    now = utcnow()
-    if time.monotonic() - _last_sweep["at"] >= SWEEP_EVERY_S:
-        _last_sweep["at"] = time.monotonic()
-        expire_stale_leases(session, now)
-    tried: list[int] = []
-    for _ in range(CANDIDATE_TRIES):
-        item = _candidate(session, project, user, now, tried)
-        if item is None:  # their live lease here, or nothing left for them
-            return current_task(session, project, user, now)
-        if (lease := _lease_if_slot_free(session, item, user, project, now)) is not None:
-            return Task(lease, item, project)
-        tried.append(item.id)
-    return None
+    return driver.run(session, _leasing(project, user, utcnow()))
+
+
+async def next_task_on_driver(conn: AsyncConnection, project_id: int, user: User) -> tuple[Project | None, Task | None]:
+    """"Next" on Postgres from the event loop (app.driver): enter the project and lease, in one transaction.
+    Returns (None, None) if `user` does not work in the project, else the project and the task (None when
+    nothing is left for them)."""
+    async with conn.transaction():
+        row = await driver.first(conn, _ENTER_POSTGRES[projects.member_project_query(user.role)],
+                                 {"project_id": project_id, "user_id": user.id})
+        if row is None:
+            return None, None
+        project = entity(Project, row)  # the row ends with set_config's result
+        return project, await driver.run_on_driver(conn, _leasing(project, user, utcnow()))
