@@ -126,6 +126,7 @@ def columns_of(cls: type) -> int:
 # app.db): the server may have restarted meanwhile. One in steady use has just proven itself.
 IDLE_PING_S = 10.0
 CONNECT_WAIT_S = 10.0
+APPLICATION_NAME = "redline-web-driver"  # in pg_stat_activity
 _returned_at: weakref.WeakKeyDictionary[AsyncConnection, float] = weakref.WeakKeyDictionary()
 
 
@@ -143,8 +144,8 @@ async def open_pool(conninfo: str, size: int) -> AsyncConnectionPool:
     the background: a server that starts before its database does, and a request waits at most
     `CONNECT_WAIT_S` for a connection."""
     pool = AsyncConnectionPool(
-        conninfo, min_size=size, max_size=size, kwargs={"autocommit": True}, check=_ping_if_idle,
-        reset=_note_return, open=False, name="redline-driver", timeout=CONNECT_WAIT_S,
+        conninfo, min_size=size, max_size=size, kwargs={"autocommit": True, "application_name": APPLICATION_NAME},
+        check=_ping_if_idle, reset=_note_return, open=False, name="redline-driver", timeout=CONNECT_WAIT_S,
     )
     await pool.open(wait=False)
     return pool
