@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, TypeVar
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, pq
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import Connection, Executable, inspect
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
@@ -70,7 +70,8 @@ async def first(conn: AsyncConnection, statement: Statement, params: dict[str, A
     """The first row of `statement` run on the driver; None if it has none or returns no rows."""
     compiled = compiled_for_driver(_for_dialect(statement, DIALECT.name))
     cursor = await conn.execute(compiled.sql, compiled.bind(params))
-    return await cursor.fetchone() if cursor.description is not None else None
+    # (Not `cursor.description`: it builds a column object per column on each call.)
+    return await cursor.fetchone() if cursor.pgresult.status == pq.ExecStatus.TUPLES_OK else None
 
 
 @dataclass(frozen=True)
