@@ -8,9 +8,9 @@ the psycopg dialect, so each is written in one place and runs the same SQL eithe
 
 Logic that runs both here and in a Session (SQLite, the command line, tests) is written once, as a
 generator of steps: it yields `(statement, parameters)` and is sent back the statement's first row as a
-plain tuple, or None when there is none (or the statement returns no rows). `run` drives such steps in a
-Session or Connection, `run_on_driver` on an async psycopg connection. A statement may be a mapping of
-dialect name to statement, for the few that differ between databases.
+tuple, or None when there is none (every step's statement returns rows: an UPDATE has a RETURNING).
+`run` drives such steps in a Session or Connection, `run_on_driver` on an async psycopg connection. A
+statement may be a mapping of dialect name to statement, for the few that differ between databases.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, TypeVar
 
-from psycopg import AsyncConnection, pq
+from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import Connection, Executable, inspect
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
@@ -48,9 +48,7 @@ def run(executor: Session | Connection, steps: Steps[T]) -> T:
     try:
         while True:
             statement, params = steps.send(row)
-            result = executor.execute(_for_dialect(statement, bind.dialect.name), params)
-            # CursorResult tells whether its statement returns rows (an UPDATE without RETURNING does not)
-            row = result.first() if getattr(result, "returns_rows", True) else None
+            row = executor.execute(_for_dialect(statement, bind.dialect.name), params).first()
     except StopIteration as done:
         return done.value
 
@@ -67,11 +65,9 @@ async def run_on_driver(conn: AsyncConnection, steps: Steps[T]) -> T:
 
 
 async def first(conn: AsyncConnection, statement: Statement, params: dict[str, Any]) -> Row | None:
-    """The first row of `statement` run on the driver; None if it has none or returns no rows."""
+    """The first row of `statement` (one that returns rows) run on the driver; None if it has none."""
     compiled = compiled_for_driver(_for_dialect(statement, DIALECT.name))
-    cursor = await conn.execute(compiled.sql, compiled.bind(params))
-    # (Not `cursor.description`: it builds a column object per column on each call.)
-    return await cursor.fetchone() if cursor.pgresult.status == pq.ExecStatus.TUPLES_OK else None
+    return await (await conn.execute(compiled.sql, compiled.bind(params))).fetchone()
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from psycopg import AsyncConnection
-from sqlalchemy import BigInteger, Select, Update, all_, bindparam, func, insert, select, update
+from sqlalchemy import BigInteger, Select, all_, bindparam, func, insert, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.orm.util import AliasedClass
+from sqlalchemy.sql.dml import ReturningUpdate
 
 from app import driver
 from app.db import is_postgres
@@ -119,8 +120,10 @@ def active_lease_count(session: Session, item_id: int, now: datetime, exclude_le
     return session.scalar(query, {"now": now})
 
 
-def _sweep(stale: Select) -> Update:
-    return update(Lease.__table__).where(Lease.id.in_(stale.scalar_subquery())).values(state=LeaseState.EXPIRED)
+def _sweep(stale: Select) -> ReturningUpdate:
+    leases = Lease.__table__
+    return update(leases).where(leases.c.id.in_(stale.scalar_subquery())).values(state=LeaseState.EXPIRED).returning(
+        leases.c.id)
 
 
 _STALE = select(Lease.id).where(Lease.state == LeaseState.ACTIVE, Lease.expires_at <= bindparam("now")).limit(
@@ -131,7 +134,7 @@ _SWEEP = {"postgresql": _sweep(_STALE.with_for_update(skip_locked=True)), "sqlit
 
 def expire_stale_leases(session: Session, now: datetime) -> int:
     """Mark leases past their expiry as expired (they already stopped counting; this keeps state honest)."""
-    return session.execute(_run(session, _SWEEP), {"now": now}).rowcount
+    return len(session.execute(_run(session, _SWEEP), {"now": now}).all())
 
 
 def _sweep_due() -> bool:
