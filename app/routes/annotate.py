@@ -82,8 +82,8 @@ async def next_item(request: Request, project_id: int, user: User = Depends(anno
     return RedirectResponse(url, status_code=303)
 
 
-# "Next" and submit are the busiest requests by far. On Postgres they run on the event loop, on psycopg's
-# async pool (app.driver); elsewhere in a Session, in the thread pool.
+# "Next", submit and the live diff are the busiest requests by far. On Postgres they run on the event loop,
+# on psycopg's async pool (app.driver); elsewhere in a Session, in the thread pool.
 
 
 async def _lease_next(request: Request, project_id: int, user: User) -> tuple[Project | None, queue.Task | None]:
@@ -112,20 +112,19 @@ def _run_steps_in_session(steps: Steps[T]) -> T:
 
 
 @router.get("/task/{lease_id}")
-def task(request: Request, lease_id: int, user: User = Depends(annotator), db: Session = Depends(get_db)) -> Response:
+async def task(request: Request, lease_id: int, user: User = Depends(annotator)) -> Response:
     try:
-        return _editor_page(request, annotation.task_for(db, lease_id, user))
+        return _editor_page(request, annotation.found(await _run_steps(request, queue.finding_task(lease_id, user))))
     except annotation.AnnotationError as exc:
         return _error_page(request, exc)
 
 
 @router.post("/task/{lease_id}/diff")
-def live_diff(
-    request: Request, lease_id: int, text: str = Form(""), user: User = Depends(annotator),
-    db: Session = Depends(get_db),
-) -> Response:
+async def live_diff(request: Request, lease_id: int, text: str = Form(""), user: User = Depends(annotator)) -> Response:
+    """The editor's request while the annotator types (debounced): as busy as Next and submit together,
+    so it also runs on the driver."""
     try:
-        task = annotation.task_for(db, lease_id, user)
+        task = annotation.found(await _run_steps(request, queue.finding_task(lease_id, user)))
         diff = annotation.diff_view(task.project, task.item.original, text)
     except annotation.AnnotationError as exc:
         return _error_page(request, exc)

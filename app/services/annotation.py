@@ -56,7 +56,7 @@ from app.models import (
     utcnow,
 )
 from app.services import webhooks
-from app.services.queue import Task, active_lease_count, find_task, lock_task, task_columns
+from app.services.queue import Task, active_lease_count, lock_task, task_columns
 from labels import EditAnalysis, TokenizerNotFound, analyse_edit, load_tokenizer
 
 MAX_EDIT_CHARS = 200_000
@@ -90,9 +90,9 @@ class EditorMetrics:
         )
 
 
-def task_for(session: Session, lease_id: int, user: User) -> Task:
-    """The annotator's lease with its item and project, in one query."""
-    if (task := find_task(session, lease_id, user)) is None:
+def found(task: Task | None) -> Task:
+    """The task `queue.finding_task` found; a 404 if it found none."""
+    if task is None:
         raise AnnotationError("This task is not yours or does not exist.", 404)
     return task
 

@@ -87,18 +87,26 @@ _LOCKED_TASK = _for_dialect(_TASK.execution_options(populate_existing=True), of=
 
 
 def task_columns(*columns) -> Select:
-    """`find_task`'s query (parameters lease_id, user_id) for only `columns`: a lighter read of a task."""
+    """The query of an annotator's task (parameters lease_id, user_id) for only `columns`."""
     return _TASK.with_only_columns(*columns, maintain_column_froms=True)
 
 
-def find_task(session: Session, lease_id: int, user: User) -> Task | None:
-    """The annotator's lease with its item and project, in one query; None if it is not theirs."""
-    row = session.execute(_TASK, {"lease_id": lease_id, "user_id": user.id}).first()
-    return Task(*row) if row else None
+_TASK_ROW = task_columns(*Lease.__table__.c, *Item.__table__.c, *Project.__table__.c)
+
+
+def finding_task(lease_id: int, user: User) -> Steps[Task | None]:
+    """The annotator's lease with its item and project, in one query; None if it is not theirs. As a step
+    (see app.driver): the editor's live diff runs it on the driver."""
+    row = yield _TASK_ROW, {"lease_id": lease_id, "user_id": user.id}
+    if row is None:
+        return None
+    item_from = columns_of(Lease)
+    project_from = item_from + columns_of(Item)
+    return Task(entity(Lease, row), entity(Item, row[item_from:]), entity(Project, row[project_from:]))
 
 
 def lock_task(session: Session, lease_id: int, user: User) -> Task | None:
-    """`find_task` with the item's and the lease's rows locked (Postgres) or the database write-locked
+    """`finding_task`, in a Session, with the item's and the lease's rows locked (Postgres) or the database write-locked
     (SQLite), freshly read: a concurrent submit of the same item or lease has committed or waits."""
     lock_for_write(session)
     row = session.execute(_run(session, _LOCKED_TASK), {"lease_id": lease_id, "user_id": user.id}).first()
@@ -262,8 +270,7 @@ def _leasing(project: Project, user: User, now: datetime) -> Steps[Task | None]:
                   "tried": tried}
         if (row := (yield _CANDIDATE, params)) is None:  # their live lease here, or nothing left for them
             row = yield _CURRENT_TASK, {"user_id": user.id, "now": now, "project_id": project.id}
-            leased = columns_of(Lease)
-            return None if row is None else Task(entity(Lease, row[:leased]), entity(Item, row[leased:]), project)
+            return None if row is None else Task(entity(Lease, row), entity(Item, row[columns_of(Lease):]), project)
         item = entity(Item, row)
         values = {
             "item_id": item.id, "annotator_id": user.id, "state": LeaseState.ACTIVE.value, "leased_at": now,
