@@ -106,8 +106,8 @@ def finding_task(lease_id: int, user: User) -> Steps[Task | None]:
 
 
 def lock_task(session: Session, lease_id: int, user: User) -> Task | None:
-    """`finding_task`, in a Session, with the item's and the lease's rows locked (Postgres) or the database write-locked
-    (SQLite), freshly read: a concurrent submit of the same item or lease has committed or waits."""
+    """`finding_task` in a Session, with the item's and the lease's rows locked (Postgres) or the database
+    write-locked (SQLite), freshly read: a concurrent submit of the same item or lease has committed or waits."""
     lock_for_write(session)
     row = session.execute(_run(session, _LOCKED_TASK), {"lease_id": lease_id, "user_id": user.id}).first()
     return Task(*row) if row else None

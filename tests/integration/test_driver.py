@@ -178,12 +178,12 @@ def test_the_pool_replaces_a_connection_the_server_dropped(settings_env, make_us
 def test_the_hot_statements_compile_for_the_driver_as_for_sqlalchemy(settings_env):
     """One SQL either way: the driver runs exactly what SQLAlchemy would send for the same statement."""
     from app.services.annotation import _AT_ONCE, _AT_ONCE_READ, _ITEM_PROJECT
-    from app.services.queue import _CANDIDATE, _CURRENT_TASK, _ENTER_POSTGRES, _LEASE_IF_SLOT_FREE, _SWEEP
+    from app.services.queue import _CANDIDATE, _CURRENT_TASK, _ENTER_POSTGRES, _LEASE_IF_SLOT_FREE, _SWEEP, _TASK_ROW
 
     with get_engine().connect() as conn:  # the engine's dialect, initialised by a real server
         dialect = conn.dialect
     for statement in (_AT_ONCE, _AT_ONCE_READ, _ITEM_PROJECT, _CANDIDATE["postgresql"], _CURRENT_TASK,
-                      *_ENTER_POSTGRES.values(), _LEASE_IF_SLOT_FREE, _SWEEP["postgresql"]):
+                      *_ENTER_POSTGRES.values(), _LEASE_IF_SLOT_FREE, _SWEEP["postgresql"], _TASK_ROW):
         assert driver.compiled_for_driver(statement).sql == str(statement.compile(dialect=dialect))
 
 

@@ -254,6 +254,11 @@ def test_next_through_the_pages_and_membership(web_client, make_user, make_proje
     with session_scope() as session:
         [edit] = session.scalars(select(Edit)).all()
     assert edit.keystrokes == 7 and edit.annotator_id == member.id
+    web_client.post("/logout", headers={"X-CSRF-Token": csrf})
+    csrf = login_as(web_client, "out")  # someone else's task: not found, whichever way it is asked for
+    assert web_client.get(task_url).status_code == 404
+    assert web_client.post(f"{task_url}/diff", data={"text": "x"}, headers={"X-CSRF-Token": csrf}).status_code == 404
+    assert web_client.post(f"{task_url}/submit", data={**form, "csrf_token": csrf}).status_code == 404
 
 
 def test_htmx_next_answers_with_the_editor_and_submit_advances_to_the_next_one(
