@@ -37,7 +37,7 @@ Steps = Generator[Step, Row | None, T]
 DIALECT = PGDialect_psycopg()
 
 
-def _for_dialect(statement: Statement, dialect: str) -> Executable:
+def _statement_for(statement: Statement, dialect: str) -> Executable:
     return statement[dialect] if isinstance(statement, Mapping) else statement
 
 
@@ -48,7 +48,7 @@ def run(executor: Session | Connection, steps: Steps[T]) -> T:
     try:
         while True:
             statement, params = steps.send(row)
-            row = executor.execute(_for_dialect(statement, bind.dialect.name), params).first()
+            row = executor.execute(_statement_for(statement, bind.dialect.name), params).first()
     except StopIteration as done:
         return done.value
 
@@ -66,7 +66,7 @@ async def run_on_driver(conn: AsyncConnection, steps: Steps[T]) -> T:
 
 async def first(conn: AsyncConnection, statement: Statement, params: dict[str, Any]) -> Row | None:
     """The first row of `statement` (one that returns rows) run on the driver; None if it has none."""
-    compiled = compiled_for_driver(_for_dialect(statement, DIALECT.name))
+    compiled = compiled_for_driver(_statement_for(statement, DIALECT.name))
     return await (await conn.execute(compiled.sql, compiled.bind(params))).fetchone()
 
 

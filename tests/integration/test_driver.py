@@ -4,14 +4,14 @@ stores what the Session path stores, and its pool survives a lost connection."""
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
 
 import pytest
+from queue_checks import assert_exactly_n_annotations
 from sqlalchemy import func, select, text
 
 from app import driver
 from app.db import get_engine, session_scope
-from app.models import Edit, Item, ItemStatus, Lease, LeaseState, Outcome
+from app.models import Edit, Item, Lease, LeaseState, Outcome
 from app.services import annotation, queue
 from app.services.webhooks import create_webhook
 
@@ -60,13 +60,7 @@ def test_fifty_concurrent_annotators_on_the_driver_give_exactly_n(settings_env, 
         return await asyncio.gather(*(annotate(pool, user) for user in annotators))
 
     assert sum(_on_pool(everyone)) == 3 * len(item_ids)
-    with session_scope() as session:
-        per_item = Counter(session.scalars(select(Edit.item_id)))
-        pairs = session.execute(select(Edit.item_id, Edit.annotator_id)).all()
-        items = session.scalars(select(Item)).all()
-    assert per_item == Counter({item_id: 3 for item_id in item_ids})
-    assert len(pairs) == len(set(pairs))
-    assert all(i.completed_count == 3 and i.status == ItemStatus.COMPLETE for i in items)
+    assert_exactly_n_annotations(item_ids, 3)
 
 
 def test_concurrent_next_clicks_on_the_driver_give_one_lease(settings_env, make_user, make_project, add_items):

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import threading
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
+from queue_checks import assert_exactly_n_annotations
 from sqlalchemy import func, select, update
 
 from app.db import session_scope
@@ -135,13 +135,7 @@ def test_fifty_concurrent_annotators_give_exactly_n(settings_env, make_user, mak
     with ThreadPoolExecutor(len(annotators)) as pool:
         total = sum(pool.map(work, annotators))
     assert total == 3 * len(item_ids)
-    with session_scope() as session:
-        per_item = Counter(session.scalars(select(Edit.item_id)))
-        pairs = session.execute(select(Edit.item_id, Edit.annotator_id)).all()
-        items = session.scalars(select(Item)).all()
-    assert per_item == Counter({item_id: 3 for item_id in item_ids})
-    assert len(pairs) == len(set(pairs))
-    assert all(i.completed_count == 3 and i.status == ItemStatus.COMPLETE for i in items)
+    assert_exactly_n_annotations(item_ids, 3)
 
 
 @pytest.mark.postgres
@@ -207,11 +201,7 @@ def test_concurrent_annotators_on_sqlite_give_exactly_n(settings_env, make_user,
 
     with ThreadPoolExecutor(len(annotators)) as pool:
         list(pool.map(work, annotators))
-    with session_scope() as session:
-        per_item = Counter(session.scalars(select(Edit.item_id)))
-        pairs = session.execute(select(Edit.item_id, Edit.annotator_id)).all()
-    assert per_item == Counter({item_id: 2 for item_id in item_ids})
-    assert len(pairs) == len(set(pairs))
+    assert_exactly_n_annotations(item_ids, 2)
 
 
 def test_submit_queues_webhook_deliveries(make_user, make_project, add_items):
