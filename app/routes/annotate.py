@@ -186,10 +186,9 @@ async def submit(
 
 
 def _submit_in_session(lease_id: int, user: User, outcome: Outcome, text: str = "",
-                       metrics: annotation.EditorMetrics | None = None, skip_reason: str = "") -> Edit:
+                       metrics: annotation.EditorMetrics = annotation.EditorMetrics(), skip_reason: str = "") -> Edit:
     with session_scope() as session:
-        return annotation.submit(session, lease_id, user, outcome, text,
-                                 metrics=metrics or annotation.EditorMetrics(), skip_reason=skip_reason)
+        return annotation.submit(session, lease_id, user, outcome, text, metrics=metrics, skip_reason=skip_reason)
 
 
 @router.post("/task/{lease_id}/skip")
