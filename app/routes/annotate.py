@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -179,16 +180,18 @@ async def submit(
             async with pool.connection() as conn:
                 edit = await annotation.submit_on_driver(conn, lease_id, user, outcome, form.text, metrics=form.metrics)
         if edit is None:  # SQLite, or a case only the locking path tells apart (see annotation.submit)
-            edit = await run_in_threadpool(_submit_in_session, lease_id, user, outcome, form.text, form.metrics)
+            store = annotation.submit if pool is None else annotation.submit_locking  # not the one statement twice
+            edit = await run_in_threadpool(_submit_in_session, store, lease_id, user, outcome, form.text, form.metrics)
     except annotation.AnnotationError as exc:
         return _error_page(request, exc)
     return await _after_submit(request, edit, user, form.advance)
 
 
-def _submit_in_session(lease_id: int, user: User, outcome: Outcome, text: str = "",
+def _submit_in_session(store: Callable[..., Edit], lease_id: int, user: User, outcome: Outcome, text: str = "",
                        metrics: annotation.EditorMetrics = annotation.EditorMetrics(), skip_reason: str = "") -> Edit:
+    """`store` (annotation.submit or submit_locking) in a unit of work of its own."""
     with session_scope() as session:
-        return annotation.submit(session, lease_id, user, outcome, text, metrics=metrics, skip_reason=skip_reason)
+        return store(session, lease_id, user, outcome, text, metrics=metrics, skip_reason=skip_reason)
 
 
 @router.post("/task/{lease_id}/skip")
@@ -197,7 +200,8 @@ async def skip(
     user: User = Depends(annotator),
 ) -> Response:
     try:
-        edit = await run_in_threadpool(_submit_in_session, lease_id, user, Outcome.SKIPPED, skip_reason=reason)
+        edit = await run_in_threadpool(_submit_in_session, annotation.submit, lease_id, user, Outcome.SKIPPED,
+                                       skip_reason=reason)
     except annotation.AnnotationError as exc:
         return _error_page(request, exc)
     return await _after_submit(request, edit, user, advance)

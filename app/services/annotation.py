@@ -214,6 +214,15 @@ def submit(
         edit = _submit_at_once(session, lease_id, user, outcome, text, metrics.clamped(), skip_reason.strip()[:2000])
         if edit is not None:
             return edit
+    return submit_locking(session, lease_id, user, outcome, text, metrics=metrics, skip_reason=skip_reason)
+
+
+def submit_locking(
+    session: Session, lease_id: int, user: User, outcome: Outcome, text: str = "", *,
+    metrics: EditorMetrics = EditorMetrics(), skip_reason: str = "",
+) -> Edit:
+    """`submit`'s general path: one transaction that locks the item and the lease first. For a caller that
+    already tried the one-statement submit (`submit_on_driver`) and was declined."""
     if (task := lock_task(session, lease_id, user)) is None:
         raise AnnotationError("This task is not yours or does not exist.", 404)
     lease, item, project = task.lease, task.item, task.project
