@@ -5,6 +5,7 @@ Every helper adds to the given session and flushes, so ids are set; the caller c
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import itertools
 from datetime import UTC, datetime, timedelta
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
+from app.driver import SessionDatabase
 from app.models import (
     Edit,
     Item,
@@ -24,6 +26,7 @@ from app.models import (
     Verdict,
 )
 from app.security import hash_password
+from app.services import annotation, queue
 from labels import analyse_edit, load_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -174,3 +177,13 @@ def make_corpus(session: Session, *, start: datetime | None = None) -> dict:
         "skipped": skipped,
         "reviews": reviews,
     }
+
+
+def next_task(session: Session, project: Project, user: User) -> queue.Task | None:
+    """`queue.next_task` in the caller's unit of work: the task, or None (nothing left, or not a member)."""
+    return asyncio.run(queue.next_task(SessionDatabase(session), project.id, user))[1]
+
+
+def submit(session: Session, lease_id: int, user: User, outcome: Outcome, text: str = "", **options) -> Edit:
+    """`annotation.submit` in the caller's unit of work."""
+    return asyncio.run(annotation.submit(SessionDatabase(session), lease_id, user, outcome, text, **options))
