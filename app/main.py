@@ -21,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from app import api, driver
 from app.api.auth import principal
 from app.db import get_engine, is_postgres, session_scope
-from app.deps import install_auth_handlers
+from app.deps import install_error_handlers
 from app.routes import admin_projects, admin_users, annotate, auth, dashboard, review, settings_tokens
 from app.routes import datasets as dataset_routes
 from app.routes import jobs as job_routes
@@ -89,7 +89,7 @@ def create_app() -> FastAPI:
     app.state.driver_pool = None  # Postgres: opened by the lifespan (see app.driver)
     app.add_middleware(NulGuard)  # inside the security middleware: after authentication and CSRF
     app.add_middleware(SecurityMiddleware, logins=app.state.logins)
-    install_auth_handlers(app)
+    install_error_handlers(app)
     # Routes are matched in order: the annotator's (the busiest by far) first, then the rest; no two
     # routers share a path prefix, so the order changes nothing else.
     for router in (annotate.router, auth.router, admin_users.router, admin_projects.router, review.router,

@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Request
+from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import RedirectResponse, Response
 from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.deps import get_db, require_roles
+from app.errors import NotFound
 from app.models import DatasetVersion, Project, Role, User, Verdict
 from app.services import datasets, export
 from app.settings import get_settings
@@ -86,7 +87,7 @@ async def create_dataset(
         return _list_page(request, db, status_code=422, errors=datasets.filter_errors(exc), form={**raw, "name": name})
     except datasets.DatasetError as exc:
         db.rollback()
-        return _list_page(request, db, status_code=422, errors=[str(exc)], form={**raw, "name": name})
+        return _list_page(request, db, status_code=exc.status_code, errors=[str(exc)], form={**raw, "name": name})
     db.commit()
     return RedirectResponse(f"/datasets/{version.id}", status_code=303)
 
@@ -103,7 +104,7 @@ def dataset_detail(
 ) -> Response:
     version = db.get(DatasetVersion, version_id)
     if version is None:
-        raise HTTPException(status_code=404, detail=f"dataset version {version_id} not found")
+        raise NotFound(f"dataset version {version_id} not found")
     card = export.card_text(db, version, None)
     return render(
         request, "datasets/detail.html", title=version.name, version=version, formats=export.EXPORT_FORMATS,

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sqlalchemy import Row, Select, Text, bindparam, cast, func, insert, select
 from sqlalchemy.orm import Session, aliased
 
+from app.errors import DomainError
 from app.models import (
     DatasetRow,
     DatasetVersion,
@@ -41,8 +42,10 @@ RowId = Annotated[int, Field(ge=1, le=MAX_ID)]
 T = TypeVar("T")
 
 
-class DatasetError(ValueError):
+class DatasetError(DomainError):
     """A filter or request that cannot make a dataset version; the message says what is wrong."""
+
+    status_code = 422
 
 
 class DatasetFilter(BaseModel):

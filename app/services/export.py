@@ -37,19 +37,22 @@ import pyarrow.parquet as pq
 from sqlalchemy import Engine, Text, cast, func, select
 from sqlalchemy.orm import Session
 
+from app.errors import DomainError
 from app.models import DatasetRow, DatasetVersion, Outcome, Project, User
 from app.services.datasets import batched, iso
-from labels import ALGORITHM_VERSION, LabelTokenizer, analyse_edit, load_tokenizer
+from labels import ALGORITHM_VERSION, LABEL_NAMES, LabelTokenizer, analyse_edit, load_tokenizer
 
 SessionSource = Session | Callable[[], AbstractContextManager[Session]]
 
 
-class ExportError(ValueError):
+class ExportError(DomainError):
     """An export that cannot be produced (unknown format or version, bad tokenizer)."""
+
+    status_code = 422
 
 
 class VersionNotFound(ExportError):
-    pass
+    status_code = 404
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,6 @@ EXPORT_FORMATS: dict[str, ExportFormat] = {
     )
 }
 
-LABEL_SCHEME = {"keep": 0, "insert": 1, "delete": 2, "replace": 3}
 # Frozen rows fetched per round trip: about 5 MB of text, whatever the size of the version.
 FETCH_ROWS = 500
 PARALLEL_READERS = 3
@@ -563,7 +565,7 @@ def card_text(session: Session, version: DatasetVersion, tok: LabelTokenizer | N
         "",
         "`token_labels.original_labels` has one code per token of `original`, `edited_labels` one per token "
         "of `edited` (tokenised without special tokens). Codes: "
-        + ", ".join(f"`{code}` {name}" for name, code in LABEL_SCHEME.items())
+        + ", ".join(f"`{code}` {name}" for code, name in LABEL_NAMES.items())
         + ". Original tokens are keep/delete/replace, edited tokens keep/insert/replace "
         "(Levenshtein alignment of token ids).",
         "",

@@ -19,6 +19,7 @@ from typing import Any, BinaryIO
 import pyarrow.parquet as pq
 from sqlalchemy.orm import Session
 
+from app.errors import DomainError
 from app.models import ImportBatch, Project, User
 from app.services.importer import ImportResult, import_records
 
@@ -27,8 +28,8 @@ PROMPT_NAMES = ("prompt", "instruction", "question", "input")
 RESPONSE_NAMES = ("response", "completion", "output", "answer")
 
 
-class FormatError(ValueError):
-    pass
+class FormatError(DomainError):
+    """A file that cannot be read as the format it claims (or an unknown format)."""
 
 
 def detect_format(filename: str, fmt: str | None = None) -> str:

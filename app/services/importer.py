@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
+from app.errors import DomainError
 from app.models import ImportBatch, Item, ItemStatus, Project, User
 from app.services import audit
 from app.text_input import find_nul, nul_error
@@ -38,7 +39,7 @@ class RowError:
         return f"line {self.line}, field {self.field!r}: {self.message}"
 
 
-class ImportRejected(ValueError):
+class ImportRejected(DomainError):
     """The import was refused; nothing was written. `errors` lists the bad rows (the first 500)."""
 
     def __init__(self, errors: list[RowError], total: int) -> None:

@@ -1,6 +1,14 @@
 // Site-wide behaviour: every htmx request carries the session's CSRF token.
 (function () {
   "use strict";
+  // A refused request answers htmx with an error fragment and its 4xx status (app.deps): swap it in where
+  // the answer goes, so the message shows, instead of htmx's default of ignoring 4xx bodies.
+  htmx.config.responseHandling = [
+    { code: "204", swap: false },
+    { code: "[23]..", swap: true },
+    { code: "4..", swap: true, error: true },
+    { code: "...", swap: false, error: true },
+  ];
   const meta = document.querySelector('meta[name="csrf-token"]');
   document.addEventListener("htmx:configRequest", function (event) {
     if (meta && meta.content) {
