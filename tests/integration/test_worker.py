@@ -167,7 +167,7 @@ def test_job_runs_to_success_with_metrics_log_progress_eval_and_artifacts(db_url
     assert job.status == JobStatus.SUCCEEDED, job.error
     assert job.progress == 1.0
     assert job.eval == {"accuracy": 0.75, "pairs": 4}
-    assert {"name": "final", "type": "dir", "bytes": 64} in job.artifacts
+    assert {"name": "final", "type": "dir", "bytes": 64, "resume_bytes": 0} in job.artifacts
     assert {a["name"] for a in job.artifacts} >= {"metrics.jsonl", "eval.json", "progress.json", "final"}
     with session_scope(engine_for(db_url)) as session:
         metrics = session.execute(
