@@ -2,7 +2,7 @@
 to them (status, annotator, outcome, edit rate, review), newest first, a page at a time; and one item's
 whole history (leases, edits, reviews, comments).
 
-Fast at a million items: the phrase goes through a full-text index on Postgres (migration 0007; SQLite
+Fast at a million items: the phrase goes through a full-text index on Postgres (migration 0008; SQLite
 scans), the edit conditions through one EXISTS on the edits of each candidate item, and pages are keyset
 pages (`before` = the last item id shown), so page 1,000 costs what page 1 does.
 """
@@ -33,7 +33,7 @@ from app.models import (
 )
 
 PAGE_SIZE = 50
-# The indexed document (migration 0007 creates the same expression index on Postgres).
+# The indexed document (migration 0008 creates the same expression index on Postgres).
 _SIMPLE = literal_column("'simple'::regconfig")
 ReviewFilter = Literal["pending", "accept", "fix_and_accept", "reject"]
 

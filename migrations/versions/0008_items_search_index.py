@@ -5,14 +5,14 @@ The browser finds items by a phrase among a million: `to_tsvector('simple', prom
 checked for the exact phrase. The 'simple' configuration (no stemming, no stop words) works for every
 language alike. SQLite has no such index; its browser scans, which is fine at its scale.
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-12-03
 """
 from alembic import op
 
-revision = '0007'
-down_revision = '0006'
+revision = '0008'
+down_revision = '0007'
 branch_labels = None
 depends_on = None
 
