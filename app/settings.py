@@ -40,8 +40,6 @@ class Settings(BaseSettings):
     worker_poll_s: float = 1.0
     # After SIGTERM to a cancelled job's process group, wait this long before SIGKILL.
     worker_cancel_grace_s: float = 20.0
-    # The new-job form's schema comes from `python -m training schema`; give up after this long.
-    training_schema_timeout_s: float = 120.0
     webhook_timeout_s: float = 5.0
     # Deliveries that keep failing are retried with exponential backoff (30 s doubling, capped at 1 h)
     # and marked failed after this many attempts.
