@@ -6,12 +6,13 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from app.errors import NotFound
 from app.models import Job
 
 READ_BLOCK = 1 << 20
 
 
-class ArtifactMissing(LookupError):
+class ArtifactMissing(NotFound):
     pass
 
 
