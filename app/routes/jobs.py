@@ -244,15 +244,17 @@ def job_log(job_id: int, session: Session = Depends(get_db), user: User = Depend
 
 @router.get("/{job_id}/artifacts/{name}")
 def download_artifact(
-    job_id: int, name: str, session: Session = Depends(get_db), user: User = Depends(researcher)
+    job_id: int, name: str, resume_state: bool = False, session: Session = Depends(get_db),
+    user: User = Depends(researcher),
 ) -> Response:
-    """A recorded artifact: a file as is, a folder (a checkpoint) as a streamed zip."""
+    """A recorded artifact: a file as is, a folder (a checkpoint) as a streamed zip, without its optimizer
+    state unless `resume_state`."""
     job = _job_or_404(session, job_id)
     path = job_artifacts.resolve(job, name)
     if path.is_file():
         return FileResponse(path, filename=f"job-{job.id}-{path.name}")
     return StreamingResponse(
-        job_artifacts.zip_stream(path),
+        job_artifacts.zip_stream(path, resume_state),
         media_type="application/zip",
         headers={"Content-Disposition": f'attachment; filename="job-{job.id}-{Path(name).name}.zip"'},
     )
