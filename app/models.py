@@ -24,6 +24,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from app.services.cluster import BACKENDS, LOCAL
 from app.settings import get_settings
 from labels import DEFAULT_MINIMALITY_BUDGET
 
@@ -367,6 +368,7 @@ class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
         CheckConstraint(f"status IN ({_values(JobStatus)})", name="status"),
+        CheckConstraint(f"backend IN ({', '.join(map(repr, BACKENDS))})", name="backend"),
         Index("ix_jobs_status_id", "status", "id"),
     )
 
@@ -380,11 +382,14 @@ class Job(Base):
     project_id: Mapped[int | None] = mapped_column(ForeignKey("projects.id", ondelete="SET NULL"))
     base_model: Mapped[str] = mapped_column(String(500), default="")
     num_processes: Mapped[int] = mapped_column(Integer, default=1)
+    # Where it runs (app/services/cluster.py BACKENDS); a worker claims only jobs of its backends.
+    backend: Mapped[str] = mapped_column(String(16), default=LOCAL, server_default=LOCAL)
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     worker_id: Mapped[str | None] = mapped_column(String(128))
     pid: Mapped[int | None] = mapped_column(Integer)
+    external_id: Mapped[str | None] = mapped_column(String(64))  # the Slurm job id of a Slurm job
     heartbeat_at: Mapped[datetime | None]
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
