@@ -93,7 +93,7 @@ def _detail_page(request: Request, db: Session, project: Project, *, status_code
     return render(
         request, "admin/project.html", status_code=status_code, title=project.name, project=project,
         people=people, members=project_service.member_ids(db, project.id), batches=batches, formats=FORMATS,
-        max_upload_mb=get_settings().max_upload_mb, **context,
+        max_upload_mb=get_settings().max_upload_mb, page_url=f"/admin/projects/{project.id}", **context,
     )
 
 

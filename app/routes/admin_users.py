@@ -20,7 +20,7 @@ def _page(request: Request, db: Session, *, status_code: int = 200, **context) -
     people = db.scalars(select(User).order_by(User.username)).all()
     return render(
         request, "admin/users.html", status_code=status_code, title="Users", people=people,
-        roles=[r.value for r in Role], **context,
+        roles=[r.value for r in Role], username_pattern=accounts.USERNAME_PATTERN, **context,
     )
 
 

@@ -39,10 +39,6 @@ async def _form_filter(request: Request) -> tuple[str, dict[str, Any]]:
     return str(form.get("name", "")), raw
 
 
-def _errors(exc: ValidationError) -> list[str]:
-    return [f"{'.'.join(str(p) for p in e['loc']) or 'filter'}: {e['msg']}" for e in exc.errors()]
-
-
 def _form_context(db: Session) -> dict[str, Any]:
     return {
         "projects": list(db.scalars(select(Project).order_by(Project.name))),
@@ -72,7 +68,7 @@ async def preview(request: Request, db: Session = Depends(get_db), _user: User =
         flt = datasets.DatasetFilter.model_validate(raw)
         datasets.validate_filter_targets(db, flt)
     except ValidationError as exc:
-        return render(request, "datasets/_preview.html", errors=_errors(exc))
+        return render(request, "datasets/_preview.html", errors=datasets.filter_errors(exc))
     except datasets.DatasetError as exc:
         return render(request, "datasets/_preview.html", errors=[str(exc)])
     return render(request, "datasets/_preview.html", count=datasets.matching_count(db, flt), errors=[])
@@ -88,7 +84,7 @@ async def create_dataset(
         version = datasets.create_version(db, flt, name, user)
     except ValidationError as exc:
         db.rollback()
-        return _list_page(request, db, status_code=422, errors=_errors(exc), form={**raw, "name": name})
+        return _list_page(request, db, status_code=422, errors=datasets.filter_errors(exc), form={**raw, "name": name})
     except datasets.DatasetError as exc:
         db.rollback()
         return _list_page(request, db, status_code=exc.status_code, errors=[str(exc)], form={**raw, "name": name})

@@ -20,7 +20,10 @@ from app.security import (
 from app.services import audit
 from app.settings import get_settings
 
-USERNAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{2,64}$")
+# Written once for Python and for the form's `pattern` attribute, which browsers compile with the `v`
+# flag: there a literal "-" in a class must be escaped.
+USERNAME_PATTERN = r"[A-Za-z0-9_.@\-]{2,64}"
+USERNAME_RE = re.compile(f"^{USERNAME_PATTERN}$")
 # One address may try a few accounts (a shared office), but not sweep them.
 IP_LIMIT_FACTOR = 5
 

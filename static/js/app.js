@@ -15,6 +15,12 @@
       event.detail.headers["X-CSRF-Token"] = meta.content;
     }
   });
+  // A form that failed is shown again from its POST (with the errors); the address bar shows the page's
+  // own address, so that reloading or sharing it does not resubmit the form.
+  const pageUrl = document.querySelector('meta[name="page-url"]');
+  if (pageUrl && location.pathname !== pageUrl.content) {
+    history.replaceState(null, "", pageUrl.content);
+  }
   // Confirmation for destructive buttons: <button data-confirm="Really?">
   document.addEventListener("submit", function (event) {
     const button = event.submitter;
