@@ -15,7 +15,8 @@ in a subprocess and is asked over HTTP by a logged-in admin, one request at a ti
 
 Goal (issue #18): dashboard, search and history p95 under 300 ms. JSON keys: dashboard_p95_ms,
 search_p95_ms, history_p95_ms, freeze_rows_per_s (and medians). Environment: REDLINE_TEST_PG_URL,
-REDLINE_BENCH_ADMIN_ITEMS (default 1000000), REDLINE_BENCH_ADMIN_REQUESTS (default 40 per page kind).
+REDLINE_BENCH_ADMIN_ITEMS (default 1000000), REDLINE_BENCH_ADMIN_REQUESTS (default 40 per page kind),
+REDLINE_BENCH_ADMIN_FREEZE_ROWS (default 0: all edits; freezing is synchronous and slow, see the README).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from bench.server import _free_port, _start_server, _stop_server
 
 ITEMS = int(os.environ.get("REDLINE_BENCH_ADMIN_ITEMS", "1000000"))
 REQUESTS = int(os.environ.get("REDLINE_BENCH_ADMIN_REQUESTS", "40"))
+FREEZE_ROWS = int(os.environ.get("REDLINE_BENCH_ADMIN_FREEZE_ROWS", "0"))  # 0: all edits
 FILL_BATCH = 100_000
 ANNOTATORS = 20
 
@@ -161,11 +163,13 @@ def freeze(url: str) -> tuple[int, float]:
     from app.db import engine_for, session_scope
     from app.services.datasets import DatasetFilter, create_version
 
+    # Edit g was created at START + g seconds: the first FREEZE_ROWS edits are those created before that.
+    until = START + timedelta(seconds=FREEZE_ROWS + 1) if FREEZE_ROWS else None
     began = time.perf_counter()
     with session_scope(engine_for(url)) as session:
         version = create_version(session, DatasetFilter(
-            outcomes=["edited", "no_change_needed", "unfixable"], review_statuses=["accepted", "pending", "rejected"]),
-            "all edits", None)
+            outcomes=["edited", "no_change_needed", "unfixable"], review_statuses=["accepted", "pending", "rejected"],
+            created_before=until), "all edits", None)
     return version.row_count, time.perf_counter() - began
 
 
