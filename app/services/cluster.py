@@ -6,14 +6,20 @@ the stored request into `#SBATCH` lines (app/worker/backends/slurm.py).
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 LOCAL = "local"
 SLURM = "slurm"
 BACKENDS = (LOCAL, SLURM)
+# Sharding strategies a job may ask for: the Accelerate config file under training/accelerate/, and the
+# package it needs beyond the `train` extra (None: torch has it).
+ACCELERATE_CONFIGS = Path(__file__).resolve().parents[2] / "training" / "accelerate"
+SHARDING = {"fsdp": None, "zero2": "deepspeed", "zero3": "deepspeed"}
 MAX_NODES = 64
 MAX_GPUS_PER_NODE = 16
 
@@ -146,3 +152,26 @@ def parse_slurm_request(form: Mapping[str, str], num_processes: int) -> SlurmReq
     if errors:
         raise ClusterOptionError(errors)
     return SlurmRequest(**values)
+
+
+def sharding_config(name: str) -> Path:
+    """The Accelerate config file of a sharding strategy (`fsdp`, `zero2`, `zero3`)."""
+    return ACCELERATE_CONFIGS / f"{name}.yaml"
+
+
+def check_sharding(name: str, num_processes: int) -> str:
+    """"" when a job may use the strategy `name` ("" for plain data parallel), else what is wrong.
+
+    Looks for the engine's package without importing it (DeepSpeed loads CUDA at import): it comes with
+    the `gpu` extra, which machines that only serve the web app or train on CPU never install.
+    """
+    if not name:
+        return ""
+    if name not in SHARDING:
+        return f"choose one of: {', '.join(SHARDING)}"
+    if num_processes < 2:
+        return "sharding needs at least 2 processes"
+    package = SHARDING[name]
+    if package and importlib.util.find_spec(package) is None:
+        return f"{package} is not installed: install the gpu extra (pip install 'redline[gpu]') on the workers"
+    return ""
