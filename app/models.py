@@ -225,6 +225,8 @@ class Item(Base):
         CheckConstraint("completed_count >= 0", name="completed_count"),
         # The queue scans open items of a project in id order.
         Index("ix_items_queue", "project_id", "status", "id"),
+        # ix_items_search, the item browser's full-text index, exists on Postgres only (migration 0008):
+        # an expression index that autogenerate cannot compare, so it is not declared here.
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)

@@ -55,8 +55,6 @@ class Settings(BaseSettings):
     slurm_setup: str = ""
     # A multi-node job's main process listens on this port plus (Slurm job id mod 10000).
     slurm_main_port: int = Field(default=20000, ge=1024, le=55535)
-    # The new-job form's schema comes from `python -m training schema`; give up after this long.
-    training_schema_timeout_s: float = 120.0
     webhook_timeout_s: float = 5.0
     # Deliveries that keep failing are retried with exponential backoff (30 s doubling, capped at 1 h)
     # and marked failed after this many attempts.
