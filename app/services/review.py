@@ -1,5 +1,6 @@
 """Review: accept, fix & accept (the fix is a new layer over the annotator's edit), or reject (the item
-goes back to the queue for another annotation)."""
+goes back to the queue for another annotation, or, where the project says so, the edit goes back to its
+annotator to revise)."""
 
 from __future__ import annotations
 
@@ -183,7 +184,8 @@ def _fix_layer(project: Project, original: str, fixed_text: str) -> dict:
     return {"fixed_text": fixed_text, **record}
 
 
-def _reopen_item(session: Session, item: Item) -> None:
+def reopen_item(session: Session, item: Item) -> None:
+    """The item needs one more annotation: back in the queue."""
     locked = lock_item(session, item.id)
     locked.completed_count = max(0, locked.completed_count - 1)
     locked.status = ItemStatus.OPEN
@@ -211,9 +213,13 @@ def decide(
     if comment.strip():
         session.add(Comment(edit_id=edit.id, author_id=reviewer.id, body=comment.strip()))
     before = {"review_status": edit.review_status}
-    edit.review_status = ReviewStatus.REJECTED if verdict == Verdict.REJECT else ReviewStatus.ACCEPTED
-    if verdict == Verdict.REJECT:
-        _reopen_item(session, row.item)
+    if verdict != Verdict.REJECT:
+        edit.review_status = ReviewStatus.ACCEPTED
+    elif row.project.return_rejected:  # back to its annotator, who revises it or gives it back
+        edit.review_status = ReviewStatus.RETURNED
+    else:
+        edit.review_status = ReviewStatus.REJECTED
+        reopen_item(session, row.item)
     try:
         session.flush()  # the edit's version column makes a concurrent verdict fail here
     except StaleDataError:
