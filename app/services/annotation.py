@@ -125,7 +125,7 @@ def project_of_item(item_id: int) -> Steps[int | None]:
     return None if row is None else row.project_id
 
 
-def _decide(outcome: Outcome, text: str, original: str) -> tuple[Outcome, str]:
+def decide_outcome(outcome: Outcome, text: str, original: str) -> tuple[Outcome, str]:
     """The outcome and text to store: the untouched text is "no change needed"; only edits keep a text."""
     text = text.replace("\r\n", "\n")
     if outcome == Outcome.EDITED and text == original:
@@ -230,7 +230,7 @@ def _locking(lease_id: int, user: User, outcome: Outcome, text: str, metrics: Ed
         return entity(Edit, done)
     if outcome == Outcome.SKIPPED and not skip_reason:
         raise DomainError("Say why you skip this item.")
-    outcome, text = _decide(outcome, text, item.original)
+    outcome, text = decide_outcome(outcome, text, item.original)
     analysis = analyse(project.tokenizer, item.original, text) if outcome != Outcome.SKIPPED else None
     values = _edit_values(lease.id, lease.annotator_id, item.id, project.minimality_budget, outcome, text, analysis,
                           metrics, skip_reason)
@@ -330,7 +330,7 @@ def _at_once(lease_id: int, user: User, outcome: Outcome, text: str, metrics: Ed
     read = yield _AT_ONCE_READ, {"lease_id": lease_id, "user_id": user.id, "live_until": live_until}
     if read is None or not read.live:
         return None
-    outcome, text = _decide(outcome, text, read.items_original)
+    outcome, text = decide_outcome(outcome, text, read.items_original)
     values = _edit_values(lease_id, user.id, read.items_id, read.projects_minimality_budget, outcome, text,
                           analyse(read.projects_tokenizer, read.items_original, text), metrics, "")
     submitted, completed = _events(read.items_id, read.items_project_id, values)
