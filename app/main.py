@@ -22,7 +22,17 @@ from app import api, driver
 from app.api.auth import principal
 from app.db import get_engine, is_postgres, session_scope
 from app.deps import install_error_handlers
-from app.routes import admin_projects, admin_users, annotate, auth, dashboard, items, review, settings_tokens
+from app.routes import (
+    admin_projects,
+    admin_users,
+    annotate,
+    auth,
+    dashboard,
+    items,
+    my_work,
+    review,
+    settings_tokens,
+)
 from app.routes import datasets as dataset_routes
 from app.routes import jobs as job_routes
 from app.security import Login, SecurityMiddleware
@@ -94,7 +104,7 @@ def create_app() -> FastAPI:
     # routers share a path prefix, so the order changes nothing else.
     for router in (annotate.router, auth.router, admin_users.router, admin_projects.router, review.router,
                    dashboard.router, job_routes.router, api.router, dataset_routes.router, items.router,
-                   settings_tokens.router):
+                   my_work.router, settings_tokens.router):
         app.include_router(router)
 
     install_api_docs(app)
