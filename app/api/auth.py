@@ -10,6 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from app.deps import get_db
+from app.errors import Forbidden
 from app.models import User
 from app.services import api_tokens
 
@@ -51,7 +52,7 @@ def require_scope(scope: str) -> Callable[..., Principal]:
 
     def check(caller: Principal = Depends(principal)) -> Principal:
         if scope not in caller.scopes:
-            raise HTTPException(status_code=403, detail=f"this token or role lacks the {scope!r} scope")
+            raise Forbidden(f"this token or role lacks the {scope!r} scope")
         return caller
 
     return check
