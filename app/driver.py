@@ -32,6 +32,7 @@ from sqlalchemy import (
     LABEL_STYLE_TABLENAME_PLUS_COL,
     Column,
     ColumnElement,
+    Connection,
     Executable,
     Select,
     Table,
@@ -66,14 +67,14 @@ def _statement_for(statement: Statement, dialect: str) -> Executable:
     return statement[dialect] if isinstance(statement, Mapping) else statement
 
 
-def run(session: Session, steps: Steps[T]) -> T:
-    """Drive `steps` in a SQLAlchemy Session (any database), in its transaction."""
-    dialect = session.get_bind().dialect.name
+def run(executor: Session | Connection, steps: Steps[T]) -> T:
+    """Drive `steps` in a SQLAlchemy Session or Connection (any database), in its transaction."""
+    dialect = (executor.get_bind() if isinstance(executor, Session) else executor).dialect.name
     row: Row | None = None
     try:
         while True:
             statement, params = steps.send(row)
-            row = session.execute(_statement_for(statement, dialect), params).first()
+            row = executor.execute(_statement_for(statement, dialect), params).first()
     except StopIteration as done:
         return done.value
 
@@ -87,8 +88,9 @@ def lock_for_write(session: Session) -> None:
 
 
 class SessionDatabase:
-    """Steps in a Session. Given one (a script, a test, a worker's unit of work), they run in it, at once,
-    and its owner commits; without one, each run is a unit of work of its own in the thread pool."""
+    """Steps in a Session. Given one (a script, a test, a worker's unit of work), they run at once, in its
+    transaction if it has one in progress (its owner commits); without one, each run is a unit of work of
+    its own in the thread pool. Steps run outside a transaction commit statement by statement."""
 
     def __init__(self, session: Session | None = None) -> None:
         self._session = session
@@ -107,7 +109,13 @@ class SessionDatabase:
     def _run_in(session: Session, steps: Steps[T], transaction: bool) -> T:
         if transaction:
             lock_for_write(session)
-        return run(session, steps)
+            return run(session, steps)
+        if session.in_transaction():  # lends it: the steps see its work, and cannot wait on its locks
+            return run(session, steps)
+        # As on the driver, each statement commits by itself. Run in a transaction, a one statement that
+        # declined would keep the row locks it waited for, and the locking path after it could deadlock.
+        with session.get_bind().connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            return run(connection, steps)
 
 
 class DriverDatabase:
