@@ -90,6 +90,21 @@ class EditorMetrics:
         )
 
 
+@dataclass(frozen=True)
+class Provenance:
+    """Where an edit came from beyond its annotator: the model editor that wrote it (model, prompt
+    version), or the suggestion a person started from and how far (edit rate) they moved from it."""
+
+    editor_id: int | None = None
+    editor_model: str = ""
+    prompt_version: str = ""
+    suggestion_used: bool = False
+    human_vs_suggestion_rate: float | None = None
+
+
+HUMAN = Provenance()
+
+
 def found(task: Task | None) -> Task:
     """The task `queue.finding_task` found; a 404 if it found none."""
     if task is None:
@@ -156,7 +171,8 @@ def _check_slot(session: Session, lease: Lease, item: Item, project: Project, no
 
 
 def _edit_values(lease_id: int, annotator_id: int, item_id: int, budget: float, outcome: Outcome, text: str,
-                 analysis: EditAnalysis | None, metrics: EditorMetrics, skip_reason: str) -> dict[str, Any]:
+                 analysis: EditAnalysis | None, metrics: EditorMetrics, skip_reason: str,
+                 provenance: Provenance = HUMAN) -> dict[str, Any]:
     """The edit's columns (all but those the database or the model fill in)."""
     record = stored_record(analysis) if analysis else {"token_labels": {}, "char_diff": [], "stats": {}}
     rate = analysis.stats.edit_rate if analysis else 0.0
@@ -166,7 +182,7 @@ def _edit_values(lease_id: int, annotator_id: int, item_id: int, budget: float, 
         token_labels=record["token_labels"], tokenizer_hash=analysis.labels.tokenizer_hash if analysis else "",
         algorithm=analysis.labels.algorithm if analysis else "", stats=record["stats"], edit_rate=rate,
         not_minimal=rate > budget, time_to_first_key_ms=metrics.time_to_first_key_ms,
-        active_ms=metrics.active_ms, keystrokes=metrics.keystrokes, pastes=metrics.pastes,
+        active_ms=metrics.active_ms, keystrokes=metrics.keystrokes, pastes=metrics.pastes, **_shallow(provenance),
     )
 
 
@@ -204,22 +220,24 @@ def _decide(outcome: Outcome, text: str, original: str) -> tuple[Outcome, str]:
 
 def submit(
     session: Session, lease_id: int, user: User, outcome: Outcome, text: str = "", *,
-    metrics: EditorMetrics = EditorMetrics(), skip_reason: str = "",
+    metrics: EditorMetrics = EditorMetrics(), skip_reason: str = "", provenance: Provenance = HUMAN,
 ) -> Edit:
     """Store the annotator's decision on a leased item in one short transaction (the caller commits).
 
     On Postgres a completed annotation under a live lease is one statement (`_submit_at_once`); every
     other case (skips, expired leases, double submits, errors, SQLite) takes the locking path below."""
     if outcome in COMPLETED_OUTCOMES and is_postgres(session.get_bind()):
-        edit = _submit_at_once(session, lease_id, user, outcome, text, metrics.clamped(), skip_reason.strip()[:2000])
+        edit = _submit_at_once(session, lease_id, user, outcome, text, metrics.clamped(), skip_reason.strip()[:2000],
+                               provenance)
         if edit is not None:
             return edit
-    return submit_locking(session, lease_id, user, outcome, text, metrics=metrics, skip_reason=skip_reason)
+    return submit_locking(session, lease_id, user, outcome, text, metrics=metrics, skip_reason=skip_reason,
+                          provenance=provenance)
 
 
 def submit_locking(
     session: Session, lease_id: int, user: User, outcome: Outcome, text: str = "", *,
-    metrics: EditorMetrics = EditorMetrics(), skip_reason: str = "",
+    metrics: EditorMetrics = EditorMetrics(), skip_reason: str = "", provenance: Provenance = HUMAN,
 ) -> Edit:
     """`submit`'s general path: one transaction that locks the item and the lease first. For a caller that
     already tried the one-statement submit (`submit_on_driver`) and was declined."""
@@ -241,7 +259,7 @@ def submit_locking(
             set_committed_value(item, "status", ItemStatus.COMPLETE.value)
     lease_state = LeaseState.SKIPPED if outcome == Outcome.SKIPPED else LeaseState.SUBMITTED
     values = _edit_values(lease.id, lease.annotator_id, item.id, project.minimality_budget, outcome, text, analysis,
-                          metrics.clamped(), skip_reason.strip()[:2000])
+                          metrics.clamped(), skip_reason.strip()[:2000], provenance)
     try:
         edit = _store(session, values, item, lease, lease_state.value)
     except IntegrityError:
@@ -377,7 +395,7 @@ def _connection_for_one_statement(session: Session) -> AbstractContextManager[Co
 
 
 def _at_once(lease_id: int, user: User, outcome: Outcome, text: str, metrics: EditorMetrics,
-             skip_reason: str) -> Steps[Edit | None]:
+             skip_reason: str, provenance: Provenance = HUMAN) -> Steps[Edit | None]:
     """The one-statement submit, as steps (see app.driver): read the task unlocked, compute the labels, then
     the statement; None when it does not apply or did nothing (the caller falls back)."""
     now = utcnow()
@@ -389,7 +407,7 @@ def _at_once(lease_id: int, user: User, outcome: Outcome, text: str, metrics: Ed
         return None
     outcome, text = _decide(outcome, text, original)
     values = _edit_values(lease_id, user.id, item_id, budget, outcome, text, analyse(tokenizer, original, text),
-                          metrics, skip_reason)
+                          metrics, skip_reason, provenance)
     submitted = _submitted_event(item_id, project_id, outcome.value, values["edit_rate"], values["not_minimal"])
     done = yield _AT_ONCE, {
         **{f"edit_{name}": value for name, value in values.items()},
@@ -404,10 +422,10 @@ def _at_once(lease_id: int, user: User, outcome: Outcome, text: str, metrics: Ed
 
 def _submit_at_once(
     session: Session, lease_id: int, user: User, outcome: Outcome, text: str, metrics: EditorMetrics,
-    skip_reason: str,
+    skip_reason: str, provenance: Provenance,
 ) -> Edit | None:
     with _connection_for_one_statement(session) as conn:
-        edit = driver.run(conn, _at_once(lease_id, user, outcome, text, metrics, skip_reason))
+        edit = driver.run(conn, _at_once(lease_id, user, outcome, text, metrics, skip_reason, provenance))
     if edit is not None:
         make_transient_to_detached(edit)
         session.add(edit)
