@@ -8,9 +8,10 @@ import click
 
 from app.db import session_scope
 from app.editors import service
-from app.editors.service import EditorError, EditorSettings
+from app.editors.service import EditorSettings
+from app.errors import DomainError
 from app.models import PromptKind
-from app.services.projects import ProjectError, find_project
+from app.services.projects import find_project
 
 
 def _settings_options(command):
@@ -60,7 +61,7 @@ def add(name: str, **fields) -> None:
         with session_scope() as session:
             editor = service.create_editor(session, _settings(name, **fields), None)
             click.echo(f"model editor {editor.name} (id {editor.id}) -> {editor.model} at {editor.base_url}")
-    except EditorError as exc:
+    except DomainError as exc:
         raise click.ClickException(str(exc)) from None
 
 
@@ -74,7 +75,7 @@ def update(name: str, **fields) -> None:
             editor = service.find_editor(session, name)
             service.update_editor(session, editor, _settings(editor.name, **fields), None)
             click.echo(f"model editor {editor.name} updated")
-    except EditorError as exc:
+    except DomainError as exc:
         raise click.ClickException(str(exc)) from None
 
 
@@ -97,7 +98,7 @@ def test(name: str, project: str | None) -> None:
         with session_scope() as session:
             editor = service.find_editor(session, name)
             target = service.trial_target(session, find_project(session, project).id if project else None)
-    except (EditorError, ProjectError) as exc:
+    except DomainError as exc:
         raise click.ClickException(str(exc)) from None
     trial = service.try_editor(editor, target)
     click.echo(f"original: {trial.original}")
@@ -123,5 +124,5 @@ def run(name: str, project: str, mode: str, limit: int | None) -> None:
             editor = service.find_editor(session, name)
             job = service.start_job(session, editor, find_project(session, project).id, mode, None, limit=limit)
             click.echo(f"queued job {job.id}: {job.name}")
-    except (EditorError, ProjectError) as exc:
+    except DomainError as exc:
         raise click.ClickException(str(exc)) from None

@@ -42,6 +42,7 @@ from app.editors import service
 from app.editors.client import EditorClient, EditorFailure
 from app.editors.prompts import PromptTemplate
 from app.editors.propose import Proposal, Target, propose
+from app.errors import DomainError, NotFound
 from app.models import (
     Edit,
     EditorJobItem,
@@ -57,7 +58,7 @@ from app.models import (
     utcnow,
 )
 from app.services import annotation, queue
-from app.services.annotation import AnnotationError, Provenance
+from app.services.annotation import Provenance
 
 T = TypeVar("T")
 
@@ -222,7 +223,7 @@ class Annotator:
             proposal = failure
         try:
             await _db(self._submit, task, proposal)
-        except AnnotationError as exc:  # the lease ran out and the slot went to someone else
+        except DomainError as exc:  # e.g. the lease ran out and the slot went to someone else
             self.report.log(f"item {task.item.id}: not stored: {exc}")
             await _db(_record, self.ctx.job_id, task.item.id, "failed", f"not stored: {exc}")
             self.report.tally.failed += 1
@@ -312,7 +313,7 @@ def load_context(session: Session, config: dict[str, Any]) -> JobContext:
     editor = service.get_editor(session, int(config["editor_id"]))
     project = session.get(Project, int(config["project_id"]))
     if project is None:
-        raise service.EditorError(f"project {config['project_id']} does not exist")
+        raise NotFound(f"project {config['project_id']} does not exist")
     limit = config.get("limit")
     return JobContext(int(config["job_id"]), editor, session.get(User, editor.user_id), project,
                       service.template(editor), int(limit) if limit else None)

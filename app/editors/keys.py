@@ -12,12 +12,13 @@ from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from app.errors import DomainError
 from app.settings import get_settings
 
 _INFO = b"redline model editor api keys"
 
 
-class KeyUnreadable(ValueError):
+class KeyUnreadable(DomainError):
     """The stored key was encrypted under another secret (REDLINE_SECRET_KEY changed): set it again."""
 
 

@@ -16,6 +16,7 @@ from app.editors import keys
 from app.editors.client import EditorClient, EditorFailure, EndpointConfig
 from app.editors.prompts import PromptError, PromptTemplate, template_for
 from app.editors.propose import Proposal, Target, propose
+from app.errors import DomainError, NotFound
 from app.models import (
     AnnotatorKind,
     Item,
@@ -37,7 +38,7 @@ JOB_KIND = "editor"  # the job kind of app.editors.bulk
 MODES = ("annotate", "suggest")
 
 
-class EditorError(ValueError):
+class EditorError(DomainError):
     """A request about a model editor that cannot be honoured; the message names the field."""
 
 
@@ -133,7 +134,7 @@ def update_editor(session: Session, editor: ModelEditor, settings: EditorSetting
 def get_editor(session: Session, editor_id: int) -> ModelEditor:
     editor = session.get(ModelEditor, editor_id)
     if editor is None:
-        raise EditorError(f"no model editor with id {editor_id}")
+        raise NotFound(f"no model editor with id {editor_id}")
     return editor
 
 
@@ -142,7 +143,7 @@ def find_editor(session: Session, name_or_id: str) -> ModelEditor:
     if editor is None and name_or_id.isdigit():
         editor = session.get(ModelEditor, int(name_or_id))
     if editor is None:
-        raise EditorError(f"no model editor named {name_or_id!r}")
+        raise NotFound(f"no model editor named {name_or_id!r}")
     return editor
 
 
@@ -180,7 +181,7 @@ def start_job(session: Session, editor: ModelEditor, project_id: int, mode: str,
     if limit is not None and limit < 1:
         raise EditorError("limit: at least 1 item (or none for all)")
     if session.get(Project, project_id) is None:
-        raise EditorError(f"project: no project with id {project_id}")
+        raise NotFound(f"project: no project with id {project_id}")
     join_project(session, editor, project_id)
     spec = jobs.JobSpec(kind=JOB_KIND, config={}, base_model=editor.model, project_id=project_id,
                         name=f"{editor.name}: {mode} project {project_id}")
@@ -209,7 +210,7 @@ def trial_target(session: Session, project_id: int | None) -> Target:
     if project_id is not None:
         project = session.get(Project, project_id)
         if project is None:
-            raise EditorError(f"project: no project with id {project_id}")
+            raise NotFound(f"project: no project with id {project_id}")
         item = session.scalar(select(Item).where(Item.project_id == project_id).order_by(
             (Item.status != ItemStatus.OPEN), Item.id).limit(1))
         if item is None:

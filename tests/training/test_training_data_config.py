@@ -111,14 +111,9 @@ def test_config_overrides_types_and_errors(tmp_path: Path):
     cfg = load_config("figa", path, parse_overrides(["beta=0.25", "gradient_checkpointing=true", "max-steps=7"]))
     assert (cfg.alpha, cfg.beta, cfg.learning_rate, cfg.gradient_checkpointing, cfg.max_steps) == (
         2.0, 0.25, 1e-4, True, 7)
+    # Every accepted and refused value: tests/unit/test_config_values.py.
     with pytest.raises(ConfigError, match="did you mean alpha"):
         load_config("figa", None, {"alpah": 1})
-    with pytest.raises(ConfigError, match="not one of"):
-        load_config("ppo", None, {"reward": "dense"})
-    with pytest.raises(ConfigError, match="below the minimum"):
-        load_config("sft", None, {"batch_size": 0})
-    with pytest.raises(ConfigError, match="expected an integer"):
-        load_config("sft", None, {"batch_size": 1.5})
     with pytest.raises(ConfigError, match="unknown kind"):
         load_config("rlhf", None, {})
 
@@ -137,3 +132,21 @@ def test_torch_free_config_import():
 
     code = "import sys, training.config; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_progress_is_written_from_the_first_step_but_not_on_every_step(tmp_path):
+    from training.config import BaseConfig
+    from training.run import MIN_EVAL_EXAMPLES, RunDir
+
+    run = RunDir(BaseConfig(output_dir=str(tmp_path)), "token-rm")
+    run.progress(0, 100)
+    assert json.loads((tmp_path / "progress.json").read_text())["step"] == 0
+    run.progress(1, 100, every_s=60)  # a second later would write; within the interval it waits
+    assert json.loads((tmp_path / "progress.json").read_text())["step"] == 0
+    run.progress(100, 100, every_s=60)  # the last step always lands
+    assert json.loads((tmp_path / "progress.json").read_text())["progress"] == 1.0
+    run.write_eval({"accuracy": 0.0}, examples=1)
+    small = json.loads((tmp_path / "eval.json").read_text())
+    assert small["eval_examples"] == 1 and "1 example(s), too few" in small["warning"]
+    run.write_eval({"accuracy": 0.9}, examples=MIN_EVAL_EXAMPLES)
+    assert "warning" not in json.loads((tmp_path / "eval.json").read_text())
