@@ -27,7 +27,8 @@ from app.services.projects import ProjectSettings, create_project
 pytestmark = [pytest.mark.postgres, pytest.mark.llm, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
-# Short items, and a token cap that leaves room for the tags around a short answer.
+# Short items, and a token cap that leaves room for the tags around a short answer. `transformers serve`
+# answers one request at a time, tens of seconds each on a busy 2-core box: timeouts are generous.
 ITEMS = [
     ("What is the capital of France?", "The capital of France is Lyon."),
     ("What colour is the sky on a clear day?", "The sky is green on a clear day."),
@@ -50,7 +51,7 @@ def proxy(llm_server):
 
 def make_editor(base_url: str, model: str, **fields) -> int:
     settings = EditorSettings(name=fields.pop("name", "smol"), base_url=base_url, model=model,
-                              **{"max_tokens": 64, "timeout_s": 120.0, "max_concurrency": 2, **fields})
+                              **{"max_tokens": 48, "timeout_s": 900.0, "max_concurrency": 2, **fields})
     with session_scope() as session:
         return service.create_editor(session, settings, None).id
 
@@ -105,7 +106,7 @@ def test_api_keys_are_encrypted_and_never_shown(env, tmp_path):
 
 def test_client_retries_every_fault_then_gets_the_real_answer(env, llm_server, proxy):
     proxy.queue("429", "503", "garbage", "hang")
-    config = EndpointConfig(base_url=proxy.url, model=llm_server["model"], max_tokens=1, timeout_s=15,
+    config = EndpointConfig(base_url=proxy.url, model=llm_server["model"], max_tokens=1, timeout_s=20,
                                     max_concurrency=1)
 
     async def go():
@@ -149,10 +150,10 @@ def test_test_connection_shows_the_models_edit(env, llm_server, default_tokenize
 def test_bulk_job_through_faults_edits_each_item_once_with_provenance(env, llm_server, proxy, default_tokenizer_path,
                                                                        tmp_path):
     editor_id = make_editor(proxy.url, llm_server["model"])
-    project_id = make_project(default_tokenizer_path)
+    project_id = make_project(default_tokenizer_path, ITEMS[:2])
     proxy.queue("429", "empty", "503")
     tally = asyncio.run(bulk.run_job(job_config(editor_id, project_id), tmp_path / "out"))
-    assert tally.done + tally.failed == len(ITEMS)
+    assert tally.done + tally.failed == 2
     assert {"429", "empty", "503"} <= set(proxy.seen)
     edits = assert_each_item_edited_once(project_id)
     with session_scope() as session:
@@ -171,7 +172,7 @@ def test_bulk_job_through_faults_edits_each_item_once_with_provenance(env, llm_s
 
 def test_refused_endpoint_stops_the_job_and_the_next_run_resumes(env, llm_server, default_tokenizer_path, tmp_path):
     editor_id = make_editor("http://127.0.0.1:9/v1", llm_server["model"])
-    project_id = make_project(default_tokenizer_path, ITEMS[:2])
+    project_id = make_project(default_tokenizer_path, ITEMS[:1])
     config = job_config(editor_id, project_id)
     with pytest.raises(bulk.EndpointDown, match="cannot connect"):
         asyncio.run(bulk.run_job(config, tmp_path / "out1"))
@@ -181,8 +182,8 @@ def test_refused_endpoint_stops_the_job_and_the_next_run_resumes(env, llm_server
         assert session.scalar(select(func.count()).select_from(Lease).where(Lease.state == LeaseState.ACTIVE)) == 1
         editor = session.get(ModelEditor, editor_id)
         service.update_editor(session, editor, EditorSettings(
-            name="smol", base_url=llm_server["base_url"], model=llm_server["model"], max_tokens=64,
-            timeout_s=120.0, max_concurrency=2), None)
+            name="smol", base_url=llm_server["base_url"], model=llm_server["model"], max_tokens=48,
+            timeout_s=900.0, max_concurrency=2), None)
     asyncio.run(bulk.run_job(job_config(editor_id, project_id), tmp_path / "out2"))
     assert_each_item_edited_once(project_id)
 
