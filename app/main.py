@@ -30,6 +30,7 @@ from app.routes import (
     auth,
     dashboard,
     items,
+    my_work,
     review,
     settings_tokens,
 )
@@ -104,7 +105,7 @@ def create_app() -> FastAPI:
     # routers share a path prefix, so the order changes nothing else.
     for router in (annotate.router, auth.router, admin_users.router, admin_editors.router, admin_projects.router,
                    review.router, dashboard.router, job_routes.router, api.router, dataset_routes.router,
-                   items.router, settings_tokens.router):
+                   items.router, my_work.router, settings_tokens.router):
         app.include_router(router)
 
     install_api_docs(app)

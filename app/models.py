@@ -94,6 +94,7 @@ class ReviewStatus(enum.StrEnum):
     PENDING = "pending"
     ACCEPTED = "accepted"
     REJECTED = "rejected"
+    RETURNED = "returned"  # rejected, and back with its annotator for a revision (Project.return_rejected)
 
 
 class Verdict(enum.StrEnum):
@@ -212,6 +213,8 @@ class Project(Base):
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     archived: Mapped[bool] = mapped_column(Boolean, default=False)
+    # A rejected edit goes back to its annotator to revise (or give back), instead of the item to the queue.
+    return_rejected: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class ProjectMember(Base):

@@ -204,7 +204,7 @@ def _store(session: Session, values: dict[str, Any], item: Item, lease: Lease, l
     return edit
 
 
-def _decide(outcome: Outcome, text: str, original: str) -> tuple[Outcome, str]:
+def decide_outcome(outcome: Outcome, text: str, original: str) -> tuple[Outcome, str]:
     """The outcome and text to store: the untouched text is "no change needed"; only edits keep a text."""
     text = text.replace("\r\n", "\n")
     if outcome == Outcome.EDITED and text == original:
@@ -242,7 +242,7 @@ def submit_locking(
         return done
     if outcome == Outcome.SKIPPED and not skip_reason.strip():
         raise DomainError("Say why you skip this item.")
-    outcome, text = _decide(outcome, text, item.original)
+    outcome, text = decide_outcome(outcome, text, item.original)
     analysis = analyse(project.tokenizer, item.original, text) if outcome != Outcome.SKIPPED else None
     now = utcnow()
     if outcome in COMPLETED_OUTCOMES:
@@ -399,7 +399,7 @@ def _at_once(lease_id: int, user: User, outcome: Outcome, text: str, metrics: Ed
     state, expires_at, item_id, project_id, original, tokenizer, budget, per_item = read
     if state != LeaseState.ACTIVE or as_utc(expires_at) <= now + AT_ONCE_MARGIN:
         return None
-    outcome, text = _decide(outcome, text, original)
+    outcome, text = decide_outcome(outcome, text, original)
     values = _edit_values(lease_id, user.id, item_id, budget, outcome, text, analyse(tokenizer, original, text),
                           metrics, skip_reason, provenance)
     submitted = _submitted_event(item_id, project_id, outcome.value, values["edit_rate"], values["not_minimal"])

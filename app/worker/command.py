@@ -31,6 +31,7 @@ class Placement:
     machine_rank: str = "0"
     main_address: str = ""
     main_port: str = ""
+    config_file: Path | None = None  # an Accelerate config (FSDP, DeepSpeed ZeRO): training/accelerate/
 
 
 def launch_command(program: list[str], placement: Placement) -> list[str]:
@@ -39,9 +40,13 @@ def launch_command(program: list[str], placement: Placement) -> list[str]:
     if placement.processes <= 1 and placement.machines <= 1:
         return program
     # `python -m accelerate.commands.launch` is `accelerate launch` with this very interpreter.
-    # `--multi_gpu` selects accelerate's torchrun launcher, the one that starts several processes (on
-    # CPU nodes too: the training then joins them with gloo).
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"]
+    launcher = [sys.executable, "-m", "accelerate.commands.launch"]
+    if placement.config_file is not None:
+        launcher += ["--config_file", str(placement.config_file)]
+    else:
+        # `--multi_gpu` selects accelerate's torchrun launcher, the one that starts several processes (on
+        # CPU nodes too: the training then joins them with gloo).
+        launcher.append("--multi_gpu")
     launcher += ["--num_processes", str(placement.processes)]
     if placement.machines > 1:
         launcher += [

@@ -84,7 +84,8 @@ class LocalBackend:
     name = "local"
 
     def start(self, launch: Launch) -> LocalExecution:
-        argv = launch_command(launch.program, Placement(processes=launch.processes))
+        placement = Placement(processes=launch.processes, config_file=launch.accelerate_config)
+        argv = launch_command(launch.program, placement)
         with launch.log.open("ab") as log_file:
             return LocalExecution(start_process(argv, log_file), argv)
 
