@@ -38,6 +38,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from app.db import session_scope
+from app.driver import SessionDatabase
 from app.editors import service
 from app.editors.client import EditorClient, EditorFailure
 from app.editors.prompts import PromptTemplate
@@ -182,6 +183,7 @@ async def _db(fn: Callable[..., T], *args) -> T:
 class Annotator:
     def __init__(self, ctx: JobContext, client: EditorClient, report: Reporter) -> None:
         self.ctx, self.client, self.report = ctx, client, report
+        self.db = SessionDatabase()  # each step its own unit of work, in the thread pool
         self.ahead: dict[int, asyncio.Task[Proposal]] = {}
         self.stopping = False
 
@@ -198,18 +200,18 @@ class Annotator:
         for item in items:
             self.ahead[item.id] = self._ask(item)
 
-    def _submit(self, session: Session, task: queue.Task, proposal: Proposal | EditorFailure) -> int | None:
-        account = session.get(User, self.ctx.account.id)
+    async def _submit(self, task: queue.Task, proposal: Proposal | EditorFailure) -> None:
+        """Through the one submit a person's edit goes through; then the job's own record of the item."""
+        account = self.ctx.account
         if isinstance(proposal, EditorFailure):
             # The account gives the item back as a person would, with the reason; it stays visible.
-            annotation.submit(session, task.lease.id, account, Outcome.SKIPPED,
-                              skip_reason=f"model editor failed: {proposal.reason}")
-            _record(session, self.ctx.job_id, task.item.id, "failed", proposal.reason, attempts=proposal.attempts)
-            return None
-        edit = annotation.submit(session, task.lease.id, account, proposal.outcome, proposal.text,
-                                 provenance=self.ctx.provenance(proposal))
-        _record(session, self.ctx.job_id, task.item.id, "done", edit_id=edit.id)
-        return edit.id
+            await annotation.submit(self.db, task.lease.id, account, Outcome.SKIPPED,
+                                    skip_reason=f"model editor failed: {proposal.reason}")
+            await _db(_record, self.ctx.job_id, task.item.id, "failed", proposal.reason, None, proposal.attempts)
+            return
+        edit = await annotation.submit(self.db, task.lease.id, account, proposal.outcome, proposal.text,
+                                       provenance=self.ctx.provenance(proposal))
+        await _db(_record, self.ctx.job_id, task.item.id, "done", "", edit.id)
 
     async def _finish(self, task: queue.Task) -> None:
         pending = self.ahead.pop(task.item.id, None) or self._ask(task.item)
@@ -222,7 +224,7 @@ class Annotator:
                                    f"{failure.reason}") from None
             proposal = failure
         try:
-            await _db(self._submit, task, proposal)
+            await self._submit(task, proposal)
         except DomainError as exc:  # e.g. the lease ran out and the slot went to someone else
             self.report.log(f"item {task.item.id}: not stored: {exc}")
             await _db(_record, self.ctx.job_id, task.item.id, "failed", f"not stored: {exc}")
@@ -234,9 +236,8 @@ class Annotator:
         else:
             self.report.tally.done += 1
 
-    def _lease(self, session: Session) -> queue.Task | None:
-        project, account = session.get(Project, self.ctx.project.id), session.get(User, self.ctx.account.id)
-        return queue.next_task(session, project, account)
+    async def _lease(self) -> queue.Task | None:
+        return (await queue.next_task(self.db, self.ctx.project.id, self.ctx.account))[1]
 
     async def run(self) -> None:
         for task in await _db(_left_behind, self.ctx.project.id, self.ctx.account.id):
@@ -247,7 +248,7 @@ class Annotator:
             if self.ctx.limit is not None and self.report.tally.done + self.report.tally.failed >= self.ctx.limit:
                 break
             await self._top_up()
-            task = await _db(self._lease)
+            task = await self._lease()
             if task is None:
                 break
             await self._finish(task)

@@ -6,21 +6,22 @@ import io
 import json
 
 import pyarrow.parquet as pq
+from factories import next_task, submit
 from sqlalchemy import select
 
 from app.db import session_scope
 from app.editors import service
 from app.editors.service import EditorSettings
 from app.models import Item, Outcome, Project, User
-from app.services import annotation, queue
+from app.services import annotation
 from app.services.annotation import Provenance
 from app.services.datasets import DatasetFilter, create_version
 from app.services.export import stream_export
 
 
 def _edit_as(session, user: User, project: Project, text: str, provenance: Provenance = annotation.HUMAN) -> None:
-    task = queue.next_task(session, project, user)
-    annotation.submit(session, task.lease.id, user, Outcome.EDITED, text, provenance=provenance)
+    task = next_task(session, project, user)
+    submit(session, task.lease.id, user, Outcome.EDITED, text, provenance=provenance)
 
 
 def test_model_and_human_edits_carry_their_provenance_into_exports(settings_env, make_user, make_project, add_items):
