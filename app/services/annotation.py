@@ -233,7 +233,7 @@ _INSERT_EDIT = insert(_EDITS).from_select(
 
 
 def _locking(lease_id: int, user: User, outcome: Outcome, text: str, metrics: EditorMetrics,
-             skip_reason: str, provenance: Provenance) -> Steps[Edit]:
+             skip_reason: str, provenance: Provenance = HUMAN) -> Steps[Edit]:
     now = utcnow()
     row = yield LOCKED_TASK, {"lease_id": lease_id, "user_id": user.id, "now": now}
     if row is None:
@@ -339,7 +339,7 @@ _AT_ONCE = _build_at_once()
 
 
 def _at_once(lease_id: int, user: User, outcome: Outcome, text: str, metrics: EditorMetrics,
-             provenance: Provenance) -> Steps[Edit | None]:
+             provenance: Provenance = HUMAN) -> Steps[Edit | None]:
     """The one-statement submit, as steps: read the task unlocked, compute the labels, then the statement;
     None when it does not apply or did nothing (the caller takes the locking path)."""
     now = utcnow()
