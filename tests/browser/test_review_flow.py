@@ -4,12 +4,12 @@ cleared with the keyboard alone (N opens the first, A accepts and opens the next
 from __future__ import annotations
 
 import pytest
+from factories import next_task, submit
 from playwright.sync_api import expect
 from sqlalchemy import select
 
 from app.db import session_scope
 from app.models import Edit, Item, Outcome
-from app.services import annotation, queue
 
 pytestmark = [pytest.mark.browser, pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)]
 
@@ -22,10 +22,10 @@ def test_a_reviewer_clears_ten_edits_with_the_keyboard_alone(
     add_items(project, [(f"Name capital {i}.", f"The capital number {i} is Sydnee.") for i in range(11)])
     for _ in range(11):
         with session_scope() as session:
-            lease = queue.next_task(session, project, ann).lease
+            lease = next_task(session, project, ann).lease
             fixed = session.get(Item, lease.item_id).original.replace("Sydnee", "Sydney")
         with session_scope() as session:
-            annotation.submit(session, lease.id, ann, Outcome.EDITED, fixed)
+            submit(session, lease.id, ann, Outcome.EDITED, fixed)
 
     page = chromium.new_context(viewport={"width": 1280, "height": 1000}).new_page()
     page.goto(f"{live_server}/login")

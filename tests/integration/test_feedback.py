@@ -4,12 +4,13 @@ sent-back edit; a project that sends rejected edits back to their annotator; giv
 from __future__ import annotations
 
 import pytest
+from factories import next_task, submit
 from sqlalchemy import select
 
 from app.db import session_scope
 from app.errors import Conflict
 from app.models import AuditEvent, Edit, Item, ItemStatus, Outcome, ReviewStatus, Verdict
-from app.services import annotation, feedback, queue, review
+from app.services import feedback, review
 
 
 def _submitted(make_user, make_project, add_items, **project_fields):
@@ -17,9 +18,9 @@ def _submitted(make_user, make_project, add_items, **project_fields):
     project = make_project(members=[ann, rev], **project_fields)
     add_items(project, [("Prompt", "The broken answr.")])
     with session_scope() as session:
-        lease = queue.next_task(session, project, ann).lease
+        lease = next_task(session, project, ann).lease
     with session_scope() as session:
-        edit = annotation.submit(session, lease.id, ann, Outcome.EDITED, "The broken answer.")
+        edit = submit(session, lease.id, ann, Outcome.EDITED, "The broken answer.")
     return ann, rev, edit
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import re
 
 import pytest
+from factories import next_task, submit
 from sqlalchemy import select
 
 from app.db import session_scope
 from app.errors import DomainError
 from app.models import Comment, Edit, Item, ItemStatus, Outcome, Review, ReviewStatus, Verdict
-from app.services import annotation, queue, review
+from app.services import review
 
 
 def _annotated(make_user, make_project, add_items, text="The fixed answer."):
@@ -18,9 +19,9 @@ def _annotated(make_user, make_project, add_items, text="The fixed answer."):
     project = make_project(members=[ann, rev])
     add_items(project, [("Prompt", "The broken answr.")])
     with session_scope() as session:
-        lease = queue.next_task(session, project, ann).lease
+        lease = next_task(session, project, ann).lease
     with session_scope() as session:
-        edit = annotation.submit(session, lease.id, ann, Outcome.EDITED, text)
+        edit = submit(session, lease.id, ann, Outcome.EDITED, text)
     return ann, rev, project, edit
 
 
@@ -77,9 +78,9 @@ def _many_edits(make_user, make_project, add_items, texts):
     edits = []
     for text in texts:
         with session_scope() as session:
-            lease = queue.next_task(session, project, ann).lease
+            lease = next_task(session, project, ann).lease
         with session_scope() as session:
-            edits.append(annotation.submit(session, lease.id, ann, Outcome.EDITED, text(lease.item_id)))
+            edits.append(submit(session, lease.id, ann, Outcome.EDITED, text(lease.item_id)))
     return ann, rev, project, edits
 
 
