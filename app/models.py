@@ -248,6 +248,8 @@ class Item(Base):
         CheckConstraint("completed_count >= 0", name="completed_count"),
         # The queue scans open items of a project in id order.
         Index("ix_items_queue", "project_id", "status", "id"),
+        # The dashboard's progress per project, from the index alone (migration 0010).
+        Index("ix_items_progress", "project_id", "status", "completed_count"),
         # ix_items_search, the item browser's full-text index, exists on Postgres only (migration 0008):
         # an expression index that autogenerate cannot compare, so it is not declared here.
     )
@@ -295,6 +297,8 @@ class Edit(Base):
         Index("ix_edits_item", "item_id"),
         Index("ix_edits_annotator_created", "annotator_id", "created_at"),
         Index("ix_edits_review_queue", "review_status", "outcome", "id"),
+        # The dashboard's outcome counts and edit-rate histogram, from the index alone (migration 0010).
+        Index("ix_edits_outcome_rate", "outcome", "edit_rate"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
