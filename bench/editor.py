@@ -81,7 +81,7 @@ def _setup(url: str) -> dict:
     get_settings.cache_clear()
     with session_scope() as session:
         project = create_project(session, ProjectSettings(name="bench", tokenizer=str(MODEL_DIR),
-                                                          minimality_budget=100.0), None)
+                                                          minimality_budget=10.0), None)
         import_records(session, project, items(ITEMS), filename="bench.jsonl")
         return {"project_id": project.id}
 
