@@ -46,7 +46,7 @@ class Preset:
 RM = {"learning_rate": 1e-3, "num_train_epochs": 6, "batch_size": 16, "val_fraction": 0.2, "logging_steps": 10}
 # SFT on the edited rows only, like FIGA and DPO (the no-change rows are the second table's).
 POLICY = {"learning_rate": 3e-4, "num_train_epochs": 2, "batch_size": 16, "val_fraction": 0.2, "logging_steps": 10}
-PPO = {"learning_rate": 1e-5, "num_iterations": 100, "rollout_batch_size": 32, "max_new_tokens": 32,
+PPO = {"learning_rate": 1.5e-5, "num_iterations": 100, "rollout_batch_size": 32, "max_new_tokens": 32,
        "save_steps": 10, "save_total_limit": 1000, "val_fraction": 0.0, "kl_coef": 0.1}
 SWEEP = {"sft": {"learning_rate": [1e-4, 3e-4, 1e-3]}, "figa": {"learning_rate": [1e-4, 3e-4, 1e-3]},
          "dpo": {"learning_rate": [1e-5, 3e-5, 1e-4]}}

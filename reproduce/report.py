@@ -34,6 +34,8 @@ PAPER = {
     "figa_vs_sft": "FIGA above SFT (+3.2 reward, Guo et al. 2023)",
 }
 BOOTSTRAP = 2000
+CLAIMS = ("token_rm_accuracy", "ppo_faster", "ppo_better", "ppo_better_matched_kl", "figa_above_sft",
+          "figa_above_sft_unchanged", "token_rm_heavy_edits")
 CLASS_KEYS = {"correct value": "token_rm_class_correct_value", "wrong value": "token_rm_class_wrong_value",
               "filler": "token_rm_class_filler", "EOS after a complete answer": "token_rm_eos_reward_complete",
               "EOS after an incomplete answer": "token_rm_eos_reward_incomplete"}
@@ -243,6 +245,9 @@ def _ci(s: dict[str, Any], key: str) -> tuple[float | None, float | None]:
 
 
 def verdicts(s: dict[str, Any]) -> dict[str, str]:
+    """One verdict per claim; with fewer than two seeds there is no interval, so nothing is resolved."""
+    if s["seeds"] < 2:
+        return dict.fromkeys(CLAIMS, "not resolved at this budget")
     return {
         "token_rm_accuracy": verdict(*_ci(s, "token_rm_edit_span_acc"), 0.80),
         "ppo_faster": verdict(*_ci(s, "ppo_steps_ratio_token_vs_sequence"), 1.0, above=False),
