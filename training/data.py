@@ -222,6 +222,12 @@ def edit_masks(batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
     return u1, u0
 
 
+def keep_mask(batch: dict[str, Tensor]) -> Tensor:
+    """Response tokens labelled keep, EOS included: with `edit_masks` they cover every EOS of the batch,
+    so every EOS a policy can emit gets a trained reward (keep-L2 pulls a keep EOS toward 0)."""
+    return batch["response_mask"] & (batch["codes"] == Label.KEEP)
+
+
 class EpochSampler(torch.utils.data.Sampler[int]):
     """Seeded shuffle that changes with the epoch, so a resumed run sees the same order."""
 

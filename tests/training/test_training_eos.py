@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from labels.align import edit_script
 from training import losses
-from training.data import EditPair, Formatter, collate_pairs, edit_masks, encode_pair, eos_codes
+from training.data import EditPair, Formatter, collate_pairs, edit_masks, encode_pair, eos_codes, keep_mask
 
 KEEP, REPLACE = losses.KEEP, losses.REPLACE
 EOS = 0
@@ -97,3 +97,14 @@ def test_a_labelled_eos_enters_the_token_rm_spans_figa_and_dense_dpo():
     assert float(w[2][eos[2]]) == -0.5 and float(w[3][eos[3]]) == 0.0  # only a replace EOS of I is pushed down
     dense = losses.dense_weights(batch["codes"], 1.1)
     assert float(dense[2][eos[2]]) == pytest.approx(1.1) and float(dense[3][eos[3]]) == 1.0
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(words, words), min_size=1, max_size=4))
+def test_every_eos_gets_a_token_rm_term(pairs):
+    """Each EOS of a batch is in U1 / U0 (a labelled EOS: edited-span BT) or keep (keep-L2): none is
+    left without a gradient, which is what fine-grained PPO pays at every EOS."""
+    batch = collate_pairs([encode(y0, y1) for y0, y1 in pairs], EOS)
+    u1, u0 = edit_masks(batch)
+    covered = torch.cat([u1, u0]) | keep_mask(batch)
+    assert bool(covered[batch["is_eos"]].all())

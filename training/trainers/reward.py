@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from training import losses
 from training.config import SeqRMConfig, TokenRMConfig
-from training.data import EncodedPair, collate_pairs, edit_masks, shared_prefix_length
+from training.data import EncodedPair, collate_pairs, edit_masks, keep_mask, shared_prefix_length
 from training.evaluate import pair_metrics
 from training.models import RewardModel, last_index, token_rewards
 from training.trainers.base import Trainer
@@ -70,8 +70,7 @@ class TokenRMTrainer(RewardTrainer):
             loss = loss + cfg.full_seq_weight * losses.full_seq_bt(r[:n], r[n:], response[:n], response[n:],
                                                                    cfg.span_reduce)
         if cfg.keep_l2_weight:
-            keep = response & (batch["codes"] == losses.KEEP)  # a keep EOS too: every EOS gets a trained reward
-            loss = loss + cfg.keep_l2_weight * losses.keep_l2(r, keep)
+            loss = loss + cfg.keep_l2_weight * losses.keep_l2(r, keep_mask(batch))
         span_margin = losses.masked_sum(r[:n], u1, -1) - losses.masked_sum(r[n:], u0, -1)
         chosen = losses.masked_sum(r[:n], response[:n], -1)
         rejected = losses.masked_sum(r[n:], response[n:], -1)
