@@ -1,4 +1,5 @@
-"""FastAPI dependencies shared by every route: the database session, the user, role checks."""
+"""FastAPI dependencies shared by every route: the database session, the user, role checks; and the answers
+to a missing login and to a refused request (`app.errors`)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 
 from app.db import new_session
+from app.errors import DomainError, Forbidden
 from app.models import Role, User
 from app.security import AuthContext
-from app.templating import render
+from app.templating import is_htmx, render
 
 
 async def get_db() -> AsyncIterator[Session]:
@@ -45,12 +47,6 @@ def _commit_and_close(session: Session) -> None:
 
 class NotAuthenticated(Exception):
     """Raised by `current_user`; turned into 401 (API, htmx) or a redirect to /login (pages)."""
-
-
-class Forbidden(Exception):
-    def __init__(self, detail: str = "You do not have permission to do this.") -> None:
-        super().__init__(detail)
-        self.detail = detail
 
 
 # The user dependencies do no I/O (the middleware loaded the session), so they are `async`: FastAPI runs
@@ -86,9 +82,8 @@ def require_roles(*roles: Role) -> Callable[..., Awaitable[User]]:
 
 
 def _wants_html_page(request: Request) -> bool:
-    is_htmx = request.headers.get("hx-request") == "true"
     is_api = request.url.path.startswith("/api/")
-    return not is_htmx and not is_api and "text/html" in request.headers.get("accept", "")
+    return not is_htmx(request) and not is_api and "text/html" in request.headers.get("accept", "")
 
 
 def _not_authenticated(request: Request, _exc: NotAuthenticated) -> Response:
@@ -96,17 +91,21 @@ def _not_authenticated(request: Request, _exc: NotAuthenticated) -> Response:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         return RedirectResponse(f"/login?next={quote(target, safe='')}", status_code=303)
     response = JSONResponse({"detail": "Not authenticated"}, status_code=401)
-    if request.headers.get("hx-request") == "true":
+    if is_htmx(request):
         response.headers["HX-Redirect"] = "/login"
     return response
 
 
-def _forbidden(request: Request, exc: Forbidden) -> Response:
-    if _wants_html_page(request):
-        return render(request, "error.html", status_code=403, title="Forbidden", message=exc.detail)
-    return JSONResponse({"detail": exc.detail}, status_code=403)
+def _refused(request: Request, exc: DomainError) -> Response:
+    """Every `DomainError`, answered the way the asker reads it: a page, an htmx fragment, or JSON."""
+    if is_htmx(request) and request.headers.get("hx-boosted") != "true":  # a boosted link swaps a whole page
+        return render(request, "_error.html", status_code=exc.status_code, message=str(exc))
+    accept = request.headers.get("accept", "")
+    if request.url.path.startswith("/api/") or ("application/json" in accept and "text/html" not in accept):
+        return JSONResponse({"detail": str(exc)}, status_code=exc.status_code)
+    return render(request, "error.html", status_code=exc.status_code, title=exc.title, message=str(exc))
 
 
-def install_auth_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(NotAuthenticated, _not_authenticated)
-    app.add_exception_handler(Forbidden, _forbidden)
+    app.add_exception_handler(DomainError, _refused)

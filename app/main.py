@@ -14,14 +14,14 @@ from pathlib import Path
 import anyio.to_thread
 from fastapi import Depends, FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import SQLAlchemyError
 
 from app import api, driver
 from app.api.auth import principal
 from app.db import get_engine, is_postgres, session_scope
-from app.deps import install_auth_handlers
+from app.deps import install_error_handlers
 from app.routes import admin_projects, admin_users, annotate, auth, dashboard, review, settings_tokens
 from app.routes import datasets as dataset_routes
 from app.routes import jobs as job_routes
@@ -29,6 +29,7 @@ from app.security import Login, SecurityMiddleware
 from app.services import annotation
 from app.session_cache import SessionCache
 from app.settings import get_settings
+from app.text_input import NulGuard
 
 ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger(__name__)
@@ -86,8 +87,9 @@ def create_app() -> FastAPI:
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.state.logins = SessionCache[Login](get_settings().session_cache_entries)
     app.state.driver_pool = None  # Postgres: opened by the lifespan (see app.driver)
+    app.add_middleware(NulGuard)  # inside the security middleware: after authentication and CSRF
     app.add_middleware(SecurityMiddleware, logins=app.state.logins)
-    install_auth_handlers(app)
+    install_error_handlers(app)
     # Routes are matched in order: the annotator's (the busiest by far) first, then the rest; no two
     # routers share a path prefix, so the order changes nothing else.
     for router in (annotate.router, auth.router, admin_users.router, admin_projects.router, review.router,
@@ -96,6 +98,10 @@ def create_app() -> FastAPI:
         app.include_router(router)
 
     install_api_docs(app)
+
+    @app.get("/favicon.ico", include_in_schema=False)  # pages link the SVG; this serves bare requests
+    def favicon() -> FileResponse:
+        return FileResponse(STATIC_DIR / "favicon.svg", media_type="image/svg+xml")
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

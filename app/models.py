@@ -24,6 +24,9 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from app.settings import get_settings
+from labels import DEFAULT_MINIMALITY_BUDGET
+
 # Postgres gets JSONB (indexable, compact); SQLite its JSON text.
 Json = JSON().with_variant(JSONB(), "postgresql")
 # SQLite only auto-increments INTEGER PRIMARY KEY; Postgres gets 64-bit keys for the big tables.
@@ -182,8 +185,9 @@ class Project(Base):
     guidelines_md: Mapped[str] = mapped_column(Text, default="")
     tokenizer: Mapped[str] = mapped_column(String(500))
     annotations_per_item: Mapped[int] = mapped_column(Integer, default=1)
-    minimality_budget: Mapped[float] = mapped_column(Float, default=0.35)
-    lease_seconds: Mapped[int] = mapped_column(Integer, default=1800)
+    minimality_budget: Mapped[float] = mapped_column(Float, default=DEFAULT_MINIMALITY_BUDGET)
+    # Each project keeps its own; a new one gets the deployment's REDLINE_LEASE_SECONDS_DEFAULT.
+    lease_seconds: Mapped[int] = mapped_column(Integer, default=lambda: get_settings().lease_seconds_default)
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     archived: Mapped[bool] = mapped_column(Boolean, default=False)

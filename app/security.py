@@ -213,7 +213,7 @@ def _token_from_multipart(head: bytes) -> str | None:
     return match.group(1).decode("latin-1") if match else None
 
 
-class _Replay:
+class Replay:
     """Feeds the already-read body chunks back to the app, then continues with the live stream."""
 
     def __init__(self, chunks: list[Message], receive: Receive) -> None:
@@ -226,7 +226,7 @@ class _Replay:
         return await self.receive()
 
 
-async def _peek_body(receive: Receive, limit: int, done) -> tuple[list[Message], bytes]:
+async def peek_body(receive: Receive, limit: int, done) -> tuple[list[Message], bytes]:
     """Read body chunks until `done(buffer)` or `limit` bytes or the end of the body."""
     chunks: list[Message] = []
     buffer = b""
@@ -289,9 +289,9 @@ class SecurityMiddleware:
             return header, receive
         content_type = (_header(scope, b"content-type") or "").lower()
         if content_type.startswith("application/x-www-form-urlencoded"):
-            chunks, body = await _peek_body(receive, MAX_FORM_PEEK, lambda _buf: False)
-            return _token_from_urlencoded(body), _Replay(chunks, receive)
+            chunks, body = await peek_body(receive, MAX_FORM_PEEK, lambda _buf: False)
+            return _token_from_urlencoded(body), Replay(chunks, receive)
         if content_type.startswith("multipart/form-data"):
-            chunks, head = await _peek_body(receive, 64 * 1024, lambda buf: _FIRST_PART.match(buf) is not None)
-            return _token_from_multipart(head), _Replay(chunks, receive)
+            chunks, head = await peek_body(receive, 64 * 1024, lambda buf: _FIRST_PART.match(buf) is not None)
+            return _token_from_multipart(head), Replay(chunks, receive)
         return None, receive

@@ -34,7 +34,8 @@ class Settings(BaseSettings):
     secure_cookies: bool = False
     max_upload_mb: int = 200
     login_attempts_per_minute: int = 10
-    lease_seconds_default: int = 30 * 60
+    # The lease time a new project starts with (each project can change its own): 30 s to 7 days.
+    lease_seconds_default: int = Field(default=30 * 60, ge=30, le=7 * 24 * 3600)
     worker_heartbeat_s: float = 5.0
     worker_stale_after_s: float = 60.0
     worker_poll_s: float = 1.0

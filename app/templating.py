@@ -72,3 +72,8 @@ def render(request: Request, name: str, *, status_code: int = 200, headers: dict
     return templates.TemplateResponse(
         request, name, {**base, **context}, status_code=status_code, headers=headers
     )
+
+
+def is_htmx(request: Request) -> bool:
+    """The request came from htmx (it swaps the answer into the page), not from a page load or a client."""
+    return request.headers.get("hx-request") == "true"

@@ -1,6 +1,6 @@
 """Redline's label engine (algorithms.md §1): pure Python, no torch; imported by `app` and `training`."""
 
-from labels.align import Label, apply_script, edit_script
+from labels.align import DELETE, INSERT, KEEP, LABEL_NAMES, REPLACE, Label, apply_script, edit_script
 from labels.chardiff import diff_sides
 from labels.engine import (
     ALGORITHM_VERSION,
@@ -17,6 +17,11 @@ from labels.tokenizer import LabelTokenizer, TokenizerNotFound, load_tokenizer
 __all__ = [
     "ALGORITHM_VERSION",
     "DEFAULT_MINIMALITY_BUDGET",
+    "DELETE",
+    "INSERT",
+    "KEEP",
+    "LABEL_NAMES",
+    "REPLACE",
     "EditAnalysis",
     "EditStats",
     "Label",

@@ -17,6 +17,11 @@ class Label(IntEnum):
     REPLACE = 3
 
 
+# The same codes as plain ints (tensor code compares with them) and by name (export cards, the editor's classes).
+KEEP, INSERT, DELETE, REPLACE = (int(label) for label in Label)
+LABEL_NAMES = {int(label): label.name.lower() for label in Label}
+
+
 EditOp = tuple[str, int, int]  # (tag, position in original, position in edited); tags as rapidfuzz
 
 

@@ -16,6 +16,10 @@ from typing import Any
 
 import yaml
 
+# The run folder's layout that the web app relies on too (it imports this module, never torch): a
+# checkpoint's optimizer and scheduler state, kept for `resume` and left out of downloads.
+RESUME_STATE_FILE = "trainer_state.pt"
+
 DEFAULT_MODEL = "var/models/SmolLM2-135M-Instruct"
 
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-KEEP, INSERT, DELETE, REPLACE = 0, 1, 2, 3
+from labels import DELETE, INSERT, KEEP, REPLACE
 
 
 def masked_sum(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:

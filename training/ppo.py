@@ -259,6 +259,7 @@ class PPOTrainer:
             iteration = state["step"]
 
         bar = tqdm(total=cfg.num_iterations, initial=iteration, desc="ppo", disable=not acc.is_main_process)
+        self.run_dir.progress(iteration, cfg.num_iterations)
         while iteration < cfg.num_iterations:
             started = time.perf_counter()
             data = self.rollout(policy, value, self.sample_prompts(iteration))
@@ -268,6 +269,7 @@ class PPOTrainer:
                 self.kl.update(logged["objective/kl"], cfg.rollout_batch_size * acc.num_processes)
             iteration += 1
             bar.update(1)
+            self.run_dir.progress(iteration, cfg.num_iterations, every_s=1.0)
             logged.update({"learning_rate": cfg.learning_rate, "iteration_time": time.perf_counter() - started,
                            "episode": iteration * cfg.rollout_batch_size * acc.num_processes})
             if iteration % cfg.logging_steps == 0 or iteration == cfg.num_iterations:
@@ -282,7 +284,7 @@ class PPOTrainer:
         self.run_dir.log(iteration, cfg.num_iterations, {f"eval/{k}": v for k, v in result.items() if k != "step"})
         if acc.is_main_process:
             self._save(acc.unwrap_model(policy), acc.unwrap_model(value), self.run_dir.path / "model", final=True)
-        self.run_dir.write_eval(result)
+        self.run_dir.write_eval(result, examples=len(self.val_prompts))
         self.run_dir.close()
         return result
 

@@ -14,10 +14,11 @@ from typing import Any
 import torch
 import yaml
 
-from training.config import BaseConfig, config_dict
+from training.config import RESUME_STATE_FILE, BaseConfig, config_dict
 
 CHECKPOINT_PREFIX = "checkpoint-"
-STATE_FILE = "trainer_state.pt"
+STATE_FILE = RESUME_STATE_FILE  # optimizer, scheduler and RNG state: for resuming, not for download
+MIN_EVAL_EXAMPLES = 20
 
 
 def make_accelerator(cfg: BaseConfig, gradient_accumulation_steps: int = 1):
@@ -57,6 +58,7 @@ class RunDir:
         self.is_main = is_main
         self._tb = None
         self._started = time.monotonic()
+        self._progress_at = 0.0
         if is_main:
             self.path.mkdir(parents=True, exist_ok=True)
             resolved = {"kind": kind, **config_dict(cfg)}
@@ -76,20 +78,34 @@ class RunDir:
         writer.flush()
         self.progress(step, total_steps)
 
-    def progress(self, step: int, total_steps: int) -> None:
+    def progress(self, step: int, total_steps: int, *, every_s: float = 0.0) -> None:
+        """Rewrite progress.json (the job page's progress bar). Loops call it on every step with
+        `every_s`, so a run shows its progress long before its first logging step without rewriting
+        the file thousands of times a second."""
         if not self.is_main:
             return
-        elapsed = time.monotonic() - self._started
+        now = time.monotonic()
+        if every_s and step < total_steps and now - self._progress_at < every_s:
+            return
+        self._progress_at = now
+        elapsed = now - self._started
         payload = {"step": step, "total_steps": total_steps, "progress": step / max(1, total_steps),
                    "elapsed_s": round(elapsed, 1)}
         tmp = self.path / "progress.json.tmp"
         tmp.write_text(json.dumps(payload) + "\n")
         tmp.replace(self.path / "progress.json")  # readers never see a half-written file
 
-    def write_eval(self, metrics: dict[str, Any]) -> None:
-        if self.is_main:
-            (self.path / "eval.json").write_text(json.dumps({k: _plain(v) for k, v in metrics.items()},
-                                                            indent=2) + "\n")
+    def write_eval(self, metrics: dict[str, Any], examples: int | None = None) -> None:
+        """eval.json; with `examples` (the size of the validation split), its count, and a warning when it
+        is too small for the figures to mean anything."""
+        if not self.is_main:
+            return
+        record = {k: _plain(v) for k, v in metrics.items()}
+        if examples is not None:
+            record["eval_examples"] = examples
+            if warning := small_eval_warning(examples):
+                record["warning"] = warning
+        (self.path / "eval.json").write_text(json.dumps(record, indent=2) + "\n")
 
     def _writer(self):
         if self._tb is None:
@@ -120,6 +136,15 @@ class RunDir:
         if self.is_main:
             for old in self.checkpoints()[:-keep]:
                 shutil.rmtree(old, ignore_errors=True)
+
+
+def small_eval_warning(examples: int) -> str | None:
+    """Below MIN_EVAL_EXAMPLES an accuracy moves by 1/n per example (and its standard error is above
+    0.1): such a figure says next to nothing about the model."""
+    if examples >= MIN_EVAL_EXAMPLES:
+        return None
+    return (f"the validation split has {examples} example(s), too few for these figures to mean anything "
+            f"(at least {MIN_EVAL_EXAMPLES} needed): use more data or a larger val_fraction")
 
 
 def save_state(folder: Path, state: dict[str, Any]) -> None:

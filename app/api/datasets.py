@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -15,6 +15,7 @@ from app.api.lookup import get_or_404
 from app.api.schemas import DatasetCreate, DatasetOut, Problem
 from app.db import session_scope
 from app.deps import get_db
+from app.errors import DomainError
 from app.models import DatasetVersion, Project
 from app.services import datasets, export
 from app.services.datasets import MAX_ID
@@ -45,10 +46,8 @@ def permitted_tokenizer(db: Session, name: str) -> str:
     known = set(db.scalars(select(Project.tokenizer))) | {get_settings().default_model}
     if name in known or (HUB_ID.match(name) and ".." not in name):
         return name
-    raise HTTPException(
-        status_code=422,
-        detail=f"tokenizer {name[:200]!r} is not allowed: use a project's tokenizer, the default model, or a hub id",
-    )
+    raise DomainError(f"tokenizer {name[:200]!r} is not allowed: use a project's tokenizer, the default model, or a "
+                      "hub id", 422)
 
 
 @router.get("/datasets", response_model=list[DatasetOut], summary="List dataset versions, newest first")
@@ -74,10 +73,7 @@ def create_dataset(
     db: Session = Depends(get_db),
     caller: Principal = Depends(require_scope("datasets:write")),
 ) -> DatasetOut:
-    try:
-        version = datasets.create_version(db, body.filter, body.name, caller.user)
-    except datasets.DatasetError as exc:
-        raise HTTPException(status_code=422, detail=str(exc)) from exc
+    version = datasets.create_version(db, body.filter, body.name, caller.user)
     db.commit()
     return _out(request, version)
 
@@ -117,12 +113,7 @@ def download_dataset(
 ) -> StreamingResponse:
     if tokenizer:
         permitted_tokenizer(db, tokenizer)
-    try:
-        version, stream = export.open_export(session_scope, version_id, format, tokenizer or None)
-    except export.VersionNotFound as exc:
-        raise HTTPException(status_code=404, detail=str(exc)) from exc
-    except export.ExportError as exc:
-        raise HTTPException(status_code=422, detail=str(exc)) from exc
+    version, stream = export.open_export(session_scope, version_id, format, tokenizer or None)
     spec = export.EXPORT_FORMATS[format]
     filename = export.export_filename(version, format)
     return StreamingResponse(

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-from fastapi import HTTPException
 from sqlalchemy.orm import Session
+
+from app.errors import NotFound
 
 Row = TypeVar("Row")
 
@@ -14,5 +15,5 @@ def get_or_404(db: Session, model: type[Row], object_id: int, what: str) -> Row:
     """The row of `model` with `object_id`, else 404 "<what> <id> not found"."""
     row = db.get(model, object_id)
     if row is None:
-        raise HTTPException(status_code=404, detail=f"{what} {object_id} not found")
+        raise NotFound(f"{what} {object_id} not found")
     return row

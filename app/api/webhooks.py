@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Path
+from fastapi import APIRouter, Depends, Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -39,10 +39,7 @@ def list_webhooks(
 def create_webhook(
     body: WebhookCreate, db: Session = Depends(get_db), caller: Principal = Depends(require_scope("webhooks:admin"))
 ) -> Webhook:
-    try:
-        hook = webhooks.create_webhook(db, body.url, body.events, caller.user)
-    except webhooks.WebhookError as exc:
-        raise HTTPException(status_code=422, detail=str(exc)) from exc
+    hook = webhooks.create_webhook(db, body.url, body.events, caller.user)
     audit.record(db, caller.user, "webhook.create", "webhook", hook.id, after={"url": hook.url, "events": hook.events})
     db.commit()
     return hook

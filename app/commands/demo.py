@@ -80,8 +80,23 @@ def demo() -> None:
 def setup(items: Path) -> None:
     """Create the admin account (if none) and the demo project (if missing); safe to run again."""
     password = ensure_admin()
-    if password:
-        click.echo(click.style(f"Created admin account: username admin, password {password}", bold=True))
-        click.echo("This password is shown only now. Change it under 'Your account' after logging in.")
     name, imported = ensure_demo_project(items)
     click.echo(f"demo project {name!r}: {imported} new item(s)")
+    if password:
+        click.echo(admin_banner(password))
+
+
+def admin_banner(password: str) -> str:
+    """The new admin's credentials, last and framed, so they stand out of `make run`'s setup output."""
+    settings = get_settings()
+    lines = [
+        f"Log in at http://{settings.host}:{settings.port}/login",
+        "  username: admin",
+        f"  password: {password}",
+        "Shown only now: note it, then change it under 'Your account'.",
+    ]
+    width = max(map(len, lines)) + 4
+    rule = click.style("#" * width, fg="red", bold=True)
+    body = [click.style("# ", fg="red", bold=True) + click.style(line.ljust(width - 4), bold=True)
+            + click.style(" #", fg="red", bold=True) for line in lines]
+    return "\n".join(["", rule, *body, rule, ""])

@@ -19,12 +19,6 @@ from app.models import DatasetVersion, User
 from app.services import datasets, export
 
 
-def _filter_errors(exc: ValidationError) -> str:
-    return "; ".join(
-        f"filter.{'.'.join(str(part) for part in error['loc']) or '(root)'}: {error['msg']}" for error in exc.errors()
-    )
-
-
 def _filter_from(raw_json: str | None, options: dict[str, Any]) -> datasets.DatasetFilter:
     """Merge `--filter` JSON (or @file) with the individual options; options win."""
     base: dict[str, Any] = {}
@@ -40,7 +34,7 @@ def _filter_from(raw_json: str | None, options: dict[str, Any]) -> datasets.Data
     try:
         return datasets.DatasetFilter.model_validate(base)
     except ValidationError as exc:
-        raise click.UsageError(_filter_errors(exc)) from exc
+        raise click.UsageError("; ".join(datasets.filter_errors(exc, prefix="filter."))) from exc
 
 
 def _actor(session, username: str | None) -> User | None:

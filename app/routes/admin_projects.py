@@ -2,32 +2,36 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import RedirectResponse, Response
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.deps import get_db, require_roles
+from app.errors import NotFound
 from app.models import ImportBatch, Item, Project, Role, User
 from app.services import projects as project_service
 from app.services.import_formats import FORMATS, FormatError, import_file
 from app.services.importer import ImportRejected
 from app.settings import get_settings
 from app.templating import render
+from labels import DEFAULT_MINIMALITY_BUDGET
 
 router = APIRouter(prefix="/admin/projects")
 admin_only = require_roles(Role.ADMIN)
 
 
 def _settings_from_form(
-    name: str, tokenizer: str, annotations_per_item: int, minimality_budget: float, lease_minutes: float,
+    name: str, tokenizer: str, annotations_per_item: int, minimality_budget: float, lease_minutes: float | None,
     guidelines_md: str, description: str,
 ) -> project_service.ProjectSettings:
-    return project_service.ProjectSettings(
+    settings = project_service.ProjectSettings(
         name=name, tokenizer=tokenizer, annotations_per_item=annotations_per_item,
-        minimality_budget=minimality_budget, lease_seconds=round(lease_minutes * 60),
-        guidelines_md=guidelines_md, description=description,
+        minimality_budget=minimality_budget, guidelines_md=guidelines_md, description=description,
     )
+    if lease_minutes is not None:  # else the deployment's default (REDLINE_LEASE_SECONDS_DEFAULT)
+        settings.lease_seconds = round(lease_minutes * 60)
+    return settings
 
 
 class ProjectForm:
@@ -38,8 +42,8 @@ class ProjectForm:
         name: str = Form(...),
         tokenizer: str = Form(...),
         annotations_per_item: int = Form(1),
-        minimality_budget: float = Form(0.35),
-        lease_minutes: float = Form(30),
+        minimality_budget: float = Form(DEFAULT_MINIMALITY_BUDGET),
+        lease_minutes: float | None = Form(None),
         guidelines_md: str = Form(""),
         description: str = Form(""),
     ) -> None:
@@ -51,9 +55,11 @@ class ProjectForm:
 def _list_page(request: Request, db: Session, *, status_code: int = 200, **context) -> Response:
     counts = dict(db.execute(select(Item.project_id, func.count()).group_by(Item.project_id)).all())
     projects = db.scalars(select(Project).order_by(Project.created_at.desc())).all()
+    # A new project's form starts from the defaults (the deployment's tokenizer and lease time).
+    form = context.pop("form", None) or project_service.ProjectSettings(name="", tokenizer=get_settings().default_model)
     return render(
         request, "admin/projects.html", status_code=status_code, title="Projects", projects=projects,
-        counts=counts, default_tokenizer=get_settings().default_model, **context,
+        counts=counts, form=form, **context,
     )
 
 
@@ -70,7 +76,8 @@ def create(
         project = project_service.create_project(db, form.settings, admin)
     except project_service.ProjectError as exc:
         db.rollback()
-        return _list_page(request, db, status_code=400, flash=str(exc), flash_kind="error", form=form.settings)
+        return _list_page(request, db, status_code=exc.status_code, flash=str(exc), flash_kind="error",
+                          form=form.settings)
     db.commit()
     return RedirectResponse(f"/admin/projects/{project.id}", status_code=303)
 
@@ -86,14 +93,14 @@ def _detail_page(request: Request, db: Session, project: Project, *, status_code
     return render(
         request, "admin/project.html", status_code=status_code, title=project.name, project=project,
         people=people, members=project_service.member_ids(db, project.id), batches=batches, formats=FORMATS,
-        max_upload_mb=get_settings().max_upload_mb, **context,
+        max_upload_mb=get_settings().max_upload_mb, page_url=f"/admin/projects/{project.id}", **context,
     )
 
 
 def _project_or_404(db: Session, project_id: int) -> Project:
     project = db.get(Project, project_id)
     if project is None:
-        raise HTTPException(404, "No such project")
+        raise NotFound(f"project {project_id} does not exist")
     return project
 
 
@@ -115,7 +122,7 @@ def update(
         project_service.update_project(db, project, form.settings, admin)
     except project_service.ProjectError as exc:
         db.rollback()
-        return _detail_page(request, db, project, status_code=400, flash=str(exc), flash_kind="error")
+        return _detail_page(request, db, project, status_code=exc.status_code, flash=str(exc), flash_kind="error")
     db.commit()
     return RedirectResponse(f"/admin/projects/{project_id}?done=Saved", status_code=303)
 
@@ -163,13 +170,10 @@ def upload(
     try:
         result = import_file(db, project, file.file, filename=file.filename or "upload", fmt=fmt or None,
                              mapping=mapping, actor=admin)
-    except ImportRejected as exc:
+    except (ImportRejected, FormatError) as exc:
         db.rollback()
-        return _detail_page(request, db, project, status_code=400, flash=str(exc), flash_kind="error",
-                            import_errors=exc.errors)
-    except FormatError as exc:
-        db.rollback()
-        return _detail_page(request, db, project, status_code=400, flash=str(exc), flash_kind="error")
+        return _detail_page(request, db, project, status_code=exc.status_code, flash=str(exc), flash_kind="error",
+                            import_errors=getattr(exc, "errors", None))
     db.commit()
     message = f"Imported {result.imported} item(s); {result.duplicates} duplicate(s) skipped"
     return RedirectResponse(f"/admin/projects/{project_id}?done={message}", status_code=303)

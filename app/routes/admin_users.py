@@ -20,7 +20,7 @@ def _page(request: Request, db: Session, *, status_code: int = 200, **context) -
     people = db.scalars(select(User).order_by(User.username)).all()
     return render(
         request, "admin/users.html", status_code=status_code, title="Users", people=people,
-        roles=[r.value for r in Role], **context,
+        roles=[r.value for r in Role], username_pattern=accounts.USERNAME_PATTERN, **context,
     )
 
 
@@ -43,7 +43,7 @@ def create(
         accounts.create_user(db, username, password, role, display_name=display_name, actor=admin)
     except accounts.AccountError as exc:
         db.rollback()
-        return _page(request, db, status_code=400, flash=str(exc), flash_kind="error")
+        return _page(request, db, status_code=exc.status_code, flash=str(exc), flash_kind="error")
     db.commit()
     return RedirectResponse(f"/admin/users?done=Created+{username.strip()}", status_code=303)
 
@@ -53,7 +53,7 @@ def _change(request: Request, db: Session, user_id: int, action, message: str) -
         action(accounts.get_user(db, user_id))
     except accounts.AccountError as exc:
         db.rollback()
-        return _page(request, db, status_code=400, flash=str(exc), flash_kind="error")
+        return _page(request, db, status_code=exc.status_code, flash=str(exc), flash_kind="error")
     db.commit()
     return RedirectResponse(f"/admin/users?done={message}", status_code=303)
 

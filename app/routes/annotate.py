@@ -14,11 +14,12 @@ from sqlalchemy.orm import Session
 
 from app import driver
 from app.db import session_scope
-from app.deps import Forbidden, get_db, require_roles
+from app.deps import get_db, require_roles
 from app.driver import Steps
+from app.errors import DomainError, Forbidden
 from app.models import Edit, Item, ItemStatus, LeaseState, Outcome, Project, Role, User, as_utc, utcnow
 from app.services import annotation, projects, queue
-from app.templating import render
+from app.templating import is_htmx, render
 
 router = APIRouter(prefix="/annotate")
 annotator = require_roles(Role.ANNOTATOR)
@@ -26,21 +27,11 @@ T = TypeVar("T")
 FORM_OUTCOMES = {o.value: o for o in (Outcome.EDITED, Outcome.NO_CHANGE_NEEDED, Outcome.UNFIXABLE)}
 
 
-def _is_htmx(request: Request) -> bool:
-    return request.headers.get("hx-request") == "true"
-
-
 def _redirect(request: Request, url: str) -> Response:
     """htmx follows HX-Redirect with a full page load; plain forms get a 303."""
-    if _is_htmx(request):
+    if is_htmx(request):
         return Response(status_code=204, headers={"HX-Redirect": url})
     return RedirectResponse(url, status_code=303)
-
-
-def _error_page(request: Request, exc: annotation.AnnotationError) -> Response:
-    if _is_htmx(request):
-        return render(request, "annotate/_error.html", status_code=exc.status_code, message=str(exc))
-    return render(request, "error.html", status_code=exc.status_code, title="Cannot do that", message=str(exc))
 
 
 @router.get("")
@@ -78,7 +69,7 @@ async def next_item(request: Request, project_id: int, user: User = Depends(anno
     if task is None:
         return _redirect(request, f"/annotate?msg=Nothing+left+for+you+in+{project.name}.+Thank+you!")
     url = f"/annotate/task/{task.lease.id}"
-    if _is_htmx(request):  # the editor comes back in this response: one round trip from click to next item
+    if is_htmx(request):  # the editor comes back in this response: one round trip from click to next item
         return _editor_page(request, task, headers={"HX-Push-Url": url})
     return RedirectResponse(url, status_code=303)
 
@@ -114,21 +105,15 @@ def _run_steps_in_session(steps: Steps[T]) -> T:
 
 @router.get("/task/{lease_id}")
 async def task(request: Request, lease_id: int, user: User = Depends(annotator)) -> Response:
-    try:
-        return _editor_page(request, annotation.found(await _run_steps(request, queue.finding_task(lease_id, user))))
-    except annotation.AnnotationError as exc:
-        return _error_page(request, exc)
+    return _editor_page(request, annotation.found(await _run_steps(request, queue.finding_task(lease_id, user))))
 
 
 @router.post("/task/{lease_id}/diff")
 async def live_diff(request: Request, lease_id: int, text: str = Form(""), user: User = Depends(annotator)) -> Response:
     """The editor's request while the annotator types (debounced): as busy as Next and submit together,
     so it also runs on the driver."""
-    try:
-        task = annotation.found(await _run_steps(request, queue.finding_task(lease_id, user)))
-        diff = annotation.diff_view(task.project, task.item.original, text)
-    except annotation.AnnotationError as exc:
-        return _error_page(request, exc)
+    task = annotation.found(await _run_steps(request, queue.finding_task(lease_id, user)))
+    diff = annotation.diff_view(task.project, task.item.original, text)
     return render(request, "annotate/_diff.html", diff=diff)
 
 
@@ -172,18 +157,15 @@ async def submit(
     request: Request, lease_id: int, form: SubmitForm = Depends(_submit_form), user: User = Depends(annotator),
 ) -> Response:
     if form.outcome not in FORM_OUTCOMES:
-        return _error_page(request, annotation.AnnotationError(f"outcome: unknown value {form.outcome!r}"))
+        raise DomainError(f"outcome: unknown value {form.outcome!r}; choose one of {', '.join(FORM_OUTCOMES)}")
     outcome = FORM_OUTCOMES[form.outcome]
-    try:
-        edit = None
-        if (pool := request.app.state.driver_pool) is not None:
-            async with pool.connection() as conn:
-                edit = await annotation.submit_on_driver(conn, lease_id, user, outcome, form.text, metrics=form.metrics)
-        if edit is None:  # SQLite, or a case only the locking path tells apart (see annotation.submit)
-            store = annotation.submit if pool is None else annotation.submit_locking  # not the one statement twice
-            edit = await run_in_threadpool(_submit_in_session, store, lease_id, user, outcome, form.text, form.metrics)
-    except annotation.AnnotationError as exc:
-        return _error_page(request, exc)
+    edit = None
+    if (pool := request.app.state.driver_pool) is not None:
+        async with pool.connection() as conn:
+            edit = await annotation.submit_on_driver(conn, lease_id, user, outcome, form.text, metrics=form.metrics)
+    if edit is None:  # SQLite, or a case only the locking path tells apart (see annotation.submit)
+        store = annotation.submit if pool is None else annotation.submit_locking  # not the one statement twice
+        edit = await run_in_threadpool(_submit_in_session, store, lease_id, user, outcome, form.text, form.metrics)
     return await _after_submit(request, edit, user, form.advance)
 
 
@@ -199,9 +181,6 @@ async def skip(
     request: Request, lease_id: int, reason: str = Form(""), advance: bool = Form(False),
     user: User = Depends(annotator),
 ) -> Response:
-    try:
-        edit = await run_in_threadpool(_submit_in_session, annotation.submit, lease_id, user, Outcome.SKIPPED,
-                                       skip_reason=reason)
-    except annotation.AnnotationError as exc:
-        return _error_page(request, exc)
+    edit = await run_in_threadpool(_submit_in_session, annotation.submit, lease_id, user, Outcome.SKIPPED,
+                                   skip_reason=reason)
     return await _after_submit(request, edit, user, advance)

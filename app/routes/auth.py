@@ -18,7 +18,7 @@ from app.security import (
     start_session,
     verify_password,
 )
-from app.services.users import AccountError, TooManyAttempts, authenticate, get_user, reset_password
+from app.services.users import AccountError, authenticate, get_user, reset_password
 from app.settings import get_settings
 from app.templating import render
 
@@ -64,12 +64,9 @@ def login(
     ip = request.client.host if request.client else ""
     try:
         user = authenticate(db, username, password, ip)
-    except TooManyAttempts as exc:
-        db.commit()
-        return _login_page(request, status_code=429, error=str(exc), username=username, next_url=next)
-    except AccountError as exc:
+    except AccountError as exc:  # wrong credentials (401) or too many attempts (429)
         db.commit()  # keep the failed attempt: it is what throttling counts
-        return _login_page(request, status_code=401, error=str(exc), username=username, next_url=next)
+        return _login_page(request, status_code=exc.status_code, error=str(exc), username=username, next_url=next)
     token = start_session(db, user, request.headers.get("user-agent", ""))
     db.commit()
     response = RedirectResponse(_safe_next(next) or "/", status_code=303)
@@ -111,7 +108,7 @@ def change_password(
     try:
         reset_password(db, stored, new, actor=stored)  # ends every session, this one included
     except AccountError as exc:
-        return render(request, "auth/account.html", status_code=400, error=str(exc))
+        return render(request, "auth/account.html", status_code=exc.status_code, error=str(exc))
     db.commit()
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/")

@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Request
+from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import RedirectResponse, Response
 from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.deps import get_db, require_roles
+from app.errors import NotFound
 from app.models import DatasetVersion, Project, Role, User, Verdict
 from app.services import datasets, export
 from app.settings import get_settings
@@ -36,10 +37,6 @@ async def _form_filter(request: Request) -> tuple[str, dict[str, Any]]:
     if form.get("exclude_not_minimal"):
         raw["exclude_not_minimal"] = True
     return str(form.get("name", "")), raw
-
-
-def _errors(exc: ValidationError) -> list[str]:
-    return [f"{'.'.join(str(p) for p in e['loc']) or 'filter'}: {e['msg']}" for e in exc.errors()]
 
 
 def _form_context(db: Session) -> dict[str, Any]:
@@ -71,7 +68,7 @@ async def preview(request: Request, db: Session = Depends(get_db), _user: User =
         flt = datasets.DatasetFilter.model_validate(raw)
         datasets.validate_filter_targets(db, flt)
     except ValidationError as exc:
-        return render(request, "datasets/_preview.html", errors=_errors(exc))
+        return render(request, "datasets/_preview.html", errors=datasets.filter_errors(exc))
     except datasets.DatasetError as exc:
         return render(request, "datasets/_preview.html", errors=[str(exc)])
     return render(request, "datasets/_preview.html", count=datasets.matching_count(db, flt), errors=[])
@@ -87,10 +84,10 @@ async def create_dataset(
         version = datasets.create_version(db, flt, name, user)
     except ValidationError as exc:
         db.rollback()
-        return _list_page(request, db, status_code=422, errors=_errors(exc), form={**raw, "name": name})
+        return _list_page(request, db, status_code=422, errors=datasets.filter_errors(exc), form={**raw, "name": name})
     except datasets.DatasetError as exc:
         db.rollback()
-        return _list_page(request, db, status_code=422, errors=[str(exc)], form={**raw, "name": name})
+        return _list_page(request, db, status_code=exc.status_code, errors=[str(exc)], form={**raw, "name": name})
     db.commit()
     return RedirectResponse(f"/datasets/{version.id}", status_code=303)
 
@@ -107,7 +104,7 @@ def dataset_detail(
 ) -> Response:
     version = db.get(DatasetVersion, version_id)
     if version is None:
-        raise HTTPException(status_code=404, detail=f"dataset version {version_id} not found")
+        raise NotFound(f"dataset version {version_id} not found")
     card = export.card_text(db, version, None)
     return render(
         request, "datasets/detail.html", title=version.name, version=version, formats=export.EXPORT_FORMATS,

@@ -19,11 +19,12 @@ from sqlalchemy.orm import Session
 from starlette.datastructures import FormData, UploadFile
 
 from app.deps import get_db, require_roles
+from app.errors import NotFound
 from app.models import DatasetVersion, Job, Project, Role, User
 from app.services import audit, job_artifacts, job_config, jobs
 from app.services.job_form import JobForm, parse_job_form
 from app.settings import get_settings
-from app.templating import render
+from app.templating import is_htmx, render
 
 router = APIRouter(prefix="/jobs")
 researcher = require_roles(Role.RESEARCHER)
@@ -44,7 +45,7 @@ schema_ready = Depends(training_schema_ready)
 def _job_or_404(session: Session, job_id: int) -> Job:
     job = session.get(Job, job_id)
     if job is None:
-        raise HTTPException(404, f"job {job_id} does not exist")
+        raise NotFound(f"job {job_id} does not exist")
     return job
 
 
@@ -99,7 +100,7 @@ def new_job(
     elif kind in job_config.kinds():
         form = JobForm.defaults(kind, get_settings().default_model, dataset_version_id)
     else:
-        raise HTTPException(404, f"unknown job kind {kind!r}")
+        raise NotFound(f"unknown job kind {kind!r}")
     return _new_job_page(request, session, form)
 
 
@@ -109,7 +110,7 @@ def new_job_fields(
 ) -> Response:
     """The hyperparameter fieldset of `kind`, swapped in by htmx when the kind changes."""
     if kind not in job_config.kinds():
-        raise HTTPException(404, f"unknown job kind {kind!r}")
+        raise NotFound(f"unknown job kind {kind!r}")
     form = JobForm.defaults(kind, get_settings().default_model)
     return render(
         request, "jobs/_fields.html", form=form, fields=job_config.form_fields(kind), **_form_choices(session)
@@ -234,13 +235,10 @@ def cancel_job(
     request: Request, job_id: int, session: Session = Depends(get_db), user: User = Depends(researcher)
 ) -> Response:
     _job_or_404(session, job_id)
-    try:
-        state = jobs.request_cancel(session, job_id)
-    except jobs.JobError as exc:
-        raise HTTPException(409, str(exc)) from exc
+    state = jobs.request_cancel(session, job_id)
     audit.record(session, user, "job.cancel", "job", job_id, after={"state": state})
     session.commit()
-    if request.headers.get("hx-request") == "true":
+    if is_htmx(request):
         job = session.get(Job, job_id, populate_existing=True)
         return render(request, "jobs/_live.html", **_live_context(session, job))
     return RedirectResponse(f"/jobs/{job_id}", status_code=303)
@@ -257,18 +255,17 @@ def job_log(job_id: int, session: Session = Depends(get_db), user: User = Depend
 
 @router.get("/{job_id}/artifacts/{name}")
 def download_artifact(
-    job_id: int, name: str, session: Session = Depends(get_db), user: User = Depends(researcher)
+    job_id: int, name: str, resume_state: bool = False, session: Session = Depends(get_db),
+    user: User = Depends(researcher),
 ) -> Response:
-    """A recorded artifact: a file as is, a folder (a checkpoint) as a streamed zip."""
+    """A recorded artifact: a file as is, a folder (a checkpoint) as a streamed zip, without its optimizer
+    state unless `resume_state`."""
     job = _job_or_404(session, job_id)
-    try:
-        path = job_artifacts.resolve(job, name)
-    except job_artifacts.ArtifactMissing as exc:
-        raise HTTPException(404, str(exc)) from exc
+    path = job_artifacts.resolve(job, name)
     if path.is_file():
         return FileResponse(path, filename=f"job-{job.id}-{path.name}")
     return StreamingResponse(
-        job_artifacts.zip_stream(path),
+        job_artifacts.zip_stream(path, resume_state),
         media_type="application/zip",
         headers={"Content-Disposition": f'attachment; filename="job-{job.id}-{Path(name).name}.zip"'},
     )

@@ -7,7 +7,8 @@ from fastapi.responses import RedirectResponse, Response
 from sqlalchemy.orm import Session
 
 from app.deps import get_db, require_roles
-from app.models import Role, User, Verdict
+from app.errors import DomainError
+from app.models import Role, User
 from app.services import annotation, projects, review
 from app.templating import render
 
@@ -25,10 +26,7 @@ def queue(
 
 
 def _edit_page(request: Request, db: Session, user: User, edit_id: int, *, status_code: int = 200, **context):
-    try:
-        row = review.reviewable_edit(db, user, edit_id)
-    except review.ReviewError as exc:
-        return render(request, "error.html", status_code=exc.status_code, title="Review", message=str(exc))
+    row = review.reviewable_edit(db, user, edit_id)
     reviews, comments = review.history(db, edit_id)
     return render(request, "review/edit.html", status_code=status_code, title="Review", row=row, reviews=reviews,
                   comments=comments, **context)
@@ -44,11 +42,8 @@ def fix_diff(
     request: Request, edit_id: int, fixed_text: str = Form(""), user: User = Depends(reviewer_only),
     db: Session = Depends(get_db),
 ) -> Response:
-    try:
-        row = review.reviewable_edit(db, user, edit_id)
-        diff = annotation.diff_view(row.project, row.item.original, fixed_text)
-    except (review.ReviewError, annotation.AnnotationError) as exc:
-        return render(request, "annotate/_error.html", status_code=400, message=str(exc))
+    row = review.reviewable_edit(db, user, edit_id)
+    diff = annotation.diff_view(row.project, row.item.original, fixed_text)
     return render(request, "annotate/_diff.html", diff=diff)
 
 
@@ -63,13 +58,13 @@ def decide(
     user: User = Depends(reviewer_only),
     db: Session = Depends(get_db),
 ) -> Response:
+    chosen = review.parse_verdict(verdict)
     try:
-        chosen = Verdict(verdict)
         review.decide(db, user, edit_id, chosen, fixed_text=fixed_text, comment=comment, version=version)
-    except ValueError as exc:  # ReviewError, AnnotationError, or an unknown verdict
+    except DomainError as exc:  # shown on the edit's page, beside the reviewer's own text and comment
         db.rollback()
-        return _edit_page(request, db, user, edit_id, status_code=getattr(exc, "status_code", 400),
-                          flash=str(exc), flash_kind="error")
+        return _edit_page(request, db, user, edit_id, status_code=exc.status_code, flash=str(exc),
+                          flash_kind="error", fixed_text=fixed_text, comment=comment)
     db.commit()
     label = {"accept": "Accepted", "fix_and_accept": "Fixed+and+accepted", "reject": "Rejected"}[chosen.value]
     return RedirectResponse(f"/review?msg={label}+edit+{edit_id}", status_code=303)

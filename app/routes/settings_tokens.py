@@ -40,7 +40,7 @@ async def create_token(
     try:
         token, secret = api_tokens.create_token(db, db.get(User, user.id), name, scopes)
     except api_tokens.TokenError as exc:
-        return _page(request, db, user, status_code=422, error=str(exc), token_name=name)
+        return _page(request, db, user, status_code=exc.status_code, error=str(exc), token_name=name)
     db.commit()
     # Rendered, not redirected: the secret exists only in this one response.
     return _page(request, db, user, status_code=201, created=token, secret=secret)

@@ -40,6 +40,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from app import driver
 from app.db import is_postgres
 from app.driver import Steps
+from app.errors import Conflict, DomainError, NotFound
 from app.models import (
     COMPLETED_OUTCOMES,
     Edit,
@@ -57,16 +58,9 @@ from app.models import (
 )
 from app.services import webhooks
 from app.services.queue import Task, active_lease_count, lock_task, task_columns
-from labels import EditAnalysis, TokenizerNotFound, analyse_edit, load_tokenizer
+from labels import LABEL_NAMES, EditAnalysis, TokenizerNotFound, analyse_edit, load_tokenizer
 
 MAX_EDIT_CHARS = 200_000
-LABEL_CLASSES = {0: "keep", 1: "insert", 2: "delete", 3: "replace"}
-
-
-class AnnotationError(ValueError):
-    def __init__(self, message: str, status_code: int = 400) -> None:
-        super().__init__(message)
-        self.status_code = status_code
 
 
 @dataclass(frozen=True)
@@ -93,14 +87,14 @@ class EditorMetrics:
 def found(task: Task | None) -> Task:
     """The task `queue.finding_task` found; a 404 if it found none."""
     if task is None:
-        raise AnnotationError("This task is not yours or does not exist.", 404)
+        raise NotFound("This task is not yours or does not exist.")
     return task
 
 
 def analyse(tokenizer: str, original: str, edited: str) -> EditAnalysis:
     """Labels, diff and statistics of an edit with the named tokenizer (a project's)."""
     if len(edited) > MAX_EDIT_CHARS:
-        raise AnnotationError(f"The edited text is longer than {MAX_EDIT_CHARS} characters.", 413)
+        raise DomainError(f"The edited text is longer than {MAX_EDIT_CHARS} characters.", 413)
     return analyse_edit(original, edited, load_tokenizer(tokenizer))
 
 
@@ -147,12 +141,12 @@ def _existing_edit(session: Session, lease_id: int) -> Edit | None:
 def _check_slot(session: Session, lease: Lease, item: Item, project: Project, now: datetime) -> None:
     """A lease that ran out still counts if its slot was not handed to someone else meanwhile."""
     if item.status != ItemStatus.OPEN:
-        raise AnnotationError("This item already has all its annotations.", 409)
+        raise Conflict("This item already has all its annotations.")
     if lease.state == LeaseState.ACTIVE and as_utc(lease.expires_at) > now:
         return
     others = active_lease_count(session, item.id, now, exclude_lease=lease.id)
     if item.completed_count + others >= project.annotations_per_item:
-        raise AnnotationError("Your lease on this item expired and it was given to someone else.", 409)
+        raise Conflict("Your lease on this item expired and it was given to someone else.")
 
 
 def _edit_values(lease_id: int, annotator_id: int, item_id: int, budget: float, outcome: Outcome, text: str,
@@ -224,12 +218,12 @@ def submit_locking(
     """`submit`'s general path: one transaction that locks the item and the lease first. For a caller that
     already tried the one-statement submit (`submit_on_driver`) and was declined."""
     if (task := lock_task(session, lease_id, user)) is None:
-        raise AnnotationError("This task is not yours or does not exist.", 404)
+        raise NotFound("This task is not yours or does not exist.")
     lease, item, project = task.lease, task.item, task.project
     if lease.state in (LeaseState.SUBMITTED, LeaseState.SKIPPED) and (done := _existing_edit(session, lease.id)):
         return done
     if outcome == Outcome.SKIPPED and not skip_reason.strip():
-        raise AnnotationError("Say why you skip this item.")
+        raise DomainError("Say why you skip this item.")
     outcome, text = _decide(outcome, text, item.original)
     analysis = analyse(project.tokenizer, item.original, text) if outcome != Outcome.SKIPPED else None
     now = utcnow()
@@ -444,7 +438,7 @@ def token_spans(text: str, offsets: list[tuple[int, int]], labels: list[int]) ->
         if start > pos:
             spans.append(Span(text[pos:start], "gap"))
         if end > start:
-            spans.append(Span(text[start:end], LABEL_CLASSES[label]))
+            spans.append(Span(text[start:end], LABEL_NAMES[label]))
             pos = end
     if pos < len(text):
         spans.append(Span(text[pos:], "gap"))

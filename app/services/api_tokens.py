@@ -12,6 +12,7 @@ from datetime import timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.errors import DomainError
 from app.models import ApiToken, Role, User, utcnow
 from app.security import token_digest
 from app.services import audit
@@ -38,8 +39,10 @@ ROLE_SCOPES: dict[str, frozenset[str]] = {
 }
 
 
-class TokenError(ValueError):
+class TokenError(DomainError):
     """A token request that cannot be granted; the message says why."""
+
+    status_code = 422
 
 
 def allowed_scopes(user: User) -> frozenset[str]:

@@ -28,6 +28,7 @@ from app.models import (
     as_utc,
     utcnow,
 )
+from labels import DEFAULT_MINIMALITY_BUDGET
 
 RECENT_EDITS = 50_000  # window for per-annotator medians
 AGREEMENT_ITEMS = 500  # most recent multiply-annotated items compared
@@ -150,7 +151,7 @@ def throughput(session: Session, project_id: int | None, hours: int = 24) -> lis
 
 def edit_rate_histogram(session: Session, project_id: int | None) -> list[tuple[str, int, bool]]:
     """(bin label, count, bin lies above the budget) for edited outcomes."""
-    budget = 0.35
+    budget = DEFAULT_MINIMALITY_BUDGET
     if project_id and (project := session.get(Project, project_id)):
         budget = project.minimality_budget
     buckets = [

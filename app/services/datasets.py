@@ -15,10 +15,11 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from sqlalchemy import Row, Select, Text, bindparam, cast, func, insert, select
 from sqlalchemy.orm import Session, aliased
 
+from app.errors import DomainError
 from app.models import (
     DatasetRow,
     DatasetVersion,
@@ -41,8 +42,10 @@ RowId = Annotated[int, Field(ge=1, le=MAX_ID)]
 T = TypeVar("T")
 
 
-class DatasetError(ValueError):
+class DatasetError(DomainError):
     """A filter or request that cannot make a dataset version; the message says what is wrong."""
+
+    status_code = 422
 
 
 class DatasetFilter(BaseModel):
@@ -88,6 +91,17 @@ class DatasetFilter(BaseModel):
 
 
 # --- pseudonyms -----------------------------------------------------------------------------------
+
+
+def filter_errors(exc: ValidationError, prefix: str = "") -> list[str]:
+    """A filter's validation errors as `field: message`, in the filter's own words (pydantic prefixes a
+    validator's message with "Value error, "; the raised error itself is in the error's context)."""
+    messages = []
+    for error in exc.errors():
+        cause = error.get("ctx", {}).get("error") if error["type"] == "value_error" else None
+        where = prefix + ".".join(str(part) for part in error["loc"]) if error["loc"] else "filter"
+        messages.append(f"{where}: {cause if cause is not None else error['msg']}")
+    return messages
 
 
 def pseudonym_key() -> bytes:

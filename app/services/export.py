@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import array
 import json
+import re
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -35,19 +37,22 @@ import pyarrow.parquet as pq
 from sqlalchemy import Engine, Text, cast, func, select
 from sqlalchemy.orm import Session
 
+from app.errors import DomainError
 from app.models import DatasetRow, DatasetVersion, Outcome, Project, User
 from app.services.datasets import batched, iso
-from labels import ALGORITHM_VERSION, LabelTokenizer, analyse_edit, load_tokenizer
+from labels import ALGORITHM_VERSION, LABEL_NAMES, LabelTokenizer, analyse_edit, load_tokenizer
 
 SessionSource = Session | Callable[[], AbstractContextManager[Session]]
 
 
-class ExportError(ValueError):
+class ExportError(DomainError):
     """An export that cannot be produced (unknown format or version, bad tokenizer)."""
+
+    status_code = 422
 
 
 class VersionNotFound(ExportError):
-    pass
+    status_code = 404
 
 
 @dataclass(frozen=True)
@@ -76,7 +81,6 @@ EXPORT_FORMATS: dict[str, ExportFormat] = {
     )
 }
 
-LABEL_SCHEME = {"keep": 0, "insert": 1, "delete": 2, "replace": 3}
 # Frozen rows fetched per round trip: about 5 MB of text, whatever the size of the version.
 FETCH_ROWS = 500
 PARALLEL_READERS = 3
@@ -499,18 +503,38 @@ def _reviewed_count(session: Session, version_id: int) -> int:
     return session.scalar(query) or 0
 
 
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]{}#+!|~])")
+
+
+def markdown_text(text: str) -> str:
+    """User text (a project or version name) as literal markdown on one line: HTML is escaped, markdown
+    syntax backslash-escaped, so a name like `<img src=x>` or `**x** | y` shows as written."""
+    escaped = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(escaped.split()))
+
+
+def tokenizer_label(name: str, vocab_hash: str | None = None) -> str:
+    """How a card names a tokenizer: a hub id as is; a local folder by its folder name, since its path
+    means nothing on another machine. The vocabulary hash identifies it either way."""
+    path = Path(name).expanduser()
+    local = path.is_absolute() or name.startswith(".") or name.count("/") > 1 or path.is_dir()
+    label = f"{path.name} (a local copy)" if local else name
+    return f"{label}, vocabulary hash {vocab_hash[:16]}" if vocab_hash else label
+
+
 def card_text(session: Session, version: DatasetVersion, tok: LabelTokenizer | None) -> str:
     project = session.get(Project, version.project_id) if version.project_id else None
     creator = session.get(User, version.created_by_id) if version.created_by_id else None
     outcomes = _outcome_counts(session, version.id)
-    labelled_with = tok.name if tok else (project.tokenizer if project else "as recorded per row")
+    labelled_with = (tokenizer_label(tok.name, tok.vocab_hash) if tok
+                     else tokenizer_label(project.tokenizer) if project else "as recorded per row")
     lines = [
         "---",
         f"pretty_name: {json.dumps(version.name)}",
         "task_categories: [text-generation]",
         "tags: [redline, minimal-edits, token-level-labels]",
         "---",
-        f"# {version.name}",
+        f"# {markdown_text(version.name)}",
         "",
         "Minimal edits of language-model responses collected with Redline, frozen as dataset version "
         f"{version.id}. Each row pairs an original (less-preferred) response with its minimally edited "
@@ -519,12 +543,12 @@ def card_text(session: Session, version: DatasetVersion, tok: LabelTokenizer | N
         "| | |",
         "|---|---|",
         f"| Version | {version.id} |",
-        f"| Project | {project.name if project else 'all projects'} |",
+        f"| Project | {markdown_text(project.name) if project else 'all projects'} |",
         f"| Rows | {version.row_count} |",
         f"| Reviewed rows | {_reviewed_count(session, version.id)} |",
         f"| Content hash (SHA-256) | `{version.content_hash}` |",
-        f"| Created | {iso(version.created_at)} by {creator.username if creator else 'unknown'} |",
-        f"| Tokenizer of the labels | `{labelled_with}` |",
+        f"| Created | {iso(version.created_at)} by {markdown_text(creator.username) if creator else 'unknown'} |",
+        f"| Tokenizer of the labels | {markdown_text(labelled_with)} |",
         f"| Label algorithm | `{ALGORITHM_VERSION}` |",
         "",
         "## Rows per outcome",
@@ -541,7 +565,7 @@ def card_text(session: Session, version: DatasetVersion, tok: LabelTokenizer | N
         "",
         "`token_labels.original_labels` has one code per token of `original`, `edited_labels` one per token "
         "of `edited` (tokenised without special tokens). Codes: "
-        + ", ".join(f"`{code}` {name}" for name, code in LABEL_SCHEME.items())
+        + ", ".join(f"`{code}` {name}" for code, name in LABEL_NAMES.items())
         + ". Original tokens are keep/delete/replace, edited tokens keep/insert/replace "
         "(Levenshtein alignment of token ids).",
         "",

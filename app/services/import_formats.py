@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -19,6 +19,7 @@ from typing import Any, BinaryIO
 import pyarrow.parquet as pq
 from sqlalchemy.orm import Session
 
+from app.errors import DomainError
 from app.models import ImportBatch, Project, User
 from app.services.importer import ImportResult, import_records
 
@@ -27,8 +28,8 @@ PROMPT_NAMES = ("prompt", "instruction", "question", "input")
 RESPONSE_NAMES = ("response", "completion", "output", "answer")
 
 
-class FormatError(ValueError):
-    pass
+class FormatError(DomainError):
+    """A file that cannot be read as the format it claims (or an unknown format)."""
 
 
 def detect_format(filename: str, fmt: str | None = None) -> str:
@@ -90,31 +91,73 @@ def map_row(row: dict[str, Any], line: int, mapping: dict[str, str]) -> dict[str
     return {"_line": line, "prompt": row[columns["prompt"]], "response": row[columns["response"]], "source": source}
 
 
+# Bytes that are not UTF-8 are decoded to lone surrogates (U+DC80-U+DCFF) so the row can still be
+# parsed, and then the field that holds them is named.
+_UNDECODED = re.compile("[\udc80-\udcff]")
+
+
+def _not_utf8(row: dict[str, Any], fallback: str) -> tuple[str, str]:
+    """(field, message) for a row read from bytes that are not UTF-8."""
+    for key, value in row.items():
+        found = _UNDECODED.search(value) if isinstance(value, str) else None
+        if found or (isinstance(key, str) and _UNDECODED.search(key)):
+            byte = ord((found or _UNDECODED.search(key)).group()) - 0xDC00
+            field = key if found else "(header)"
+            return field, _NOT_UTF8.format(byte=byte)
+    return fallback, _NOT_UTF8.format(byte=0)
+
+
+_NOT_UTF8 = ("is not UTF-8 text (it has the byte 0x{byte:02x}, as a Latin-1 or Windows-1252 file would): save the file "
+             "as UTF-8 and import it again (Excel: Save As, \"CSV UTF-8\"; LibreOffice: character set "
+             "\"Unicode (UTF-8)\")")
+
+
 def _jsonl_rows(stream: BinaryIO) -> Iterator[tuple[int, dict[str, Any] | tuple[str, str]]]:
     for line_no, raw in enumerate(stream, start=1):
         if not raw.strip():
             continue
         try:
             value = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except UnicodeDecodeError:
+            try:
+                value = json.loads(raw.decode("utf-8", "surrogateescape"))
+            except json.JSONDecodeError:
+                value = {}
+            yield line_no, _not_utf8(value if isinstance(value, dict) else {}, "(json)")
+            continue
+        except json.JSONDecodeError as exc:
             yield line_no, ("(json)", f"not valid JSON: {exc}")
             continue
         yield line_no, value if isinstance(value, dict) else ("(json)", "each line must be a JSON object")
 
 
+def _decoded_lines(stream: BinaryIO, undecoded: list[int]) -> Iterator[str]:
+    """The file's lines as text; a line that is not UTF-8 is decoded with lone surrogates and counted."""
+    for number, raw in enumerate(stream, start=1):
+        try:
+            yield raw.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError:
+            undecoded.append(number)
+            yield raw.decode("utf-8", "surrogateescape")
+
+
 def _csv_rows(stream: BinaryIO) -> Iterator[tuple[int, dict[str, Any] | tuple[str, str]]]:
-    text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
-    reader = csv.DictReader(text)
+    undecoded: list[int] = []
+    reader = csv.DictReader(_decoded_lines(stream, undecoded))
     try:
+        if reader.fieldnames and undecoded:  # the header line itself
+            undecoded.clear()
+            yield 1, _not_utf8(dict.fromkeys(reader.fieldnames, ""), "(header)")
         for row in reader:
-            if None in row:
+            if undecoded:
+                undecoded.clear()
+                yield reader.line_num, _not_utf8(row, "(csv)")
+            elif None in row:
                 yield reader.line_num, ("(csv)", "more values than header columns")
             else:
                 yield reader.line_num, row
-    except (csv.Error, UnicodeDecodeError) as exc:
+    except csv.Error as exc:
         yield reader.line_num, ("(csv)", str(exc))
-    finally:
-        text.detach()  # the caller owns the underlying file
 
 
 def _parquet_rows(stream: BinaryIO) -> Iterator[tuple[int, dict[str, Any] | tuple[str, str]]]:

@@ -19,8 +19,10 @@ from typing import Any
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
+from app.errors import DomainError
 from app.models import ImportBatch, Item, ItemStatus, Project, User
 from app.services import audit
+from app.text_input import find_nul, nul_error
 
 CHUNK = 1000
 MAX_TEXT_CHARS = 200_000
@@ -37,7 +39,7 @@ class RowError:
         return f"line {self.line}, field {self.field!r}: {self.message}"
 
 
-class ImportRejected(ValueError):
+class ImportRejected(DomainError):
     """The import was refused; nothing was written. `errors` lists the bad rows (the first 500)."""
 
     def __init__(self, errors: list[RowError], total: int) -> None:
@@ -71,7 +73,7 @@ def _text_error(record: dict[str, Any], key: str) -> str | None:
         return "empty"
     if len(value) > MAX_TEXT_CHARS:
         return f"longer than {MAX_TEXT_CHARS} characters"
-    return None
+    return nul_error(value)
 
 
 def validate_record(record: dict[str, Any], line: int) -> list[RowError]:
@@ -79,8 +81,11 @@ def validate_record(record: dict[str, Any], line: int) -> list[RowError]:
         found = record["_error"]
         return [RowError(line, name, message) for name, message in ([found] if isinstance(found, tuple) else found)]
     errors = [RowError(line, key, msg) for key in ("prompt", "response") if (msg := _text_error(record, key))]
-    if not isinstance(record.get("source", {}), dict):
+    source = record.get("source", {})
+    if not isinstance(source, dict):
         errors.append(RowError(line, "source", "must be an object"))
+    elif found := find_nul(source):
+        errors.append(RowError(line, found[0], found[1]))
     return errors
 
 

@@ -6,12 +6,14 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from app.errors import NotFound
 from app.models import Job
+from training.config import RESUME_STATE_FILE
 
 READ_BLOCK = 1 << 20
 
 
-class ArtifactMissing(LookupError):
+class ArtifactMissing(NotFound):
     pass
 
 
@@ -49,11 +51,19 @@ class _Pipe:
         return data
 
 
-def zip_stream(folder: Path) -> Iterator[bytes]:
-    """The folder as a zip archive, produced piece by piece (model weights are never held in memory)."""
+def is_resume_state(path: Path) -> bool:
+    """A checkpoint's optimizer and scheduler state (often larger than the model): kept on disk for
+    `resume`, left out of downloads unless asked for."""
+    return path.name == RESUME_STATE_FILE
+
+
+def zip_stream(folder: Path, resume_state: bool = False) -> Iterator[bytes]:
+    """The folder as a zip archive, produced piece by piece (model weights are never held in memory);
+    without the resume state unless `resume_state`."""
     pipe = _Pipe()
     with zipfile.ZipFile(pipe, "w", compression=zipfile.ZIP_STORED) as archive:  # type: ignore[arg-type]
-        for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()):
+        files = (p for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+        for path in sorted(p for p in files if resume_state or not is_resume_state(p)):
             arcname = f"{folder.name}/{path.relative_to(folder)}"
             with path.open("rb") as source, archive.open(arcname, "w", force_zip64=True) as target:
                 while block := source.read(READ_BLOCK):

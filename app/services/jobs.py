@@ -19,6 +19,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app.errors import Conflict
 from app.models import Job, JobLogChunk, JobMetric, JobStatus, User, as_utc, utcnow
 
 FINISHED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
@@ -32,8 +33,8 @@ LOG_CHUNK_CHARS = 32_000
 APPEND_ATTEMPTS = 5
 
 
-class JobError(ValueError):
-    """A request about a job that cannot be honoured (e.g. cancelling a finished job)."""
+class JobError(Conflict):
+    """A request about a job that cannot be honoured in its state (e.g. cancelling a finished job)."""
 
 
 @dataclass(frozen=True)

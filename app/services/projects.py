@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import Select, bindparam, case, delete, func, select, update
 from sqlalchemy.orm import Session
 
+from app.errors import DomainError
 from app.models import Item, ItemStatus, Project, ProjectMember, Role, User
 from app.services import audit
-from labels import TokenizerNotFound, load_tokenizer
+from app.settings import get_settings
+from labels import DEFAULT_MINIMALITY_BUDGET, TokenizerNotFound, load_tokenizer
 
 
-class ProjectError(ValueError):
+class ProjectError(DomainError):
     """Invalid project settings; the message names the field."""
 
 
@@ -21,8 +23,8 @@ class ProjectSettings:
     name: str
     tokenizer: str
     annotations_per_item: int = 1
-    minimality_budget: float = 0.35
-    lease_seconds: int = 1800
+    minimality_budget: float = DEFAULT_MINIMALITY_BUDGET
+    lease_seconds: int = field(default_factory=lambda: get_settings().lease_seconds_default)
     guidelines_md: str = ""
     description: str = ""
 

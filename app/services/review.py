@@ -9,6 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
+from app.errors import Conflict, DomainError, NotFound
 from app.models import (
     COMPLETED_OUTCOMES,
     Comment,
@@ -28,18 +29,20 @@ from app.services.annotation import analyse, stored_record
 from app.services.queue import lock_item
 
 
-class ReviewError(ValueError):
-    def __init__(self, message: str, status_code: int = 400) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-
-
 @dataclass(frozen=True)
 class QueueRow:
     edit: Edit
     item: Item
     project: Project
     annotator: User
+
+
+def parse_verdict(value: str) -> Verdict:
+    try:
+        return Verdict(value)
+    except ValueError:
+        raise DomainError(f"verdict: unknown value {value!r}; choose one of "
+                          f"{', '.join(v.value for v in Verdict)}") from None
 
 
 def _reviewable(reviewer: User):
@@ -73,7 +76,7 @@ def review_queue(session: Session, reviewer: User, project_id: int | None = None
 def reviewable_edit(session: Session, reviewer: User, edit_id: int) -> QueueRow:
     row = session.execute(_reviewable(reviewer).where(Edit.id == edit_id)).first()
     if row is None:
-        raise ReviewError("This edit does not exist or is not yours to review.", 404)
+        raise NotFound("This edit does not exist or is not yours to review.")
     return QueueRow(*row)
 
 
@@ -85,7 +88,7 @@ def history(session: Session, edit_id: int) -> tuple[list[Review], list[Comment]
 
 def _fix_layer(project: Project, original: str, fixed_text: str) -> dict:
     if not fixed_text.strip():
-        raise ReviewError("fixed text: write the corrected response (or choose Accept).")
+        raise DomainError("fixed text: write the corrected response (or choose Accept).")
     record = stored_record(analyse(project.tokenizer, original, fixed_text))
     return {"fixed_text": fixed_text, **record}
 
@@ -104,11 +107,11 @@ def decide(
     row = reviewable_edit(session, reviewer, edit_id)
     edit = row.edit
     if edit.review_status != ReviewStatus.PENDING or (version is not None and edit.version != version):
-        raise ReviewError("Someone reviewed this edit already. Reload to see their verdict.", 409)
+        raise Conflict("Someone reviewed this edit already. Reload to see their verdict.")
     fixed_text = fixed_text.replace("\r\n", "\n")
     layer = _fix_layer(row.project, row.item.original, fixed_text) if verdict == Verdict.FIX_AND_ACCEPT else {}
     if verdict == Verdict.REJECT and not comment.strip():
-        raise ReviewError("comment: say what is wrong, so the annotator can learn from it.")
+        raise DomainError("comment: say what is wrong, so the annotator can learn from it.")
     review = Review(
         edit_id=edit.id, reviewer_id=reviewer.id, verdict=verdict.value, comment=comment.strip(),
         fixed_text=layer.get("fixed_text"), char_diff=layer.get("char_diff"),
@@ -124,7 +127,7 @@ def decide(
     try:
         session.flush()  # the edit's version column makes a concurrent verdict fail here
     except StaleDataError:
-        raise ReviewError("Someone reviewed this edit already. Reload to see their verdict.", 409) from None
+        raise Conflict("Someone reviewed this edit already. Reload to see their verdict.") from None
     audit.record(session, reviewer, f"review.{verdict.value}", "edit", edit.id, before=before,
                  after={"review_status": edit.review_status, "review_id": review.id})
     return review

@@ -8,6 +8,7 @@ from datetime import timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from app.errors import DomainError
 from app.models import LoginAttempt, Role, User, utcnow
 from app.security import (
     end_all_sessions,
@@ -19,17 +20,20 @@ from app.security import (
 from app.services import audit
 from app.settings import get_settings
 
-USERNAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{2,64}$")
+# Written once for Python and for the form's `pattern` attribute, which browsers compile with the `v`
+# flag: there a literal "-" in a class must be escaped.
+USERNAME_PATTERN = r"[A-Za-z0-9_.@\-]{2,64}"
+USERNAME_RE = re.compile(f"^{USERNAME_PATTERN}$")
 # One address may try a few accounts (a shared office), but not sweep them.
 IP_LIMIT_FACTOR = 5
 
 
-class AccountError(ValueError):
+class AccountError(DomainError):
     """A request about an account that cannot be honoured; the message says why."""
 
 
 class TooManyAttempts(AccountError):
-    pass
+    status_code = 429
 
 
 def _user_snapshot(user: User) -> dict:
@@ -86,7 +90,7 @@ def authenticate(session: Session, username: str, password: str, ip: str) -> Use
     user = session.scalar(select(User).where(User.username == username))
     if not verify_password(user.password_hash if user else None, password) or not user.is_active:
         session.add(LoginAttempt(username=username, ip=ip[:64]))
-        raise AccountError("Wrong username or password, or the account is deactivated.")
+        raise AccountError("Wrong username or password, or the account is deactivated.", 401)
     if password_needs_rehash(user.password_hash):
         user.password_hash = hash_password(password)
     user.last_login_at = utcnow()

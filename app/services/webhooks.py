@@ -27,6 +27,7 @@ import httpx
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from app.errors import DomainError
 from app.models import User, Webhook, WebhookDelivery, utcnow
 from app.settings import get_settings
 
@@ -40,8 +41,10 @@ CLAIM_SECONDS = 120
 SessionFactory = Callable[[], AbstractContextManager[Session]]
 
 
-class WebhookError(ValueError):
+class WebhookError(DomainError):
     """A webhook definition that cannot be accepted (bad URL, unknown event)."""
+
+    status_code = 422
 
 
 @dataclass(frozen=True)

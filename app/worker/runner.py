@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from app.models import Job, JobStatus
 from app.services import jobs
 from app.services.export import stream_export
+from app.services.job_artifacts import is_resume_state
 from app.settings import Settings
 from app.worker import feed, process
 from app.worker.command import CommandBuilder
@@ -293,18 +294,17 @@ def read_eval(output_dir: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else {"value": data}
 
 
-def _size(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+def _artifact(entry: Path) -> dict[str, Any]:
+    if entry.is_file():
+        return {"name": entry.name, "type": "file", "bytes": entry.stat().st_size}
+    sizes = [(is_resume_state(p), p.stat().st_size) for p in entry.rglob("*") if p.is_file()]
+    return {"name": entry.name, "type": "dir", "bytes": sum(size for state, size in sizes if not state),
+            "resume_bytes": sum(size for state, size in sizes if state)}
 
 
 def list_artifacts(output_dir: Path) -> list[dict[str, Any]]:
-    """The top-level entries of the output folder: checkpoints (folders) and files, with sizes."""
+    """The top-level entries of the output folder: checkpoints (folders) and files, with their download
+    sizes (a checkpoint's resume state counted apart)."""
     if not output_dir.is_dir():
         return []
-    return [
-        {"name": entry.name, "type": "dir" if entry.is_dir() else "file", "bytes": _size(entry)}
-        for entry in sorted(output_dir.iterdir())
-        if not entry.is_symlink()
-    ]
+    return [_artifact(entry) for entry in sorted(output_dir.iterdir()) if not entry.is_symlink()]

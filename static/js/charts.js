@@ -10,14 +10,17 @@
     ["Loss", /loss/i],
     ["Throughput", /per_second|step_time/i],
     ["Learning rate", /learning_rate|(^|\/)lr$/i],
+    ["Gradient norm", /grad_norm/i],
   ];
   const COLORS = ["#b3261e", "#0b57d0", "#1e7b34", "#9a6700", "#6a1b9a", "#00838f", "#5d4037", "#c2185b"];
 
+  // A metric of no known family gets a panel of its own: metrics of unrelated scales (a gradient norm
+  // of 1,300 beside a margin of 0.2) on one axis would flatten all but the largest.
   function groupOf(name) {
     for (const [group, pattern] of GROUPS) {
       if (pattern.test(name)) return group;
     }
-    return "Other";
+    return name;
   }
 
   function lineChart(canvas, title) {

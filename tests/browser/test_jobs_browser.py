@@ -134,6 +134,8 @@ def test_researcher_trains_a_token_rm_watches_it_and_compares_runs(
     page.wait_for_function("Number(document.querySelector('#job-charts').dataset.points) > 0", timeout=90_000)
     first = chart_points(page)
     expect(page.locator(".chart-box[data-group=Loss] canvas")).to_be_visible()
+    # a metric of no known family (the epoch, 0-1) gets its own panel, not the axis of another scale
+    expect(page.locator(".chart-box[data-group=epoch] canvas")).to_be_visible()
     page.wait_for_function(
         f"Number(document.querySelector('#job-charts').dataset.points) > {first}", timeout=90_000
     )

@@ -19,7 +19,10 @@ def test_demo_setup_is_idempotent(settings_env, tmp_path):
     items.write_text("".join(json.dumps(row) + "\n" for row in rows))
     first = CliRunner().invoke(cli, ["demo", "setup", "--items", str(items)])
     assert first.exit_code == 0, first.output
-    password = first.output.split("password ")[1].split()[0]
+    # The credentials come last, framed, so they stand out of `make run`'s setup output.
+    banner = first.output.strip().splitlines()[-6:]
+    assert banner[0] == banner[-1] and set(banner[0]) == {"#"} and "username: admin" in banner[2]
+    password = banner[3].split("password: ")[1].split()[0]
     with session_scope() as session:
         admin = session.scalars(select(User).where(User.username == "admin")).one()
         assert verify_password(admin.password_hash, password)

@@ -147,6 +147,21 @@ def test_card_describes_counts_filter_hash_and_label_scheme(db_url, version, tmp
     assert "`0` keep, `1` insert, `2` delete, `3` replace" in text
 
 
+def test_card_escapes_names_and_names_a_local_tokenizer_by_its_folder(db_url, version, tmp_path):
+    with session_scope(engine_for(db_url)) as session:
+        row = session.get(type(version), version.id)
+        row.name = "<img src=x onerror=alert(1)> **v1** | x"
+    model = str(Path(__file__).resolve().parents[2] / "var/models/SmolLM2-135M-Instruct")
+    text = _write(db_url, version.id, "card", tmp_path / "README.md", tokenizer=model).read_text()
+    front_matter, body = text.split("\n---\n", 1)
+    assert 'pretty_name: "<img src=x onerror=alert(1)> **v1** | x"' in front_matter  # YAML data, quoted
+    assert "<img" not in body and "# &lt;img src=x onerror=alert(1)&gt; \\*\\*v1\\*\\* \\| x" in body
+    tokenizer_row = next(line for line in text.splitlines() if line.startswith("| Tokenizer of the labels"))
+    assert "SmolLM2-135M-Instruct (a local copy)" in tokenizer_row and "/" not in tokenizer_row
+    assert f"vocabulary hash {load_tokenizer(model).vocab_hash[:16]}" in tokenizer_row
+    assert export.tokenizer_label("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
 def _train_tiny_tokenizer(folder: Path) -> str:
     texts = [text for pair in SAMPLE_PAIRS for text in pair] * 3
     tokenizer = Tokenizer(models.BPE(unk_token="[UNK]"))

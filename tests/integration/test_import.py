@@ -53,6 +53,39 @@ def test_bad_rows_are_reported_with_line_and_field_and_nothing_is_written(make_p
     assert _count(project.id) == 0
 
 
+def test_latin1_files_say_where_and_to_save_as_utf8(make_project):
+    project = make_project()
+    latin1_csv = io.BytesIO("prompt,response\nhello,world\nCafé?,naïve\n".encode("latin-1"))
+    latin1_jsonl = io.BytesIO('{"prompt": "ok", "response": "café"}\n'.encode("latin-1"))
+    for stream, name, where in ((latin1_csv, "x.csv", (3, "prompt")), (latin1_jsonl, "x.jsonl", (1, "response"))):
+        with session_scope() as session, pytest.raises(ImportRejected) as caught:
+            import_file(session, project, stream, filename=name)
+        (error,) = caught.value.errors
+        assert (error.line, error.field) == where
+        assert "byte 0xe9" in error.message and "save the file as UTF-8" in error.message
+    header = io.BytesIO("prompt,répons\nhello,world\n".encode("latin-1"))
+    with session_scope() as session, pytest.raises(ImportRejected) as caught:
+        import_file(session, project, header, filename="h.csv", mapping={"response": "répons"})
+    assert (caught.value.errors[0].line, caught.value.errors[0].field) == (1, "(header)")
+    assert _count(project.id) == 0
+
+
+def test_nul_characters_are_refused_with_line_and_field(make_project):
+    project = make_project()
+    rows = [{"prompt": "fine", "response": "fine"}, {"prompt": "p", "response": "bad\u0000text"},
+            {"prompt": "p2", "response": "r2", "meta": {"note": "x\u0000"}}]
+    with session_scope() as session, pytest.raises(ImportRejected) as caught:
+        import_file(session, project, _jsonl(rows), filename="nul.jsonl")
+    found = {(e.line, e.field): e.message for e in caught.value.errors}
+    assert set(found) == {(2, "response"), (3, "meta.note")}
+    assert "NUL character (U+0000) at character 4" in found[(2, "response")]
+    csv_nul = io.BytesIO(b"prompt,response\nP,R\x00\n")
+    with session_scope() as session, pytest.raises(ImportRejected) as caught:
+        import_file(session, project, csv_nul, filename="nul.csv")
+    assert [(e.line, e.field) for e in caught.value.errors] == [(2, "response")]
+    assert _count(project.id) == 0
+
+
 def test_csv_with_mapping_and_preference_parquet(make_project):
     project = make_project()
     csv_bytes = io.BytesIO(b"question,answer,id\n\"What, exactly?\",\"This.\",7\nQ2,A2,8\n")

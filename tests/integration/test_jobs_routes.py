@@ -20,6 +20,7 @@ from app.db import session_scope
 from app.models import AuditEvent, Job, JobStatus, Project, utcnow
 from app.services import jobs
 from app.services.datasets import DatasetFilter, create_version
+from app.worker.runner import list_artifacts
 
 
 @pytest.fixture
@@ -201,16 +202,16 @@ def finished_job_with_files(tmp_path: Path) -> int:
     (out / "model" / "model.safetensors").write_bytes(b"w" * 3000)
     (out / "model" / "config.json").write_text("{}")
     (out / "eval.json").write_text(json.dumps({"accuracy": 0.8}))
+    (out / "checkpoint-4").mkdir()
+    (out / "checkpoint-4" / "model.safetensors").write_bytes(b"w" * 3000)
+    (out / "checkpoint-4" / "trainer_state.pt").write_bytes(b"s" * 7000)
     job_id = add_job(name="a")
     with session_scope() as session:
         claimed = jobs.claim_next_job(session, "w1")
         jobs.set_run_paths(session, claimed.id, output_dir=str(out), log_path="", pid=None)
         jobs.finish_job(
-            session, job_id, "w1", JobStatus.SUCCEEDED, eval_result={"accuracy": 0.8},
-            artifacts=[
-                {"name": "model", "type": "dir", "bytes": 3002},
-                {"name": "eval.json", "type": "file", "bytes": 17},
-            ],
+            session, job_id, "w1", JobStatus.SUCCEEDED, eval_result={"accuracy": 0.8, "warning": "too few"},
+            artifacts=list_artifacts(out),
         )
     return job_id
 
@@ -223,10 +224,17 @@ def test_artifacts_download_files_and_folders_as_zip(web_client, researcher, tmp
     archive = zipfile.ZipFile(io.BytesIO(response.content))
     assert sorted(archive.namelist()) == ["model/config.json", "model/model.safetensors"]
     assert archive.read("model/model.safetensors") == b"w" * 3000
+    # A checkpoint's optimizer state stays on disk for resuming; it is downloaded only when asked for.
+    names = zipfile.ZipFile(io.BytesIO(web_client.get(f"/jobs/{job_id}/artifacts/checkpoint-4").content)).namelist()
+    assert names == ["checkpoint-4/model.safetensors"]
+    with_state = web_client.get(f"/jobs/{job_id}/artifacts/checkpoint-4?resume_state=1").content
+    assert "checkpoint-4/trainer_state.pt" in zipfile.ZipFile(io.BytesIO(with_state)).namelist()
     assert web_client.get(f"/jobs/{job_id}/artifacts/metrics.jsonl").status_code == 404
     assert web_client.get(f"/jobs/{job_id}/artifacts/..%2F..%2Fetc").status_code == 404
     page = web_client.get(f"/jobs/{job_id}").text
     assert 'id="eval-table"' in page and "0.8" in page
+    assert 'id="eval-warning"' in page and "too few" in page
+    assert "checkpoint-4/ (zip)</a> <span class=\"muted small\">0.0 MB" in page and "?resume_state=1" in page
     assert "hx-trigger" not in page  # a finished job is not polled
 
 

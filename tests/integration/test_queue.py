@@ -11,6 +11,7 @@ from queue_checks import assert_exactly_n_annotations
 from sqlalchemy import func, select, update
 
 from app.db import session_scope
+from app.errors import DomainError
 from app.models import Edit, Item, ItemStatus, Lease, LeaseState, Outcome, Project, User, utcnow
 from app.services import annotation, queue
 
@@ -65,7 +66,7 @@ def test_skip_frees_the_item_for_others_but_not_for_the_skipper(make_user, make_
     project = make_project(members=[a, b])
     add_items(project, [("P", "R")])
     lease = _lease(project, a)
-    with pytest.raises(annotation.AnnotationError), session_scope() as session:
+    with pytest.raises(DomainError), session_scope() as session:
         annotation.submit(session, lease.id, a, Outcome.SKIPPED, skip_reason=" ")
     with session_scope() as session:
         annotation.submit(session, lease.id, a, Outcome.SKIPPED, skip_reason="I don't know the topic")
@@ -91,7 +92,7 @@ def test_expired_lease_returns_the_item(make_user, make_project, add_items):
         queue.expire_stale_leases(session, utcnow())
     with session_scope() as session:
         assert session.get(Lease, stale.id).state == LeaseState.EXPIRED
-    with pytest.raises(annotation.AnnotationError, match="given to someone else"):
+    with pytest.raises(DomainError, match="given to someone else"):
         _submit(stale.id, a)
     _submit(fresh.id, b)
 
@@ -111,7 +112,7 @@ def test_an_annotator_only_sees_their_own_lease(make_user, make_project, add_ite
     project = make_project(members=[a, b])
     add_items(project, [("P", "R")])
     lease = _lease(project, a)
-    with pytest.raises(annotation.AnnotationError):
+    with pytest.raises(DomainError):
         _submit(lease.id, b)
 
 

@@ -8,6 +8,7 @@ import pytest
 from sqlalchemy import select
 
 from app.db import session_scope
+from app.errors import DomainError
 from app.models import Comment, Edit, Item, ItemStatus, Outcome, Review, ReviewStatus, Verdict
 from app.services import annotation, queue, review
 
@@ -32,13 +33,13 @@ def test_fix_and_accept_keeps_the_annotators_edit(make_user, make_project, add_i
         layer = session.scalars(select(Review)).one()
     assert stored.edited_text == "The fixed answer." and stored.review_status == ReviewStatus.ACCEPTED
     assert layer.fixed_text == "The fixed answer!" and layer.stats["token_edit_distance"] >= 1
-    with pytest.raises(review.ReviewError, match="already"), session_scope() as session:
+    with pytest.raises(DomainError, match="already"), session_scope() as session:
         review.decide(session, rev, edit.id, Verdict.ACCEPT)
 
 
 def test_reject_needs_a_comment_and_reopens_the_item(make_user, make_project, add_items):
     _ann, rev, _project, edit = _annotated(make_user, make_project, add_items)
-    with pytest.raises(review.ReviewError, match="comment"), session_scope() as session:
+    with pytest.raises(DomainError, match="comment"), session_scope() as session:
         review.decide(session, rev, edit.id, Verdict.REJECT)
     with session_scope() as session:
         review.decide(session, rev, edit.id, Verdict.REJECT, comment="You changed the meaning.")
@@ -50,7 +51,7 @@ def test_reject_needs_a_comment_and_reopens_the_item(make_user, make_project, ad
 
 def test_annotators_cannot_review_their_own_work(make_user, make_project, add_items):
     ann, _rev, _project, edit = _annotated(make_user, make_project, add_items)
-    with pytest.raises(review.ReviewError), session_scope() as session:
+    with pytest.raises(DomainError), session_scope() as session:
         review.decide(session, ann, edit.id, Verdict.ACCEPT)
 
 

@@ -137,3 +137,21 @@ def test_torch_free_config_import():
 
     code = "import sys, training.config; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_progress_is_written_from_the_first_step_but_not_on_every_step(tmp_path):
+    from training.config import BaseConfig
+    from training.run import MIN_EVAL_EXAMPLES, RunDir
+
+    run = RunDir(BaseConfig(output_dir=str(tmp_path)), "token-rm")
+    run.progress(0, 100)
+    assert json.loads((tmp_path / "progress.json").read_text())["step"] == 0
+    run.progress(1, 100, every_s=60)  # a second later would write; within the interval it waits
+    assert json.loads((tmp_path / "progress.json").read_text())["step"] == 0
+    run.progress(100, 100, every_s=60)  # the last step always lands
+    assert json.loads((tmp_path / "progress.json").read_text())["progress"] == 1.0
+    run.write_eval({"accuracy": 0.0}, examples=1)
+    small = json.loads((tmp_path / "eval.json").read_text())
+    assert small["eval_examples"] == 1 and "1 example(s), too few" in small["warning"]
+    run.write_eval({"accuracy": 0.9}, examples=MIN_EVAL_EXAMPLES)
+    assert "warning" not in json.loads((tmp_path / "eval.json").read_text())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from labels import (
     label_ids,
     load_tokenizer,
 )
-from labels.chardiff import full_diff
+from labels.chardiff import full_diff, snap_to_boundaries, visible_cut
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +52,7 @@ def check_invariants(original: str, edited: str, tok: LabelTokenizer) -> None:
     assert kept0 == kept1
     # the character diff is exact, and the stats agree with the labels
     assert diff_sides(result.char_diff) == (original, edited)
+    assert_visible_cuts(result.char_diff)
     assert result.stats.char_edit_distance == Levenshtein.distance(original, edited)
     assert result.stats.edit_rate == pytest.approx(len(script) / max(1, len(labels.edited_ids)))
     assert result.stats.kept == len(kept0)
@@ -58,6 +60,14 @@ def check_invariants(original: str, edited: str, tok: LabelTokenizer) -> None:
         assert result.stats.token_edit_distance == 0
         assert set(labels.original_labels) <= {Label.KEEP}
         assert result.char_diff in ([], [(0, original)])
+
+
+def assert_visible_cuts(diff) -> None:
+    """Every boundary between diff pieces is a visible cut in both texts (no split grapheme or shaped word)."""
+    for side in (-1, 1):  # the original (equalities and deletions), then the edited text
+        pieces = [text for op, text in diff if op != -side and text]
+        for left, right in pairwise(pieces):
+            assert visible_cut(left[-1], right[0]), (left, right)
 
 
 texts = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=120)
@@ -194,6 +204,30 @@ def test_display_diff_stays_close_to_plain_diff_match_patch(tok: LabelTokenizer)
         ours += changed_chars(analyse_edit(original_text, edited_text, tok).char_diff)
         plain += changed_chars(full_diff(original_text, edited_text))
     assert ours <= 1.05 * plain
+
+
+@pytest.mark.parametrize(("original", "edited", "expected"), [
+    # Arabic letters join: a changed letter shows its whole word, deleted then inserted.
+    ("الكتاب كبير.", "الكتب كبير.", [(-1, "الكتاب"), (1, "الكتب"), (0, " كبير.")]),
+    ("السلام عليكم ورحمة", "السلام عليكن ورحمه",
+     [(0, "السلام "), (-1, "عليكم"), (1, "عليكن"), (0, " "), (-1, "ورحمة"), (1, "ورحمه")]),
+    ("नमस्ते दुनिया", "नमस्कार दुनिया", [(-1, "नमस्ते"), (1, "नमस्कार"), (0, " दुनिया")]),  # conjuncts
+    # Hebrew letters do not join: only the letter with its points (a grapheme) is cut out.
+    ("שָׁלוֹם עולם", "שָׁלֹום עולם", [(0, "שָׁ"), (-1, "לוֹ"), (1, "לֹו"), (0, "ם עולם")]),
+    ("hi 👍🏻 x", "hi 👍🏿 x", [(0, "hi "), (-1, "👍🏻"), (1, "👍🏿"), (0, " x")]),  # an emoji with its skin tone
+    ("The color red", "The colour red", [(0, "The colo"), (1, "u"), (0, "r red")]),  # Latin keeps letters
+])
+def test_diff_never_cuts_a_grapheme_or_a_shaped_word(original: str, edited: str, expected) -> None:
+    assert snap_to_boundaries(full_diff(original, edited)) == expected
+
+
+arabic = st.text(alphabet="كتابالسمعليرحة ًٌٍَُِّْ.", max_size=60)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(original=arabic, edited=arabic)
+def test_arabic_diffs_are_exact_with_visible_cuts(tok: LabelTokenizer, original: str, edited: str) -> None:
+    check_invariants(original, edited, tok)
 
 
 def test_unknown_tokenizer_is_a_clear_error() -> None:

@@ -131,6 +131,7 @@ class Trainer:
         pending: dict[str, list[Tensor]] = defaultdict(list)
         tokens, window_start = 0, time.perf_counter()
         bar = tqdm(total=total, initial=step, desc=self.kind, disable=not acc.is_main_process)
+        self.run_dir.progress(step, total)
         while step < total:
             sampler.set_epoch(step // steps_per_epoch)
             skip = (step % steps_per_epoch) * cfg.gradient_accumulation_steps
@@ -153,6 +154,7 @@ class Trainer:
                 scheduler.step()
                 step += 1
                 bar.update(1)
+                self.run_dir.progress(step, total, every_s=1.0)
                 if grad_norm is not None:
                     pending["grad_norm"].append(torch.as_tensor(grad_norm, dtype=torch.float32))
                 if step % cfg.logging_steps == 0 or step == total:
@@ -183,7 +185,7 @@ class Trainer:
         if acc.is_main_process:
             self.save_model(acc.unwrap_model(model), final, final=True)
         result = {"step": step, **result}
-        self.run_dir.write_eval(result)
+        self.run_dir.write_eval(result, examples=len(self.val_items))
         self.run_dir.close()
         acc.wait_for_everyone()
         return result
