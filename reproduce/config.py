@@ -36,7 +36,8 @@ class Preset:
     sweep_samples: int = 2  # sampled answers per validation question
     # kind -> keys that give it the no-change rows too (the second comparison table)
     with_unchanged: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # token RM vs sequence RM on light and heavy edits: samples per question, seeds, training keys
+    # token RM vs sequence RM on light and heavy edits: samples per training question, seeds, training
+    # keys, and optionally `prompts` (how many training questions; 0 or absent = all)
     rm_check: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -69,7 +70,8 @@ FAST = Preset(
     ppo={**PPO, "num_iterations": 2, "rollout_batch_size": 8, "save_steps": 1, "max_new_tokens": 24},
     figa={**POLICY, "max_steps": 2}, sft={**POLICY, "max_steps": 2, "include_unchanged": False},
     dpo={**POLICY, "max_steps": 2}, sweep={"sft": {"learning_rate": [1e-4, 1e-3]}}, sweep_samples=1,
-    with_unchanged=WITH_UNCHANGED, rm_check={"samples": 1, "seeds": (0,), "train": {**RM, "max_steps": 2}},
+    with_unchanged=WITH_UNCHANGED, rm_check={"samples": 1, "prompts": 120, "seeds": (0,),
+                                                  "train": {**RM, "max_steps": 2}},
 )
 
 PRESETS = {p.name: p for p in (FULL, SWEEP_PRESET, FAST)}

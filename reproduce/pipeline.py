@@ -308,7 +308,8 @@ def edit_pairs(preset: Preset, prompts: list[str], level: str, path: Path) -> di
 
 def rm_check_stage(preset: Preset, cli: CLI, build_dir: Path, out: Path) -> dict[str, Any]:
     """Token RM (our loss and the paper's) vs sequence RM, identical settings, on light and heavy edits."""
-    prompts = [r["prompt"] for r in _read_jsonl(build_dir / "prompts_train.jsonl")]
+    prompts = [r["prompt"] for r in _head(_read_jsonl(build_dir / "prompts_train.jsonl"),
+                                           preset.rm_check.get("prompts", 0))]
     out.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"data": {}, "seeds": {}}
     for level in ("light", "heavy"):
