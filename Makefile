@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 MODEL_DIR := var/models/SmolLM2-135M-Instruct
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: run test lint bench setup venv model assets chromium clean reproduce demo-data
+.PHONY: run test lint bench setup venv model assets chromium slurm clean reproduce demo-data
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -33,6 +33,11 @@ assets: static/vendor/.installed
 chromium:
 	@command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)
 
+# Slurm's daemons and client commands and munge, for the Slurm backend's tests (the suite starts its own
+# one-host cluster; nothing is configured system-wide).
+slurm:
+	@command -v sbatch >/dev/null && test -x /usr/sbin/slurmd || (apt-get update -q && apt-get install -y -q slurm-wlm munge)
+
 setup: venv model assets
 
 run: setup
@@ -40,7 +45,7 @@ run: setup
 	$(BIN)/redline demo setup
 	$(BIN)/redline serve
 
-test: setup chromium
+test: setup chromium slurm
 	$(BIN)/pytest -q -p no:cacheprovider
 
 lint: venv

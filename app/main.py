@@ -22,7 +22,7 @@ from app import api, driver
 from app.api.auth import principal
 from app.db import get_engine, is_postgres, session_scope
 from app.deps import install_error_handlers
-from app.routes import admin_projects, admin_users, annotate, auth, dashboard, review, settings_tokens
+from app.routes import admin_projects, admin_users, annotate, auth, dashboard, items, review, settings_tokens
 from app.routes import datasets as dataset_routes
 from app.routes import jobs as job_routes
 from app.security import Login, SecurityMiddleware
@@ -93,7 +93,7 @@ def create_app() -> FastAPI:
     # Routes are matched in order: the annotator's (the busiest by far) first, then the rest; no two
     # routers share a path prefix, so the order changes nothing else.
     for router in (annotate.router, auth.router, admin_users.router, admin_projects.router, review.router,
-                   dashboard.router, job_routes.router, api.router, dataset_routes.router,
+                   dashboard.router, job_routes.router, api.router, dataset_routes.router, items.router,
                    settings_tokens.router):
         app.include_router(router)
 

@@ -24,6 +24,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from app.services.cluster import BACKENDS, LOCAL
 from app.settings import get_settings
 from labels import DEFAULT_MINIMALITY_BUDGET
 
@@ -224,6 +225,8 @@ class Item(Base):
         CheckConstraint("completed_count >= 0", name="completed_count"),
         # The queue scans open items of a project in id order.
         Index("ix_items_queue", "project_id", "status", "id"),
+        # ix_items_search, the item browser's full-text index, exists on Postgres only (migration 0008):
+        # an expression index that autogenerate cannot compare, so it is not declared here.
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -367,6 +370,7 @@ class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
         CheckConstraint(f"status IN ({_values(JobStatus)})", name="status"),
+        CheckConstraint(f"backend IN ({', '.join(map(repr, BACKENDS))})", name="backend"),
         Index("ix_jobs_status_id", "status", "id"),
     )
 
@@ -380,11 +384,14 @@ class Job(Base):
     project_id: Mapped[int | None] = mapped_column(ForeignKey("projects.id", ondelete="SET NULL"))
     base_model: Mapped[str] = mapped_column(String(500), default="")
     num_processes: Mapped[int] = mapped_column(Integer, default=1)
+    # Where it runs (app/services/cluster.py BACKENDS); a worker claims only jobs of its backends.
+    backend: Mapped[str] = mapped_column(String(16), default=LOCAL, server_default=LOCAL)
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     worker_id: Mapped[str | None] = mapped_column(String(128))
     pid: Mapped[int | None] = mapped_column(Integer)
+    external_id: Mapped[str | None] = mapped_column(String(64))  # the Slurm job id of a Slurm job
     heartbeat_at: Mapped[datetime | None]
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -41,8 +41,20 @@ class Settings(BaseSettings):
     worker_poll_s: float = 1.0
     # After SIGTERM to a cancelled job's process group, wait this long before SIGKILL.
     worker_cancel_grace_s: float = 20.0
-    # The new-job form's schema comes from `python -m training schema`; give up after this long.
-    training_schema_timeout_s: float = 120.0
+    # The backends this worker runs jobs on, comma-separated: `local` (its own machine), `slurm`
+    # (batch jobs through sbatch; see docs/jobs.md "Running on a Slurm cluster").
+    worker_backends: str = "local"
+    # How often a running Slurm job's state is asked of squeue (the log and metrics are read as often
+    # as REDLINE_WORKER_POLL_S from the shared filesystem).
+    slurm_poll_s: float = Field(default=10.0, gt=0)
+    # Defaults for jobs that leave the field empty, and #SBATCH lines for every job (newline or `;`).
+    slurm_partition: str = ""
+    slurm_account: str = ""
+    slurm_sbatch: str = ""
+    # Shell lines the batch script runs before the training (e.g. `module load cuda/12.4`).
+    slurm_setup: str = ""
+    # A multi-node job's main process listens on this port plus (Slurm job id mod 10000).
+    slurm_main_port: int = Field(default=20000, ge=1024, le=55535)
     webhook_timeout_s: float = 5.0
     # Deliveries that keep failing are retried with exponential backoff (30 s doubling, capped at 1 h)
     # and marked failed after this many attempts.

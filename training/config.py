@@ -1,16 +1,23 @@
-"""Run configurations: one dataclass per kind, TRL-style names, with form metadata for the dashboard.
+"""Run configurations: one dataclass per kind, TRL-style names, and the one set of rules that checks them.
 
-Every field carries `metadata={"help": ..., and optionally "min", "max", "choices"}` so the web app can
-render a form and validate it from `config_schema(kind)` without importing torch. `load_config` reads
-a YAML file, applies `key=value` overrides, and rejects unknown keys and out-of-range values.
+Every field carries `metadata={"help": ..., and optionally "min", "max", "choices"}`. This module is
+torch-free on purpose (an import-linter contract in pyproject.toml keeps it so): the training CLI and
+the web app's new-job form both import it, so a value gets the same verdict wherever it is typed —
+`--set key=value`, a YAML config file, or a form field. `config_fields(kind)` describes the fields,
+`check_values` types and checks a mapping of raw values field by field, and `load_config` builds a
+kind's dataclass from a YAML file plus `key=value` overrides.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +32,10 @@ DEFAULT_MODEL = "var/models/SmolLM2-135M-Instruct"
 
 class ConfigError(ValueError):
     """A config file or override that does not fit the kind's dataclass."""
+
+
+class FieldError(ConfigError):
+    """One value that does not fit its field; the message reads on its own under the field."""
 
 
 def _f(default: Any, help: str, **limits: Any) -> Any:
@@ -102,8 +113,8 @@ class FigaConfig(TrainConfig):
     tau: float = _f(0.6, "CE gate of the negative term: push down only while CE ≤ τ.", min=0.0)
     tau_upper: float = _f(0.0, "When > 0, the gate is the band τ ≤ CE ≤ tau_upper instead (an earlier version "
                           "of the official code: 0.6 ≤ CE ≤ 1.0); 0 = off.", min=0.0)
-    include_unchanged: bool = _f(False, "Also train on no_change_needed rows; they only carry keep tokens, so "
-                                 "they count only when gamma > 0.")
+    include_unchanged: bool = _f(False, "Also train on no_change_needed rows: their revised row carries keep "
+                                 "tokens (weight γ) and its EOS (α), so with γ > 0 they train like SFT.")
     normalize: str = _f("token", "token: Σ w·CE / #non-zero weights in the micro-batch; sequence: mean "
                         "over rows of each row's token mean.", choices=["token", "sequence"])
 
@@ -218,6 +229,95 @@ KINDS: dict[str, type[BaseConfig]] = {
     "evaluate": EvaluateConfig,
 }
 
+# Booleans as people type them: a CLI flag, a YAML file, an HTML checkbox ("on").
+TRUE_WORDS = frozenset({"true", "on", "yes", "1"})
+FALSE_WORDS = frozenset({"false", "off", "no", "0"})
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One config key: its type name ("int", "float", "bool" or "str"), default, help and limits."""
+
+    name: str
+    type: str
+    default: Any
+    help: str = ""
+    min: float | None = None
+    max: float | None = None
+    choices: tuple[str, ...] | None = None
+
+    def parse(self, raw: Any) -> Any:
+        """The typed, checked value of `raw` (text, or a YAML scalar); raises FieldError."""
+        value = _PARSERS[self.type](None if raw is None else raw.strip() if isinstance(raw, str) else raw)
+        if self.choices is not None and value not in self.choices:
+            raise FieldError(f"must be one of: {', '.join(self.choices)}")
+        if self.min is not None and value < self.min:
+            raise FieldError(f"must be at least {self.min:g}")
+        if self.max is not None and value > self.max:
+            raise FieldError(f"must be at most {self.max:g}")
+        return value
+
+
+def _parse_bool(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    if raw is None or raw == "":
+        raise FieldError("true or false is required")
+    text = str(raw).lower() if isinstance(raw, str | int) else ""
+    if text in TRUE_WORDS:
+        return True
+    if text in FALSE_WORDS:
+        return False
+    raise FieldError(f"{raw!r} is not true or false (also on/off, yes/no, 1/0)")
+
+
+def _parse_int(raw: Any) -> int:
+    if raw is None or raw == "":
+        raise FieldError("a whole number is required")
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str):
+        try:
+            return int(raw)
+        except ValueError:
+            pass
+    number = _number(raw, f"{raw!r} is not a whole number")
+    if not number.is_integer():
+        raise FieldError(f"{raw!r} is not a whole number")
+    return int(number)  # "1e3" and 3.0 are whole numbers too
+
+
+def _parse_float(raw: Any) -> float:
+    if raw is None or raw == "":
+        raise FieldError("a number is required")
+    return _number(raw, f"{raw!r} is not a number")
+
+
+def _number(raw: Any, problem: str) -> float:
+    """A finite float from text or a number; booleans are not numbers."""
+    if isinstance(raw, bool) or not isinstance(raw, str | int | float):
+        raise FieldError(problem)
+    try:
+        value = float(raw)
+    except ValueError:
+        raise FieldError(problem) from None
+    if not math.isfinite(value):
+        raise FieldError("must be a finite number")
+    return value
+
+
+def _parse_str(raw: Any) -> str:
+    if raw is None:
+        return ""
+    if isinstance(raw, bool):
+        return str(raw).lower()  # YAML's `true` reads as the text the CLI would have passed
+    if not isinstance(raw, str | int | float):
+        raise FieldError(f"{raw!r} is not text")
+    return str(raw)
+
+
+_PARSERS = {"bool": _parse_bool, "int": _parse_int, "float": _parse_float, "str": _parse_str}
+
 
 def _config_class(kind: str) -> type[BaseConfig]:
     if kind not in KINDS:
@@ -225,90 +325,88 @@ def _config_class(kind: str) -> type[BaseConfig]:
     return KINDS[kind]
 
 
-def _field_type(cls: type, f: dataclasses.Field) -> type:
-    return typing.get_type_hints(cls)[f.name]
+@cache
+def config_fields(kind: str) -> tuple[FieldSpec, ...]:
+    """The fields of `kind`'s dataclass, in declaration order."""
+    cls = _config_class(kind)
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        choices = meta.get("choices")
+        out.append(FieldSpec(f.name, hints[f.name].__name__, f.default, meta.get("help", ""), meta.get("min"),
+                             meta.get("max"), tuple(choices) if choices else None))
+    return tuple(out)
 
 
 def config_schema(kind: str) -> list[dict[str, Any]]:
-    """One description per key: name, type, default, help, and min/max/choices where they apply."""
-    cls = _config_class(kind)
-    out = []
-    for f in dataclasses.fields(cls):
-        entry = {"name": f.name, "type": _field_type(cls, f).__name__, "default": f.default}
-        entry.update(f.metadata)
-        out.append(entry)
-    return out
+    """`config_fields` as JSON-ready dicts (`python -m training schema`); absent limits are left out."""
+    return [{k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(spec).items()
+             if v is not None or k == "default"} for spec in config_fields(kind)]
 
 
-def _coerce(name: str, value: Any, typ: type) -> Any:
-    if typ is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in {"true", "false", "yes", "no", "1", "0"}:
-            return value.lower() in {"true", "yes", "1"}
-        raise ConfigError(f"{name}: expected true or false, got {value!r}")
-    if typ is int:
-        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-            raise ConfigError(f"{name}: expected an integer, got {value!r}")
+def check_values(kind: str, values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """(typed values, errors by key) for a mapping of raw values; every bad key gets its own message.
+
+    Keys absent from `values` are absent from the result too (the dataclass default applies).
+    """
+    fields = {spec.name: spec for spec in config_fields(kind)}
+    typed: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    for key, raw in values.items():
+        spec = fields.get(key)
+        if spec is None:
+            close = difflib.get_close_matches(key, fields, n=1)
+            errors[key] = f"unknown key for {kind}" + (f" (did you mean {close[0]}?)" if close else "")
+            continue
         try:
-            return int(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{name}: expected an integer, got {value!r}") from None
-    if typ is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{name}: expected a number, got {value!r}")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{name}: expected a number, got {value!r}") from None
-    if value is None:
-        return ""
-    return str(value)
+            typed[key] = spec.parse(raw)
+        except FieldError as exc:
+            errors[key] = str(exc)
+    return typed, errors
 
 
-def _check_limits(name: str, value: Any, meta: typing.Mapping[str, Any]) -> None:
-    if "choices" in meta and value not in meta["choices"]:
-        raise ConfigError(f"{name}: {value!r} is not one of {', '.join(map(str, meta['choices']))}")
-    if "min" in meta and value < meta["min"]:
-        raise ConfigError(f"{name}: {value!r} is below the minimum {meta['min']}")
-    if "max" in meta and value > meta["max"]:
-        raise ConfigError(f"{name}: {value!r} is above the maximum {meta['max']}")
-
-
-def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """`key=value` strings; values are parsed as YAML scalars (so `1e-5`, `true`, `0.2` work)."""
-    out: dict[str, Any] = {}
+def parse_overrides(pairs: list[str]) -> dict[str, str]:
+    """`key=value` strings as {key: text}; the field's type decides how the text reads."""
+    out: dict[str, str] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"override {pair!r} is not key=value")
-        out[key.strip().replace("-", "_")] = yaml.safe_load(raw) if raw.strip() else ""
+        out[key.strip().replace("-", "_")] = raw
     return out
 
 
-def build_config(kind: str, values: dict[str, Any]) -> BaseConfig:
-    """Validate a mapping of keys against the kind's dataclass (unknown keys are an error)."""
-    cls = _config_class(kind)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        hints = [f"{k} (did you mean {', '.join(difflib.get_close_matches(k, fields, n=1))}?)"
-                 if difflib.get_close_matches(k, fields, n=1) else k for k in unknown]
-        raise ConfigError(f"unknown key(s) for {kind}: {'; '.join(hints)}")
-    kwargs = {}
-    for name, value in values.items():
-        f = fields[name]
-        coerced = _coerce(name, value, _field_type(cls, f))
-        _check_limits(name, coerced, f.metadata)
-        kwargs[name] = coerced
-    return cls(**kwargs)
+def build_config(kind: str, values: Mapping[str, Any]) -> BaseConfig:
+    """The kind's dataclass from raw values; one ConfigError naming every bad key."""
+    typed, errors = check_values(kind, values)
+    if errors:
+        raise ConfigError("; ".join(f"{key}: {problem}" for key, problem in errors.items()))
+    return _config_class(kind)(**typed)
 
 
-def load_config(kind: str, path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> BaseConfig:
+class _YamlLoader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true/false. `mixed_precision: no` stays the text "no"; a bool field
+    reads yes/no/on/off itself, like every other entry point."""
+
+
+_YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def load_config(kind: str, path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> BaseConfig:
     """Config of `kind` from an optional YAML file plus overrides (which win)."""
     values: dict[str, Any] = {}
     if path:
-        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        try:
+            loaded = yaml.load(Path(path).read_text(), Loader=_YamlLoader) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: {exc}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of keys to values")
         values.update(loaded)

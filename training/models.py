@@ -113,9 +113,6 @@ class Policy(nn.Module):
     def save(self, folder: Path, merge: bool = True) -> None:
         save_hf(self.lm, folder, merge)
 
-    def generate_model(self) -> nn.Module:
-        return self.lm
-
 
 class RewardModel(nn.Module):
     """Backbone + linear head on every position: r_t = wᵀh_t + b (token), 2 logits (tlcr), last-token

@@ -16,7 +16,7 @@ import random
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -26,7 +26,6 @@ from training import losses
 from training.config import PPOConfig
 from training.data import (
     OUTCOMES_WITH_GOOD_RESPONSE,
-    Formatter,
     Row,
     collate_rows,
     encode_pairs,
@@ -37,11 +36,18 @@ from training.data import (
 )
 from training.evaluate import policy_metrics, score_rows
 from training.generate import Generator, HFGenerator
-from training.models import Policy, RewardModel, is_adapter, sequence_scores, token_rewards
-from training.run import RunDir, adamw, load_state, make_accelerator, save_state
-from training.trainers.base import load_tokenizer
+from training.models import Policy, RewardModel, sequence_scores, token_rewards
+from training.run import adamw
+from training.trainers.base import TrainingRun, load_tokenizer
 
 VALUE_DIR = "value_model"
+
+
+class Models(NamedTuple):
+    """What PPO trains: the policy and its value model, saved side by side (value in VALUE_DIR/)."""
+
+    policy: Policy
+    value: RewardModel
 
 
 def response_index(batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
@@ -58,19 +64,17 @@ def gather(x: Tensor, index: Tensor) -> Tensor:
     return x.gather(1, index)
 
 
-class PPOTrainer:
+class PPOTrainer(TrainingRun):
+    kind = "ppo"
+    cfg: PPOConfig
+
     def __init__(self, cfg: PPOConfig, generator: Generator | None = None, reward_model: nn.Module | None = None
                  ) -> None:
         """`generator` replaces HF sampling; `reward_model` replaces the one loaded from cfg.reward_model
         (any module mapping (input_ids, attention_mask) to per-position rewards, with a `head_kind`)."""
         if not cfg.reward_model and (reward_model is None or not cfg.value_model):
             raise ValueError("ppo needs reward_model (a trained token-rm or seq-rm folder)")
-        self.cfg = cfg
-        self.accelerator = make_accelerator(cfg)
-        self.run_dir = RunDir(cfg, "ppo", self.accelerator.is_main_process)
-        torch.manual_seed(cfg.seed)
-        self.tokenizer = load_tokenizer(cfg.model)
-        self.fmt = Formatter(self.tokenizer, cfg.max_length, cfg.max_prompt_length)
+        super().__init__(cfg)
         self.train_prompts, self.val_prompts = split_by_prompt(
             [p for _, p in read_prompts(cfg.data)], lambda p: p, cfg.val_fraction, cfg.seed)
         if not self.train_prompts:
@@ -78,11 +82,10 @@ class PPOTrainer:
         if reward_model is None:
             reward_model = RewardModel.from_pretrained(cfg.reward_model)
             self._check_tokenizer()
-        self.reward_model = reward_model.to(self.accelerator.device).eval().requires_grad_(False)
+        self.reward_model = self.frozen(reward_model)
         if cfg.reward == "token" and self.reward_model.head_kind not in ("token", "tlcr"):
             raise ValueError(f"reward=token needs a token reward model, not a {self.reward_model.head_kind} head")
-        ref = Policy.load(cfg.ref_model or cfg.model).to(self.accelerator.device).eval()
-        self.ref = ref.requires_grad_(False)
+        self.ref = self.frozen(Policy.load(cfg.ref_model or cfg.model))
         self.kl = losses.AdaptiveKLController(cfg.kl_coef, cfg.target_kl, cfg.kl_horizon)
         self._generator = generator
 
@@ -93,37 +96,24 @@ class PPOTrainer:
 
     # -- models --
 
-    def _build(self, resume_from: Path | None) -> tuple[Policy, RewardModel]:
-        cfg = self.cfg
-        lora = {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout} if cfg.use_lora else None
-        ckpt = cfg.gradient_checkpointing
+    def _build(self, resume_from: Path | None) -> Models:
+        """The policy as every policy kind builds it; the value model from `value_model` (default: the
+        reward model) at the start, from the checkpoint's VALUE_DIR on resume."""
+        ckpt = self.cfg.gradient_checkpointing
         if resume_from is None:
-            policy = Policy.load(cfg.model, lora=lora, gradient_checkpointing=ckpt)
-            value = RewardModel.from_pretrained(cfg.value_model or cfg.reward_model, head_kind="value",
+            value = RewardModel.from_pretrained(self.cfg.value_model or self.cfg.reward_model, head_kind="value",
                                                 gradient_checkpointing=ckpt)
-        elif is_adapter(resume_from):
-            policy = Policy.load(cfg.model, adapter=str(resume_from), gradient_checkpointing=ckpt)
-            value = RewardModel.from_pretrained(resume_from / VALUE_DIR, gradient_checkpointing=ckpt)
         else:
-            policy = Policy.load(str(resume_from), gradient_checkpointing=ckpt)
             value = RewardModel.from_pretrained(resume_from / VALUE_DIR, gradient_checkpointing=ckpt)
-        return policy, value
+        return Models(self.load_policy(resume_from), value)
 
-    def _save(self, policy: Policy, value: RewardModel, folder: Path, final: bool) -> None:
-        policy.save(folder, merge=final)
+    def save_model(self, model: Models, folder: Path, final: bool) -> None:
+        model.policy.save(folder, merge=final)
         self.tokenizer.save_pretrained(folder)
-        value.save(folder / VALUE_DIR, base_model=self.cfg.value_model or self.cfg.reward_model)
+        model.value.save(folder / VALUE_DIR, base_model=self.cfg.value_model or self.cfg.reward_model)
 
-    def _checkpoint(self, policy, value, optimizer, iteration: int) -> None:
-        acc = self.accelerator
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            folder = self.run_dir.checkpoint_dir(iteration)
-            folder.mkdir(parents=True, exist_ok=True)
-            self._save(acc.unwrap_model(policy), acc.unwrap_model(value), folder, final=False)
-            save_state(folder, {"step": iteration, "optimizer": optimizer.state_dict(), "kl_coef": self.kl.value})
-            self.run_dir.prune(self.cfg.save_total_limit)
-        acc.wait_for_everyone()
+    def _checkpoint(self, models: Models, optimizer, iteration: int) -> None:
+        self.checkpoint(models, iteration, {"optimizer": optimizer.state_dict(), "kl_coef": self.kl.value})
 
     # -- rollout --
 
@@ -244,17 +234,17 @@ class PPOTrainer:
 
     def train(self) -> dict[str, Any]:
         cfg, acc = self.cfg, self.accelerator
-        resume_from = self.run_dir.last_checkpoint() if cfg.resume else None
-        policy, value = self._build(resume_from)
-        policy.train()
-        value.train()
-        params = [p for m in (policy, value) for p in m.parameters() if p.requires_grad]
+        resume_from = self.resume_checkpoint()
+        models = self._build(resume_from)
+        for model in models:
+            model.train()
+        params = [p for model in models for p in model.parameters() if p.requires_grad]
         optimizer = adamw(params, cfg.learning_rate, cfg.weight_decay)
-        policy, value, optimizer = acc.prepare(policy, value, optimizer)
+        policy, value, optimizer = acc.prepare(*models, optimizer)
+        models = Models(policy, value)
         iteration = 0
         if resume_from is not None:
-            state = load_state(resume_from)
-            optimizer.load_state_dict(state["optimizer"])
+            state = self.restore(resume_from, optimizer)
             self.kl.value = state["kl_coef"]
             iteration = state["step"]
 
@@ -276,14 +266,13 @@ class PPOTrainer:
                 self.run_dir.log(iteration, cfg.num_iterations, logged)
                 bar.set_postfix(score=f"{logged['objective/scores']:.3f}")
             if cfg.save_steps and iteration % cfg.save_steps == 0 and iteration < cfg.num_iterations:
-                self._checkpoint(policy, value, optimizer, iteration)
+                self._checkpoint(models, optimizer, iteration)
         bar.close()
 
-        self._checkpoint(policy, value, optimizer, iteration)
+        self._checkpoint(models, optimizer, iteration)
         result = {"step": iteration, **self.evaluate(acc.unwrap_model(policy))}
         self.run_dir.log(iteration, cfg.num_iterations, {f"eval/{k}": v for k, v in result.items() if k != "step"})
-        if acc.is_main_process:
-            self._save(acc.unwrap_model(policy), acc.unwrap_model(value), self.run_dir.path / "model", final=True)
+        self.save_final(models)
         self.run_dir.write_eval(result, examples=len(self.val_prompts))
         self.run_dir.close()
         return result

@@ -28,8 +28,17 @@ def make_accelerator(cfg: BaseConfig, gradient_accumulation_steps: int = 1):
     precision = cfg.mixed_precision
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    accelerator = Accelerator(mixed_precision=precision, gradient_accumulation_steps=gradient_accumulation_steps)
+    # Without CUDA, `cpu=True` is what makes ranks started by `accelerate launch` (torchrun) join one gloo
+    # process group; otherwise each CPU rank would train alone.
+    accelerator = Accelerator(
+        mixed_precision=precision,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        cpu=not torch.cuda.is_available(),
+    )
     set_threads(cfg.num_threads, accelerator.num_processes if accelerator.device.type == "cpu" else 1)
+    if accelerator.num_processes > 1:  # each rank says where it runs (torchrun's GROUP_RANK: its machine)
+        where = f"machine {os.environ.get('GROUP_RANK', '0')}"
+        print(f"[training] process {accelerator.process_index} of {accelerator.num_processes} on {where}", flush=True)
     return accelerator
 
 

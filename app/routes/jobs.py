@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import (
     FileResponse,
     JSONResponse,
@@ -29,17 +29,6 @@ from app.templating import is_htmx, render
 router = APIRouter(prefix="/jobs")
 researcher = require_roles(Role.RESEARCHER)
 COMPARE_MAX_RUNS = 12
-
-
-def training_schema_ready(user: User = Depends(researcher)) -> None:
-    """503 with the reason when the training module cannot describe its configs (not installed, broken)."""
-    try:
-        job_config.training_schema()
-    except job_config.SchemaUnavailable as exc:
-        raise HTTPException(503, str(exc)) from exc
-
-
-schema_ready = Depends(training_schema_ready)
 
 
 def _job_or_404(session: Session, job_id: int) -> Job:
@@ -85,7 +74,7 @@ def job_table(request: Request, session: Session = Depends(get_db), user: User =
     return render(request, "jobs/_table.html", jobs=jobs.list_jobs(session))
 
 
-@router.get("/new", dependencies=[schema_ready])
+@router.get("/new")
 def new_job(
     request: Request,
     kind: str = "token-rm",
@@ -104,7 +93,7 @@ def new_job(
     return _new_job_page(request, session, form)
 
 
-@router.get("/new/fields", dependencies=[schema_ready])
+@router.get("/new/fields")
 def new_job_fields(
     request: Request, kind: str, session: Session = Depends(get_db), user: User = Depends(researcher)
 ) -> Response:
@@ -121,7 +110,7 @@ async def _read_form(request: Request) -> FormData:
     return await request.form(max_files=1, max_fields=500)
 
 
-@router.post("", dependencies=[schema_ready])
+@router.post("")
 async def create_job(
     request: Request, session: Session = Depends(get_db), user: User = Depends(researcher)
 ) -> Response:

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from app.errors import Conflict
 from app.models import Job, JobLogChunk, JobMetric, JobStatus, User, as_utc, utcnow
+from app.services.cluster import LOCAL, SlurmRequest
 
 FINISHED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 # Options for the worker itself (e.g. how a `generate` job feeds a project) live beside the training
@@ -49,12 +50,17 @@ class JobSpec:
     num_processes: int = 1
     name: str = ""
     worker_options: dict[str, Any] | None = None
+    backend: str = LOCAL
+    slurm: SlurmRequest | None = None  # the resources asked of Slurm (backend "slurm")
 
 
 def create_job(session: Session, spec: JobSpec, actor: User | None) -> Job:
     config = dict(spec.config)
-    if spec.worker_options:
-        config[WORKER_OPTIONS_KEY] = dict(spec.worker_options)
+    options = dict(spec.worker_options or {})
+    if spec.slurm is not None:
+        options["slurm"] = spec.slurm.as_dict()
+    if options:
+        config[WORKER_OPTIONS_KEY] = options
     job = Job(
         kind=spec.kind,
         name=spec.name or spec.kind,
@@ -63,6 +69,7 @@ def create_job(session: Session, spec: JobSpec, actor: User | None) -> Job:
         dataset_version_id=spec.dataset_version_id,
         project_id=spec.project_id,
         num_processes=spec.num_processes,
+        backend=spec.backend,
         status=JobStatus.QUEUED,
         created_by_id=actor.id if actor else None,
     )
@@ -77,6 +84,10 @@ def training_config(job: Job) -> dict[str, Any]:
 
 def worker_options(job: Job) -> dict[str, Any]:
     return dict(job.config.get(WORKER_OPTIONS_KEY) or {})
+
+
+def slurm_request(job: Job) -> SlurmRequest:
+    return SlurmRequest.from_dict(worker_options(job).get("slurm") or {})
 
 
 def request_cancel(session: Session, job_id: int) -> str:
@@ -101,8 +112,8 @@ def request_cancel(session: Session, job_id: int) -> str:
     raise JobError(f"job {job_id} is already {job.status}")
 
 
-def claim_next_job(session: Session, worker_id: str) -> Job | None:
-    """Atomically take the oldest queued job for `worker_id`; None when the queue is empty.
+def claim_next_job(session: Session, worker_id: str, backends: Iterable[str] = (LOCAL,)) -> Job | None:
+    """Atomically take the oldest queued job of `backends` for `worker_id`; None when there is none.
 
     Postgres: `FOR UPDATE SKIP LOCKED`, so concurrent workers take different rows without waiting.
     SQLite has no row locks, but it serialises writers: the conditional UPDATE below succeeds for
@@ -110,7 +121,12 @@ def claim_next_job(session: Session, worker_id: str) -> Job | None:
     """
     is_postgres = session.get_bind().dialect.name == "postgresql"
     while True:
-        query = select(Job.id).where(Job.status == JobStatus.QUEUED).order_by(Job.id).limit(1)
+        query = (
+            select(Job.id)
+            .where(Job.status == JobStatus.QUEUED, Job.backend.in_(list(backends)))
+            .order_by(Job.id)
+            .limit(1)
+        )
         if is_postgres:
             query = query.with_for_update(skip_locked=True)
         job_id = session.scalar(query)
@@ -135,8 +151,10 @@ def set_run_paths(session: Session, job_id: int, *, output_dir: str, log_path: s
     )
 
 
-def set_pid(session: Session, job_id: int, pid: int) -> None:
-    session.execute(update(Job).where(Job.id == job_id).values(pid=pid))
+def set_handle(session: Session, job_id: int, backend: str, handle: str) -> None:
+    """Record what identifies the running step to its engine: a local pid, a Slurm job id."""
+    values = {"pid": int(handle)} if backend == LOCAL else {"external_id": handle}
+    session.execute(update(Job).where(Job.id == job_id).values(**values))
 
 
 def heartbeat(session: Session, job_id: int, worker_id: str, progress: float | None) -> Job | None:
@@ -185,8 +203,8 @@ def finish_job(
     )
 
 
-def fail_stale_jobs(session: Session, stale_after_s: float) -> list[int]:
-    """Mark failed every running job whose worker stopped heartbeating; returns their ids."""
+def fail_stale_jobs(session: Session, stale_after_s: float) -> list[Job]:
+    """Mark failed every running job whose worker stopped heartbeating; returns them."""
     cutoff = utcnow() - timedelta(seconds=stale_after_s)
     stale = session.execute(
         select(Job.id, Job.worker_id, Job.heartbeat_at)
@@ -206,7 +224,7 @@ def fail_stale_jobs(session: Session, stale_after_s: float) -> list[int]:
         ).rowcount
         if updated:
             append_log(session, job_id, f"\n[redline] {message}\n")
-            reaped.append(job_id)
+            reaped.append(session.get(Job, job_id, populate_existing=True))
     return reaped
 
 

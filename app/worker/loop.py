@@ -7,6 +7,7 @@ import os
 import socket
 import threading
 import uuid
+from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from sqlalchemy.orm import Session
 from app.db import session_scope
 from app.services import jobs, webhooks
 from app.settings import Settings
+from app.worker.backends.registry import backend_names, make_backend
 from app.worker.command import CommandBuilder, job_command
 from app.worker.runner import JobRunner
 
@@ -39,13 +41,22 @@ class Worker:
         *,
         worker_id: str | None = None,
         command_for: CommandBuilder = job_command,
+        backends: Iterable[str] | None = None,
     ) -> None:
         self.engine = engine
         self.settings = settings
         self.worker_id = worker_id or new_worker_id()
         self.stopping = threading.Event()
+        names = backend_names(settings.worker_backends) if backends is None else list(backends)
+        self.backends = {name: make_backend(name, settings) for name in names}
         self.runner = JobRunner(
-            self.session, settings, self.worker_id, command_for, should_stop=self.stopping.is_set, tick=self.chores
+            self.session,
+            settings,
+            self.worker_id,
+            command_for,
+            self.backends,
+            should_stop=self.stopping.is_set,
+            tick=self.chores,
         )
 
     def session(self) -> AbstractContextManager[Session]:
@@ -64,8 +75,13 @@ class Worker:
         self.alive_file.parent.mkdir(parents=True, exist_ok=True)
         self.alive_file.touch()  # for container health checks: this worker's loop still turns
         with self.session() as session:
-            for job_id in jobs.fail_stale_jobs(session, self.settings.worker_stale_after_s):
-                log.warning("job %s failed: its worker stopped heartbeating", job_id)
+            for job in jobs.fail_stale_jobs(session, self.settings.worker_stale_after_s):
+                log.warning("job %s failed: its worker stopped heartbeating", job.id)
+                backend = self.backends.get(job.backend)
+                if job.external_id and backend is not None:
+                    # A scheduler's job outlives its worker: stop it, nobody follows it any more.
+                    backend.abandon(job.external_id)
+                    jobs.append_log(session, job.id, f"[redline] cancelled {job.backend} job {job.external_id}\n")
         webhooks.deliver_due(self.session)
 
     def run_once(self) -> bool:
@@ -74,7 +90,7 @@ class Worker:
         if self.stopping.is_set():
             return False
         with self.session() as session:
-            job = jobs.claim_next_job(session, self.worker_id)
+            job = jobs.claim_next_job(session, self.worker_id, self.backends)
         if job is None:
             return False
         log.info("worker %s runs job %s (%s)", self.worker_id, job.id, job.kind)

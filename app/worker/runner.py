@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
-import subprocess
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager, suppress
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,8 @@ from app.services import jobs
 from app.services.export import stream_export
 from app.services.job_artifacts import is_resume_state
 from app.settings import Settings
-from app.worker import feed, process
+from app.worker import feed
+from app.worker.backends import Backend, BackendError, Execution, Launch
 from app.worker.command import CommandBuilder
 from app.worker.tailer import LogTailer, MetricsTailer
 
@@ -69,6 +68,7 @@ class JobRunner:
         settings: Settings,
         worker_id: str,
         command_for: CommandBuilder,
+        backends: Mapping[str, Backend],
         *,
         should_stop: Callable[[], bool] = lambda: False,
         tick: Callable[[], None] = lambda: None,
@@ -77,6 +77,7 @@ class JobRunner:
         self.settings = settings
         self.worker_id = worker_id
         self.command_for = command_for
+        self.backends = backends
         self.should_stop = should_stop
         self.tick = tick
 
@@ -120,41 +121,46 @@ class JobRunner:
         with self.session_factory() as session:
             jobs.set_run_paths(session, job.id, output_dir=str(paths.output), log_path=str(paths.log), pid=None)
         log_tail = LogTailer(paths.log, paths.log.stat().st_size if paths.log.exists() else 0)
+        launch = Launch(
+            job_id=job.id,
+            program=self.command_for(job.kind, paths.config, paths.output),
+            processes=job.num_processes,
+            folder=paths.root,
+            log=paths.log,
+            slurm=jobs.slurm_request(job),
+        )
         try:
-            step = self._run_step(job.id, job.kind, paths.config, paths.output, job.num_processes, log_tail)
+            step = self._run_step(job.backend, launch, paths.output, log_tail)
             if step.ok and feed.requested(job):
-                step = self._feed(job, paths, log_tail)
+                step = self._feed(job, launch, paths, log_tail)
         except JobLost:
             log.warning("job %s was taken from worker %s; its process was stopped", job.id, self.worker_id)
             return None
         return self._conclude(job.id, step, paths)
 
-    def _run_step(
-        self, job_id: int, kind: str, config: Path, output: Path, num_processes: int, log_tail: LogTailer
-    ) -> StepResult:
-        """Run one training CLI process to its end (or until stopped); raises JobLost."""
-        argv = self.command_for(kind, config, output, num_processes)
-        self._append_log(job_id, f"[redline] worker {self.worker_id} runs: {' '.join(argv)}\n")
+    def _run_step(self, backend_name: str, launch: Launch, output: Path, log_tail: LogTailer) -> StepResult:
+        """Run one training CLI step to its end (or until stopped); raises JobLost."""
+        backend = self.backends.get(backend_name)
+        if backend is None:  # claimed by backend, so only a job changed under us gets here
+            return StepResult(None, "", f"this worker does not run {backend_name!r} jobs")
+        launch.log.touch()
         try:
-            with log_tail.path.open("ab") as log_file:
-                proc = process.start(argv, log_file)
-        except OSError as exc:
-            return StepResult(None, "", f"could not start {argv[0]}: {exc}")
+            execution = backend.start(launch)
+        except (OSError, BackendError) as exc:
+            return StepResult(None, "", f"could not start the {launch.step_name} step: {exc}")
         with self.session_factory() as session:
-            jobs.set_pid(session, job_id, proc.pid)
+            jobs.set_handle(session, launch.job_id, backend_name, execution.handle)
         watch = _Watch(log_tail, MetricsTailer(output / "metrics.jsonl"))
         try:
-            stop_reason = self._monitor(job_id, proc, output, watch)
+            stop_reason = self._monitor(launch.job_id, execution, output, watch)
         except JobLost:
-            process.signal_group(proc, signal.SIGKILL)
-            proc.wait()
+            execution.kill()
             raise
-        finally:
-            process.signal_group(proc, signal.SIGKILL)  # leftovers of the group (data loaders, ranks)
-        self._ingest(job_id, output, watch, final=True)
-        return StepResult(proc.returncode, stop_reason)
+        self._note(launch.job_id, execution)
+        self._ingest(launch.job_id, output, watch, final=True)
+        return StepResult(execution.poll(), stop_reason, execution.failure())
 
-    def _feed(self, job: Job, paths: JobPaths, log_tail: LogTailer) -> StepResult:
+    def _feed(self, job: Job, launch: Launch, paths: JobPaths, log_tail: LogTailer) -> StepResult:
         """A generate job's second half: optionally score the responses, then import them into the project."""
         options = jobs.worker_options(job)
         scores = None
@@ -162,7 +168,10 @@ class JobRunner:
             score_dir = paths.root / "score"
             score_config = paths.root / "score.yaml"
             score_config.write_text(yaml.safe_dump(feed.score_config(options, paths.output)))
-            step = self._run_step(job.id, "score", score_config, score_dir, 1, log_tail)
+            score = replace(
+                launch, program=self.command_for("score", score_config, score_dir), processes=1, step_name="score"
+            )
+            step = self._run_step(job.backend, score, score_dir, log_tail)
             if not step.ok:
                 return step
             scores = feed.read_scores(score_dir)
@@ -174,11 +183,12 @@ class JobRunner:
         self._append_log(job.id, f"[redline] {summary}\n")
         return StepResult(0, "")
 
-    def _monitor(self, job_id: int, proc: subprocess.Popen[bytes], output: Path, watch: _Watch) -> str:
-        """Watch until the process exits; returns why we stopped it ("" when it ended by itself)."""
+    def _monitor(self, job_id: int, execution: Execution, output: Path, watch: _Watch) -> str:
+        """Watch until the step ends; returns why we stopped it ("" when it ended by itself)."""
         stop_reason, kill_at = "", None
         next_beat = 0.0
-        while proc.poll() is None:
+        while execution.poll() is None:
+            self._note(job_id, execution)
             self._ingest(job_id, output, watch)
             now = time.monotonic()
             if now >= next_beat:
@@ -188,15 +198,14 @@ class JobRunner:
                 if not stop_reason:
                     stop_reason = self._stop_reason(job)
                     if stop_reason:
-                        self._append_log(job_id, f"\n[redline] {stop_reason}: sending SIGTERM\n")
-                        process.signal_group(proc, signal.SIGTERM)
+                        self._append_log(job_id, f"\n[redline] {stop_reason}: {execution.terminate_note}\n")
+                        execution.terminate()
                         kill_at = now + self.settings.worker_cancel_grace_s
             if kill_at is not None and now >= kill_at:
-                self._append_log(job_id, "[redline] still running after the grace period: sending SIGKILL\n")
-                process.signal_group(proc, signal.SIGKILL)
+                self._append_log(job_id, f"[redline] still running after the grace period: {execution.kill_note}\n")
+                execution.kill()
                 kill_at = None
-            with suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=self.settings.worker_poll_s)
+            execution.wait(self.settings.worker_poll_s)
         return stop_reason
 
     def _stop_reason(self, job: Job) -> str:
@@ -243,6 +252,11 @@ class JobRunner:
         with self.session_factory() as session:
             jobs.append_log(session, job_id, text)
             jobs.record_metrics(session, job_id, rows)
+
+    def _note(self, job_id: int, execution: Execution) -> None:
+        notes = execution.notes()
+        if notes:
+            self._append_log(job_id, "".join(f"[redline] {note}\n" for note in notes))
 
     def _append_log(self, job_id: int, text: str) -> None:
         with self.session_factory() as session:

@@ -9,11 +9,18 @@ from sqlalchemy import create_engine, inspect
 from app import migrate
 from app.models import Base
 
+# Expression indexes made by migrations alone (autogenerate cannot compare expressions).
+MIGRATION_ONLY_INDEXES = {"ix_items_search"}
+
+
+def _compared(obj, name, type_, reflected, compare_to) -> bool:
+    return not (type_ == "index" and name in MIGRATION_ONLY_INDEXES)
+
 
 def schema_diff(url: str) -> list:
     engine = create_engine(url)
     with engine.connect() as conn:
-        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        context = MigrationContext.configure(conn, opts={"compare_type": True, "include_object": _compared})
         diff = compare_metadata(context, Base.metadata)
     engine.dispose()
     return diff

@@ -83,7 +83,7 @@ def program(tmp_path: Path) -> Path:
 
 
 def command_for(program: Path):
-    def build(kind: str, config: Path, output: Path, num_processes: int) -> list[str]:
+    def build(kind: str, config: Path, output: Path) -> list[str]:
         return [sys.executable, str(program), kind, "--config", str(config), "--set", f"output_dir={output}"]
 
     return build
@@ -167,7 +167,7 @@ def test_job_runs_to_success_with_metrics_log_progress_eval_and_artifacts(db_url
     assert job.status == JobStatus.SUCCEEDED, job.error
     assert job.progress == 1.0
     assert job.eval == {"accuracy": 0.75, "pairs": 4}
-    assert {"name": "final", "type": "dir", "bytes": 64} in job.artifacts
+    assert {"name": "final", "type": "dir", "bytes": 64, "resume_bytes": 0} in job.artifacts
     assert {a["name"] for a in job.artifacts} >= {"metrics.jsonl", "eval.json", "progress.json", "final"}
     with session_scope(engine_for(db_url)) as session:
         metrics = session.execute(
@@ -454,5 +454,8 @@ def test_several_processes_run_through_accelerate_launch(db_url, tmp_path, setti
 
     job = load(db_url, job_id)
     assert job.status == JobStatus.SUCCEEDED, job.error
-    assert "-m accelerate.commands.launch --num_processes 2 -m training token-rm" in log_text(db_url, job_id)
+    text = log_text(db_url, job_id)
+    assert "-m accelerate.commands.launch --multi_gpu --num_processes 2 -m training token-rm" in text
+    # Two ranks of one gloo process group, not two runs that each think they are alone.
+    assert "[training] process 0 of 2" in text and "[training] process 1 of 2" in text
     assert "accuracy" in job.eval

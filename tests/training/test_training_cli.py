@@ -125,6 +125,25 @@ def test_ppo(reward: str, tiny_model: Path, token_rm: tuple[Path, Path], tmp_pat
     assert (out / "model" / "value_model" / "reward_head.safetensors").is_file()
 
 
+@pytest.mark.slow
+def test_ppo_shares_the_lora_checkpoint_and_resume_plumbing(tiny_model: Path, token_rm: tuple[Path, Path],
+                                                             tmp_path: Path):
+    data, rm = token_rm
+    out = tmp_path / "ppo-lora"
+    args = ["ppo", *common(tiny_model, data, out), "--set", f"reward_model={rm / 'model'}", "--rollout_batch_size",
+            "2", "--max_new_tokens", "4", "--ppo_epochs", "1", "--use_lora", "--lora_r", "4", "--save_steps", "1",
+            "--adaptive_kl"]
+    assert main([*args, "--num_iterations", "2"]) == 0
+    checkpoint = out / "checkpoint-1"
+    assert (checkpoint / "adapter_config.json").is_file()  # the policy's adapter, as the other kinds keep it
+    assert (checkpoint / "value_model" / "reward_head.safetensors").is_file()
+    assert not (out / "model" / "adapter_config.json").exists()  # the final policy is merged
+    assert main([*args, "--num_iterations", "3", "--resume", "true"]) == 0
+    logged = [m for m in read_metrics(out) if "objective/kl_coef" in m]
+    assert [m["step"] for m in logged] == [1, 2, 3]  # the second run started at iteration 3
+    assert logged[2]["objective/kl_coef"] != 0.05  # the adaptive β came back from the checkpoint
+
+
 def test_generate_score_evaluate(tiny_model: Path, token_rm: tuple[Path, Path], tmp_path: Path):
     data, rm = token_rm
     prompts = tmp_path / "prompts.txt"

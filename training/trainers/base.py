@@ -1,7 +1,12 @@
-"""The one supervised training loop (token-rm, seq-rm, figa, sft, dpo, dense-dpo), nanoGPT-style.
+"""What every weight-updating run shares (`TrainingRun`), and the one supervised loop (`Trainer`:
+token-rm, seq-rm, figa, sft, dpo, dense-dpo), nanoGPT-style.
 
-A kind subclasses `Trainer` and fills in: which rows it trains on, how to build and save its model,
-the loss of one micro-batch, and its evaluation. The loop handles Accelerate, gradient accumulation,
+`TrainingRun` is the plumbing: Accelerate, the output folder, seeding, tokenizer and formatter, LoRA
+settings, building the policy from its start or a checkpoint, frozen helper models, checkpoints and
+resume, and the final save. `Trainer` and `training.ppo.PPOTrainer` are built on it.
+
+A supervised kind subclasses `Trainer` and fills in: which rows it trains on, how to build and save its
+model, the loss of one micro-batch, and its evaluation. The loop handles gradient accumulation,
 clipping, the schedule, logging, evaluation, checkpoints and resume.
 """
 
@@ -19,6 +24,7 @@ from tqdm.auto import tqdm
 
 from training.config import TrainConfig
 from training.data import EditPair, EncodedPair, EpochSampler, Formatter, encode_pairs, read_export, split_by_prompt
+from training.models import Policy, is_adapter
 from training.run import RunDir, adamw, load_state, make_accelerator, save_state
 
 
@@ -28,17 +34,78 @@ def load_tokenizer(path: str):
     return AutoTokenizer.from_pretrained(path)
 
 
-class Trainer:
-    kind = ""
-    outcomes: tuple[str, ...] = ("edited",)
+class TrainingRun:
+    """The plumbing of one run. `model` below is whatever a kind trains: one module, or (PPO) a tuple of
+    modules; `save_model` receives it unwrapped from Accelerate."""
 
-    def __init__(self, cfg: TrainConfig) -> None:
+    kind = ""
+
+    def __init__(self, cfg: TrainConfig, gradient_accumulation_steps: int = 1) -> None:
         self.cfg = cfg
-        self.accelerator = make_accelerator(cfg, cfg.gradient_accumulation_steps)
+        self.accelerator = make_accelerator(cfg, gradient_accumulation_steps)
         self.run_dir = RunDir(cfg, self.kind, self.accelerator.is_main_process)
         torch.manual_seed(cfg.seed)
         self.tokenizer = load_tokenizer(cfg.model)
         self.fmt = Formatter(self.tokenizer, cfg.max_length, cfg.max_prompt_length)
+
+    def save_model(self, model: Any, folder: Path, final: bool) -> None:
+        raise NotImplementedError
+
+    def lora_settings(self) -> dict | None:
+        c = self.cfg
+        return {"r": c.lora_r, "alpha": c.lora_alpha, "dropout": c.lora_dropout} if c.use_lora else None
+
+    def resume_checkpoint(self) -> Path | None:
+        return self.run_dir.last_checkpoint() if self.cfg.resume else None
+
+    def load_policy(self, resume_from: Path | None) -> Policy:
+        """The policy to train: the starting model (with fresh LoRA adapters when `use_lora`), or a
+        checkpoint (its adapter on the starting model, or its full weights)."""
+        ckpt = self.cfg.gradient_checkpointing
+        if resume_from is None:
+            return Policy.load(self.cfg.model, lora=self.lora_settings(), gradient_checkpointing=ckpt)
+        if is_adapter(resume_from):
+            return Policy.load(self.cfg.model, adapter=str(resume_from), gradient_checkpointing=ckpt)
+        return Policy.load(str(resume_from), gradient_checkpointing=ckpt)
+
+    def frozen(self, model: nn.Module) -> nn.Module:
+        """A model that only scores (reference policy, reward model): on the device, eval, no gradients."""
+        return model.to(self.accelerator.device).eval().requires_grad_(False)
+
+    def _unwrap(self, model: Any) -> Any:
+        if isinstance(model, tuple):
+            return type(model)(*map(self.accelerator.unwrap_model, model))
+        return self.accelerator.unwrap_model(model)
+
+    def checkpoint(self, model: Any, step: int, state: dict[str, Any]) -> None:
+        """checkpoint-STEP/: the model, then (last, so the folder counts as complete) the trainer state."""
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            folder = self.run_dir.checkpoint_dir(step)
+            folder.mkdir(parents=True, exist_ok=True)
+            self.save_model(self._unwrap(model), folder, final=False)
+            save_state(folder, {"step": step, **state})
+            self.run_dir.prune(self.cfg.save_total_limit)
+        acc.wait_for_everyone()
+
+    def restore(self, folder: Path, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """Load a checkpoint's trainer state into `optimizer`; the rest of the state (step, ...) is returned."""
+        state = load_state(folder)
+        optimizer.load_state_dict(state.pop("optimizer"))
+        return state
+
+    def save_final(self, model: Any) -> None:
+        """OUTPUT/model: adapters merged into the weights."""
+        if self.accelerator.is_main_process:
+            self.save_model(self._unwrap(model), self.run_dir.path / "model", final=True)
+
+
+class Trainer(TrainingRun):
+    outcomes: tuple[str, ...] = ("edited",)
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        super().__init__(cfg, cfg.gradient_accumulation_steps)
         self.train_items, self.val_items = self.load_data()
 
     # -- hooks of a kind --
@@ -67,14 +134,7 @@ class Trainer:
     def evaluate(self, model: nn.Module, items: list[EncodedPair]) -> dict[str, float]:
         raise NotImplementedError
 
-    def save_model(self, model: nn.Module, folder: Path, final: bool) -> None:
-        raise NotImplementedError
-
     # -- the loop --
-
-    def lora_settings(self) -> dict | None:
-        c = self.cfg
-        return {"r": c.lora_r, "alpha": c.lora_alpha, "dropout": c.lora_dropout} if c.use_lora else None
 
     def _dataloader(self) -> tuple[torch.utils.data.DataLoader, EpochSampler]:
         sampler = EpochSampler(len(self.train_items), self.cfg.seed)
@@ -98,19 +158,11 @@ class Trainer:
         return result
 
     def _checkpoint(self, model, optimizer, scheduler, step: int) -> None:
-        folder = self.run_dir.checkpoint_dir(step)
-        self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
-            folder.mkdir(parents=True, exist_ok=True)
-            self.save_model(self.accelerator.unwrap_model(model), folder, final=False)
-            save_state(folder, {"step": step, "optimizer": optimizer.state_dict(),
-                                "scheduler": scheduler.state_dict()})
-            self.run_dir.prune(self.cfg.save_total_limit)
-        self.accelerator.wait_for_everyone()
+        self.checkpoint(model, step, {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()})
 
     def train(self) -> dict[str, Any]:
         cfg, acc = self.cfg, self.accelerator
-        resume_from = self.run_dir.last_checkpoint() if cfg.resume else None
+        resume_from = self.resume_checkpoint()
         model = self.build_model(resume_from)
         model.train()
         params = [p for p in model.parameters() if p.requires_grad]
@@ -123,8 +175,7 @@ class Trainer:
         scheduler = self._schedule(optimizer, total)
         step = 0
         if resume_from is not None:
-            state = load_state(resume_from)
-            optimizer.load_state_dict(state["optimizer"])
+            state = self.restore(resume_from, optimizer)
             scheduler.load_state_dict(state["scheduler"])
             step = state["step"]
 
@@ -181,9 +232,7 @@ class Trainer:
         result = self._evaluate(model)
         if result:
             self.run_dir.log(step, total, {f"eval/{k}": v for k, v in result.items()})
-        final = self.run_dir.path / "model"
-        if acc.is_main_process:
-            self.save_model(acc.unwrap_model(model), final, final=True)
+        self.save_final(model)
         result = {"step": step, **result}
         self.run_dir.write_eval(result, examples=len(self.val_items))
         self.run_dir.close()

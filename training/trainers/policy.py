@@ -10,18 +10,13 @@ from torch import Tensor, nn
 from training import losses
 from training.config import DenseDPOConfig, DPOConfig, FigaConfig, SFTConfig
 from training.data import OUTCOMES_WITH_GOOD_RESPONSE, EditPair, EncodedPair, collate_pairs, collate_rows
-from training.models import Policy, is_adapter
+from training.models import Policy
 from training.trainers.base import Trainer
 
 
 class PolicyTrainer(Trainer):
     def build_model(self, resume_from: Path | None) -> nn.Module:
-        ckpt = self.cfg.gradient_checkpointing
-        if resume_from is not None and is_adapter(resume_from):
-            return Policy.load(self.cfg.model, adapter=str(resume_from), gradient_checkpointing=ckpt)
-        source = str(resume_from) if resume_from is not None else self.cfg.model
-        return Policy.load(source, lora=self.lora_settings() if resume_from is None else None,
-                           gradient_checkpointing=ckpt)
+        return self.load_policy(resume_from)
 
     def save_model(self, model: nn.Module, folder: Path, final: bool) -> None:
         model.save(folder, merge=final)
@@ -142,9 +137,7 @@ class DPOTrainer(PolicyTrainer):
     cfg: DPOConfig
 
     def build_model(self, resume_from: Path | None) -> nn.Module:
-        ref = Policy.load(self.cfg.ref_model or self.cfg.model).to(self.accelerator.device).eval()
-        ref.requires_grad_(False)
-        self.ref = ref
+        self.ref = self.frozen(Policy.load(self.cfg.ref_model or self.cfg.model))
         return super().build_model(resume_from)
 
     def collate(self, items: list[EncodedPair]) -> dict[str, Tensor]:
