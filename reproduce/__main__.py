@@ -1,4 +1,4 @@
-"""`python -m reproduce [--preset full|sweep|fast] [--task MODULE:FUNCTION] [--out DIR] [--report-only]`."""
+"""`python -m reproduce [--preset full|sweep|fast] [--task MODULE:FUNCTION] [--jobs N] [--out DIR] [--report-only]`."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="full")
     parser.add_argument("--task", default=None,
                         help="gold world as module:function (default: the preset's, training.sim.task:facts_task)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="seeds trained side by side in worker processes (each single-threaded; default 1)")
     parser.add_argument("--out", type=Path, default=None, help="run folder (default var/reproduce/PRESET)")
     parser.add_argument("--docs", type=Path, default=Path("docs"), help="where reproduction.md and plots go")
     parser.add_argument("--bench", type=Path, default=Path("var/bench/reproduce.json"))
@@ -36,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         preset = PRESETS[args.preset]
         if args.task:
             preset = replace(preset, task=args.task)
-        results = run_pipeline(preset, out, in_process=not args.subprocess)
+        results = run_pipeline(preset, out, in_process=not args.subprocess, jobs=args.jobs)
     summary = write_report(results, args.docs, args.bench)
     print(json.dumps(summary, indent=2))
     return 0

@@ -325,9 +325,22 @@ def rm_check_stage(preset: Preset, cli: CLI, build_dir: Path, out: Path) -> dict
     return result
 
 
-def run_pipeline(preset: Preset, out: Path, in_process: bool = False) -> dict[str, Any]:
-    """Every stage in order; results.json is rewritten after each seed, so a run cut short still leaves
-    the seeds it finished (the report says how many)."""
+def seed_stage(preset: Preset, out: Path, seed: int, chosen: dict[str, dict[str, Any]], in_process: bool
+               ) -> tuple[int, dict[str, Any], dict[str, float]]:
+    """Train and evaluate one seed (a worker of `--jobs`): (seed, its results, CLI seconds)."""
+    cli = CLI(in_process)
+    runs = train_stage(preset, cli, out / "build", out / "export.jsonl", out / "prompts_train.jsonl", seed,
+                       out / f"seed-{seed}", chosen)
+    return seed, evaluate_stage(preset, out / "build", runs, seed), cli.seconds
+
+
+def run_pipeline(preset: Preset, out: Path, in_process: bool = False, jobs: int = 1) -> dict[str, Any]:
+    """Every stage in order; the seeds run `jobs` at a time in worker processes (each run is single-
+    threaded). results.json is rewritten after each seed, so a run cut short still leaves the seeds it
+    finished (the report says how many)."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing import get_context
+
     started = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
     cli = CLI(in_process)
@@ -337,13 +350,24 @@ def run_pipeline(preset: Preset, out: Path, in_process: bool = False) -> dict[st
     sweep = sweep_stage(preset, cli, build_dir, export, out)
     rm_check = rm_check_stage(preset, cli, build_dir, out / "rm-check")
     results: dict[str, Any] = {"preset": preset.as_dict(), "build": json.loads((build_dir / "build.json").read_text()),
-                               "annotation": annotation, "sweep": sweep, "rm_check": rm_check, "seeds": {}}
+                               "annotation": annotation, "sweep": sweep, "rm_check": rm_check, "seeds": {},
+                               "jobs": jobs}
     chosen = {kind: entry["chosen"] for kind, entry in sweep.items()}
-    for seed in preset.seeds:
-        runs = train_stage(preset, cli, build_dir, export, out / "prompts_train.jsonl", seed, out / f"seed-{seed}",
-                           chosen)
-        results["seeds"][seed] = evaluate_stage(preset, build_dir, runs, seed)
+
+    def record(seed: int, result: dict[str, Any], seconds: dict[str, float]) -> None:
+        results["seeds"][seed] = result
+        results["seeds"] = dict(sorted(results["seeds"].items()))
+        cli.seconds.update(seconds)
         results.update(cli_seconds=cli.seconds, seconds=round(time.monotonic() - started, 1))
         (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+
+    if jobs <= 1:
+        for seed in preset.seeds:
+            record(*seed_stage(preset, out, seed, chosen, in_process))
+    else:
+        with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+            futures = [pool.submit(seed_stage, preset, out, seed, chosen, in_process) for seed in preset.seeds]
+            for future in as_completed(futures):
+                record(*future.result())
     log(f"done in {results['seconds']} s")
     return results
