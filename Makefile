@@ -50,6 +50,7 @@ test: setup chromium slurm
 
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 bench: setup
 	$(BIN)/python -m bench

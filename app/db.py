@@ -35,8 +35,11 @@ def _ping_idle_connections(engine: Engine) -> None:
     @event.listens_for(engine, "checkout")
     def _ping_if_idle(dbapi_connection, record, _proxy) -> None:
         idle_s = time.monotonic() - record.info.get("idle_since", time.monotonic())
-        if idle_s > IDLE_PING_S and not engine.dialect._do_ping_w_event(dbapi_connection):
-            raise exc.DisconnectionError("stale pooled connection")  # the pool retries with a new one
+        if idle_s > IDLE_PING_S:
+            try:
+                engine.dialect.do_ping(dbapi_connection)
+            except engine.dialect.loaded_dbapi.Error as error:
+                raise exc.DisconnectionError("stale pooled connection") from error  # the pool retries anew
 
 
 @lru_cache(maxsize=8)

@@ -1,4 +1,5 @@
-"""FastAPI dependencies shared by every route: the database session, the user, role checks; and the answers
+"""FastAPI dependencies shared by every route: the database session (and the hot routes' `Database`), the user,
+role checks; and the answers
 to a missing login and to a refused request (`app.errors`)."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 
 from app.db import new_session
+from app.driver import Database
 from app.errors import DomainError, Forbidden
 from app.models import Role, User
 from app.security import AuthContext
@@ -43,6 +45,12 @@ def _commit_and_close(session: Session) -> None:
         session.commit()
     finally:
         session.close()
+
+
+async def database(request: Request) -> Database:
+    """Where the hot routes ("Next", the editor, submit) run their steps (app.driver): chosen once when the
+    app starts (app.main), the driver's pool on Postgres, Sessions in the thread pool elsewhere."""
+    return request.app.state.database
 
 
 class NotAuthenticated(Exception):

@@ -10,6 +10,8 @@ No web imports here: the command line and the worker raise and catch the same cl
 
 from __future__ import annotations
 
+from pydantic import ValidationError
+
 
 class DomainError(Exception):
     """A request that cannot be honoured; `str(error)` says what is wrong and where (field, line)."""
@@ -42,3 +44,14 @@ class Conflict(DomainError):
     """The request came too late: someone else's change got there first (reload and look again)."""
 
     status_code = 409
+
+
+def validation_messages(exc: ValidationError, prefix: str = "") -> list[str]:
+    """A form's or filter's validation errors as `field: message`, in the model's own words (pydantic prefixes a
+    validator's message with "Value error, "; the raised error itself is in the error's context)."""
+    messages = []
+    for error in exc.errors():
+        cause = error.get("ctx", {}).get("error") if error["type"] == "value_error" else None
+        where = prefix + ".".join(str(part) for part in error["loc"]) if error["loc"] else "filter"
+        messages.append(f"{where}: {cause if cause is not None else error['msg']}")
+    return messages

@@ -22,7 +22,19 @@ from app import api, driver
 from app.api.auth import principal
 from app.db import get_engine, is_postgres, session_scope
 from app.deps import install_error_handlers
-from app.routes import admin_projects, admin_users, annotate, auth, dashboard, items, review, settings_tokens
+from app.driver import DriverDatabase, SessionDatabase
+from app.routes import (
+    admin_editors,
+    admin_projects,
+    admin_users,
+    annotate,
+    auth,
+    dashboard,
+    items,
+    my_work,
+    review,
+    settings_tokens,
+)
 from app.routes import datasets as dataset_routes
 from app.routes import jobs as job_routes
 from app.security import Login, SecurityMiddleware
@@ -45,12 +57,14 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     _freeze_startup_heap()
     engine = get_engine()
     if not is_postgres(engine):
-        yield  # no driver pool, no login cache: the hot routes use a Session, every request checks its login
+        app.state.database = SessionDatabase()
+        yield  # no driver pool, no login cache: the hot routes use Sessions, every request checks its login
         return
     dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
     async with contextlib.AsyncExitStack() as stack:
-        app.state.driver_pool = await driver.open_pool(dsn, get_settings().web_threads)
-        stack.push_async_callback(app.state.driver_pool.close)
+        pool = await driver.open_pool(dsn, get_settings().web_threads)
+        stack.push_async_callback(pool.close)
+        app.state.database = DriverDatabase(pool)
         if app.state.logins.capacity:
             stack.push_async_callback(_stop, asyncio.create_task(app.state.logins.keep_listening(dsn)))
         yield
@@ -86,15 +100,15 @@ def create_app() -> FastAPI:
                   lifespan=_lifespan)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.state.logins = SessionCache[Login](get_settings().session_cache_entries)
-    app.state.driver_pool = None  # Postgres: opened by the lifespan (see app.driver)
+    app.state.database = None  # the hot routes' app.driver.Database, chosen by the lifespan
     app.add_middleware(NulGuard)  # inside the security middleware: after authentication and CSRF
     app.add_middleware(SecurityMiddleware, logins=app.state.logins)
     install_error_handlers(app)
     # Routes are matched in order: the annotator's (the busiest by far) first, then the rest; no two
     # routers share a path prefix, so the order changes nothing else.
-    for router in (annotate.router, auth.router, admin_users.router, admin_projects.router, review.router,
-                   dashboard.router, job_routes.router, api.router, dataset_routes.router, items.router,
-                   settings_tokens.router):
+    for router in (annotate.router, auth.router, admin_users.router, admin_editors.router, admin_projects.router,
+                   review.router, dashboard.router, job_routes.router, api.router, dataset_routes.router,
+                   items.router, my_work.router, settings_tokens.router):
         app.include_router(router)
 
     install_api_docs(app)

@@ -8,6 +8,7 @@ the edit-pair file the training CLI reads.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import Counter
 from collections.abc import Callable
@@ -16,7 +17,8 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from app.db import engine_for
-from app.models import Base, Outcome, Role, User
+from app.driver import SessionDatabase
+from app.models import Base, Outcome, Project, Role, User
 from app.security import hash_password
 from app.services.annotation import submit
 from app.services.datasets import DatasetFilter, create_version
@@ -24,6 +26,7 @@ from app.services.export import stream_export
 from app.services.importer import import_records
 from app.services.projects import ProjectSettings, create_project, set_members
 from app.services.queue import next_task
+from labels import DEFAULT_MINIMALITY_BUDGET
 
 Editor = Callable[[str, str], tuple[str, str]]  # (prompt, response) -> (edited text, outcome)
 
@@ -45,8 +48,20 @@ def _user(session: Session, username: str, role: Role) -> User:
     return user
 
 
+async def _annotate_all(session: Session, project: Project, annotator: User, editor: Editor) -> Counter[str]:
+    """Next and submit until nothing is left, as the server does them, in this session."""
+    db, outcomes = SessionDatabase(session), Counter[str]()
+    while (task := (await next_task(db, project.id, annotator))[1]) is not None:
+        session.commit()
+        edited, outcome = editor(task.item.prompt, task.item.original)
+        await submit(db, task.lease.id, annotator, Outcome(outcome), edited)
+        session.commit()
+        outcomes[outcome] += 1
+    return outcomes
+
+
 def annotate_and_export(db_path: Path, responses: list[dict], tokenizer: str, editor: Editor, export_path: Path,
-                        minimality_budget: float = 0.35) -> dict:
+                        minimality_budget: float = DEFAULT_MINIMALITY_BUDGET) -> dict:
     """Import `responses` ({prompt, response, ...}), annotate every item with `editor`, export the
     pairs-jsonl of all edited and no-change rows to `export_path`; returns counts."""
     session = open_database(db_path)
@@ -60,13 +75,7 @@ def annotate_and_export(db_path: Path, responses: list[dict], tokenizer: str, ed
     result = import_records(session, project, records, filename="initial_responses.jsonl", actor=admin)
     session.commit()
 
-    outcomes: Counter[str] = Counter()
-    while (task := next_task(session, project, annotator)) is not None:
-        session.commit()
-        edited, outcome = editor(task.item.prompt, task.item.original)
-        submit(session, task.lease.id, annotator, Outcome(outcome), edited)
-        session.commit()
-        outcomes[outcome] += 1
+    outcomes = asyncio.run(_annotate_all(session, project, annotator, editor))
 
     flt = DatasetFilter(project_id=project.id, outcomes=["edited", "no_change_needed"],
                         review_statuses=["accepted", "pending"])

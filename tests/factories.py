@@ -5,13 +5,18 @@ Every helper adds to the given session and flushes, so ids are set; the caller c
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import itertools
+from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
 
+from app.driver import SessionDatabase
 from app.models import (
     Edit,
     Item,
@@ -24,8 +29,10 @@ from app.models import (
     Verdict,
 )
 from app.security import hash_password
+from app.services import annotation, queue
 from labels import analyse_edit, load_tokenizer
 
+T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TOKENIZER = str(ROOT / "var" / "models" / "SmolLM2-135M-Instruct")
 PASSWORD = "correct horse battery staple"
@@ -174,3 +181,23 @@ def make_corpus(session: Session, *, start: datetime | None = None) -> dict:
         "skipped": skipped,
         "reviews": reviews,
     }
+
+
+def _wait_for(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run `coroutine` to the end from sync code, also where an event loop runs already (Playwright's)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    with ThreadPoolExecutor(1) as thread:
+        return thread.submit(asyncio.run, coroutine).result()
+
+
+def next_task(session: Session, project: Project, user: User) -> queue.Task | None:
+    """`queue.next_task` in the caller's unit of work: the task, or None (nothing left, or not a member)."""
+    return _wait_for(queue.next_task(SessionDatabase(session), project.id, user))[1]
+
+
+def submit(session: Session, lease_id: int, user: User, outcome: Outcome, text: str = "", **options) -> Edit:
+    """`annotation.submit` in the caller's unit of work."""
+    return _wait_for(annotation.submit(SessionDatabase(session), lease_id, user, outcome, text, **options))

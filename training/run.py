@@ -25,6 +25,10 @@ def make_accelerator(cfg: BaseConfig, gradient_accumulation_steps: int = 1):
     """One Accelerator for CPU, one GPU or many (`accelerate launch`); bf16 when `auto` and supported."""
     from accelerate import Accelerator
 
+    sharded = [name for name in ("FSDP", "DEEPSPEED") if os.environ.get(f"ACCELERATE_USE_{name}", "").lower() == "true"]
+    if sharded and not torch.cuda.is_available():
+        # Accelerate would quietly fall back to plain data parallel on CPU: say so instead.
+        raise RuntimeError(f"{sharded[0]} sharding needs GPUs (Accelerate shards only on accelerators); no CUDA here")
     precision = cfg.mixed_precision
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from sqlalchemy import select
 
 from app.db import session_scope
+from app.errors import validation_messages
 from app.models import DatasetVersion, User
 from app.services import datasets, export
 
@@ -34,7 +35,7 @@ def _filter_from(raw_json: str | None, options: dict[str, Any]) -> datasets.Data
     try:
         return datasets.DatasetFilter.model_validate(base)
     except ValidationError as exc:
-        raise click.UsageError("; ".join(datasets.filter_errors(exc, prefix="filter."))) from exc
+        raise click.UsageError("; ".join(validation_messages(exc, prefix="filter."))) from exc
 
 
 def _actor(session, username: str | None) -> User | None:

@@ -23,11 +23,12 @@ admin_only = require_roles(Role.ADMIN)
 
 def _settings_from_form(
     name: str, tokenizer: str, annotations_per_item: int, minimality_budget: float, lease_minutes: float | None,
-    guidelines_md: str, description: str,
+    guidelines_md: str, description: str, return_rejected: bool = False,
 ) -> project_service.ProjectSettings:
     settings = project_service.ProjectSettings(
         name=name, tokenizer=tokenizer, annotations_per_item=annotations_per_item,
         minimality_budget=minimality_budget, guidelines_md=guidelines_md, description=description,
+        return_rejected=return_rejected,
     )
     if lease_minutes is not None:  # else the deployment's default (REDLINE_LEASE_SECONDS_DEFAULT)
         settings.lease_seconds = round(lease_minutes * 60)
@@ -46,9 +47,11 @@ class ProjectForm:
         lease_minutes: float | None = Form(None),
         guidelines_md: str = Form(""),
         description: str = Form(""),
+        return_rejected: bool = Form(False),
     ) -> None:
         self.settings = _settings_from_form(
-            name, tokenizer, annotations_per_item, minimality_budget, lease_minutes, guidelines_md, description
+            name, tokenizer, annotations_per_item, minimality_budget, lease_minutes, guidelines_md, description,
+            return_rejected,
         )
 
 

@@ -2,28 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
 
 from fastapi import APIRouter, Depends, Form, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse, Response
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app import driver
-from app.db import session_scope
-from app.deps import get_db, require_roles
-from app.driver import Steps
+from app.deps import database, get_db, require_roles
+from app.driver import Database
 from app.errors import DomainError, Forbidden
-from app.models import Edit, Item, ItemStatus, LeaseState, Outcome, Project, Role, User, as_utc, utcnow
+from app.models import Edit, Item, ItemStatus, LeaseState, Outcome, Role, User, as_utc, utcnow
 from app.services import annotation, projects, queue
 from app.templating import is_htmx, render
 
 router = APIRouter(prefix="/annotate")
 annotator = require_roles(Role.ANNOTATOR)
-T = TypeVar("T")
 FORM_OUTCOMES = {o.value: o for o in (Outcome.EDITED, Outcome.NO_CHANGE_NEEDED, Outcome.UNFIXABLE)}
 
 
@@ -62,8 +56,9 @@ def _editor_page(request: Request, task: queue.Task, headers: dict[str, str] | N
 
 
 @router.post("/{project_id}/next")
-async def next_item(request: Request, project_id: int, user: User = Depends(annotator)) -> Response:
-    project, task = await _lease_next(request, project_id, user)
+async def next_item(request: Request, project_id: int, user: User = Depends(annotator),
+                    db: Database = Depends(database)) -> Response:
+    project, task = await queue.next_task(db, project_id, user)
     if project is None:
         raise Forbidden("You are not assigned to this project.")
     if task is None:
@@ -74,47 +69,22 @@ async def next_item(request: Request, project_id: int, user: User = Depends(anno
     return RedirectResponse(url, status_code=303)
 
 
-# "Next", submit and the live diff are the busiest requests by far. On Postgres they run on the event loop,
-# on psycopg's async pool (app.driver); elsewhere in a Session, in the thread pool.
-
-
-async def _lease_next(request: Request, project_id: int, user: User) -> tuple[Project | None, queue.Task | None]:
-    if (pool := request.app.state.driver_pool) is not None:
-        async with pool.connection() as conn:
-            return await queue.next_task_on_driver(conn, project_id, user)
-    return await run_in_threadpool(_lease_next_in_session, project_id, user)
-
-
-def _lease_next_in_session(project_id: int, user: User) -> tuple[Project | None, queue.Task | None]:
-    with session_scope() as session:
-        project = queue.enter_project(session, project_id, user)
-        return project, queue.next_task_entered(session, project, user) if project else None
-
-
-async def _run_steps(request: Request, steps: Steps[T]) -> T:
-    if (pool := request.app.state.driver_pool) is not None:
-        async with pool.connection() as conn:
-            return await driver.run_on_driver(conn, steps)
-    return await run_in_threadpool(_run_steps_in_session, steps)
-
-
-def _run_steps_in_session(steps: Steps[T]) -> T:
-    with session_scope() as session:
-        return driver.run(session, steps)
+# "Next", the editor, its live diff and submit are the busiest requests by far: they run on the app's
+# `Database` (app.driver: on Postgres the event loop and psycopg's async pool, elsewhere Sessions).
 
 
 @router.get("/task/{lease_id}")
-async def task(request: Request, lease_id: int, user: User = Depends(annotator)) -> Response:
-    return _editor_page(request, annotation.found(await _run_steps(request, queue.finding_task(lease_id, user))))
+async def task(request: Request, lease_id: int, user: User = Depends(annotator),
+               db: Database = Depends(database)) -> Response:
+    return _editor_page(request, annotation.found(await db.run(queue.finding_task(lease_id, user))))
 
 
 @router.post("/task/{lease_id}/diff")
-async def live_diff(request: Request, lease_id: int, text: str = Form(""), user: User = Depends(annotator)) -> Response:
-    """The editor's request while the annotator types (debounced): as busy as Next and submit together,
-    so it also runs on the driver."""
-    task = annotation.found(await _run_steps(request, queue.finding_task(lease_id, user)))
-    diff = annotation.diff_view(task.project, task.item.original, text)
-    return render(request, "annotate/_diff.html", diff=diff)
+async def live_diff(request: Request, lease_id: int, text: str = Form(""), user: User = Depends(annotator),
+                    db: Database = Depends(database)) -> Response:
+    """The editor's request while the annotator types (debounced): as busy as Next and submit together."""
+    task = annotation.found(await db.run(queue.finding_task(lease_id, user)))
+    return render(request, "annotate/_diff.html", diff=annotation.diff_view(task.project, task.item.original, text))
 
 
 @dataclass(frozen=True)
@@ -145,42 +115,28 @@ async def _submit_form(request: Request) -> SubmitForm:
     return SubmitForm(field("outcome", "edited"), field("text"), advance, metrics)
 
 
-async def _after_submit(request: Request, edit: Edit, user: User, advance: bool) -> Response:
-    project_id = await _run_steps(request, annotation.project_of_item(edit.item_id)) if advance else None
+async def _after_submit(request: Request, db: Database, edit: Edit, user: User, advance: bool) -> Response:
+    project_id = await db.run(annotation.project_of_item(edit.item_id)) if advance else None
     if project_id is None:
         return _redirect(request, "/annotate?msg=Saved.")
-    return await next_item(request, project_id, user)
+    return await next_item(request, project_id, user, db)
 
 
 @router.post("/task/{lease_id}/submit")
 async def submit(
     request: Request, lease_id: int, form: SubmitForm = Depends(_submit_form), user: User = Depends(annotator),
+    db: Database = Depends(database),
 ) -> Response:
     if form.outcome not in FORM_OUTCOMES:
         raise DomainError(f"outcome: unknown value {form.outcome!r}; choose one of {', '.join(FORM_OUTCOMES)}")
-    outcome = FORM_OUTCOMES[form.outcome]
-    edit = None
-    if (pool := request.app.state.driver_pool) is not None:
-        async with pool.connection() as conn:
-            edit = await annotation.submit_on_driver(conn, lease_id, user, outcome, form.text, metrics=form.metrics)
-    if edit is None:  # SQLite, or a case only the locking path tells apart (see annotation.submit)
-        store = annotation.submit if pool is None else annotation.submit_locking  # not the one statement twice
-        edit = await run_in_threadpool(_submit_in_session, store, lease_id, user, outcome, form.text, form.metrics)
-    return await _after_submit(request, edit, user, form.advance)
-
-
-def _submit_in_session(store: Callable[..., Edit], lease_id: int, user: User, outcome: Outcome, text: str = "",
-                       metrics: annotation.EditorMetrics = annotation.EditorMetrics(), skip_reason: str = "") -> Edit:
-    """`store` (annotation.submit or submit_locking) in a unit of work of its own."""
-    with session_scope() as session:
-        return store(session, lease_id, user, outcome, text, metrics=metrics, skip_reason=skip_reason)
+    edit = await annotation.submit(db, lease_id, user, FORM_OUTCOMES[form.outcome], form.text, metrics=form.metrics)
+    return await _after_submit(request, db, edit, user, form.advance)
 
 
 @router.post("/task/{lease_id}/skip")
 async def skip(
     request: Request, lease_id: int, reason: str = Form(""), advance: bool = Form(False),
-    user: User = Depends(annotator),
+    user: User = Depends(annotator), db: Database = Depends(database),
 ) -> Response:
-    edit = await run_in_threadpool(_submit_in_session, annotation.submit, lease_id, user, Outcome.SKIPPED,
-                                   skip_reason=reason)
-    return await _after_submit(request, edit, user, advance)
+    edit = await annotation.submit(db, lease_id, user, Outcome.SKIPPED, skip_reason=reason)
+    return await _after_submit(request, db, edit, user, advance)

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.deps import get_db, require_roles
-from app.errors import NotFound
+from app.errors import NotFound, validation_messages
 from app.models import DatasetVersion, Project, Role, User, Verdict
 from app.services import datasets, export
 from app.settings import get_settings
@@ -68,7 +68,7 @@ async def preview(request: Request, db: Session = Depends(get_db), _user: User =
         flt = datasets.DatasetFilter.model_validate(raw)
         datasets.validate_filter_targets(db, flt)
     except ValidationError as exc:
-        return render(request, "datasets/_preview.html", errors=datasets.filter_errors(exc))
+        return render(request, "datasets/_preview.html", errors=validation_messages(exc))
     except datasets.DatasetError as exc:
         return render(request, "datasets/_preview.html", errors=[str(exc)])
     return render(request, "datasets/_preview.html", count=datasets.matching_count(db, flt), errors=[])
@@ -84,7 +84,7 @@ async def create_dataset(
         version = datasets.create_version(db, flt, name, user)
     except ValidationError as exc:
         db.rollback()
-        return _list_page(request, db, status_code=422, errors=datasets.filter_errors(exc), form={**raw, "name": name})
+        return _list_page(request, db, status_code=422, errors=validation_messages(exc), form={**raw, "name": name})
     except datasets.DatasetError as exc:
         db.rollback()
         return _list_page(request, db, status_code=exc.status_code, errors=[str(exc)], form={**raw, "name": name})

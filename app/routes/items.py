@@ -8,9 +8,9 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from app.deps import get_db, require_roles
+from app.errors import validation_messages
 from app.models import ItemStatus, Outcome, Role, User
 from app.services import item_browser, projects
-from app.services.datasets import filter_errors
 from app.templating import render
 
 router = APIRouter(prefix="/items")
@@ -25,7 +25,7 @@ def browse(request: Request, user: User = Depends(browsers), db: Session = Depen
     try:
         query = item_browser.ItemQuery.model_validate(raw)
     except ValidationError as exc:
-        return render(request, "items/list.html", status_code=422, title="Items", errors=filter_errors(exc),
+        return render(request, "items/list.html", status_code=422, title="Items", errors=validation_messages(exc),
                       page=None, **context)
     page = item_browser.search(db, user, query)
     next_link = None

@@ -1,25 +1,22 @@
 """Submitting an annotation, and the server-rendered diff the editor shows while the annotator types.
 
 The server never trusts the client's diff: labels, char diff and statistics are recomputed from the
-submitted text with the project's (cached) tokenizer. A submit locks only its item's and its lease's
-rows, so only another submit of the same item waits for it. A double submit returns the first edit: the
-lease is read under that lock, and `edits.lease_id` is unique as the last line of defence. On Postgres
-the usual submit is a single statement (see "the one-statement submit" below).
+submitted text with the project's (cached) tokenizer. `submit` is the one way to store an annotation (the
+editor's form, a model editor's worker, scripts, tests): written once as steps (app.driver), it runs on
+whichever `Database` the caller has. Its rules are each written once and shared by its two paths: lease
+validity (`queue.holds_slot`), completion (`_counting`) and webhook matching (`webhooks.subscribers`).
 """
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext, suppress
+from contextlib import suppress
 from dataclasses import dataclass, fields
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
-from psycopg import AsyncConnection
 from sqlalchemy import (
-    CTE,
-    Column,
+    BigInteger,
     ColumnElement,
-    Connection,
     Select,
     bindparam,
     case,
@@ -28,18 +25,14 @@ from sqlalchemy import (
     literal,
     select,
     true,
-    type_coerce,
     union_all,
     update,
 )
-from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, make_transient_to_detached
-from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.dml import ReturningUpdate
 
-from app import driver
-from app.db import is_postgres
-from app.driver import Steps
+from app.driver import Database, Steps, entity, labelled, model_default
 from app.errors import Conflict, DomainError, NotFound
 from app.models import (
     COMPLETED_OUTCOMES,
@@ -51,13 +44,11 @@ from app.models import (
     Outcome,
     Project,
     User,
-    Webhook,
     WebhookDelivery,
-    as_utc,
     utcnow,
 )
 from app.services import webhooks
-from app.services.queue import Task, active_lease_count, lock_task, task_columns
+from app.services.queue import LOCKED_TASK, OTHER_LEASES, Task, holds_slot, task_columns, task_of
 from labels import LABEL_NAMES, EditAnalysis, TokenizerNotFound, analyse_edit, load_tokenizer
 
 MAX_EDIT_CHARS = 200_000
@@ -82,6 +73,21 @@ class EditorMetrics:
             self._clamp(self.time_to_first_key_ms, day_ms), self._clamp(self.active_ms, day_ms),
             self._clamp(self.keystrokes, 10_000_000) or 0, self._clamp(self.pastes, 1_000_000) or 0,
         )
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where an edit came from beyond its annotator: the model editor that wrote it (model, prompt
+    version), or the suggestion a person started from and how far (edit rate) they moved from it."""
+
+    editor_id: int | None = None
+    editor_model: str = ""
+    prompt_version: str = ""
+    suggestion_used: bool = False
+    human_vs_suggestion_rate: float | None = None
+
+
+HUMAN = Provenance()
 
 
 def found(task: Task | None) -> Task:
@@ -131,26 +137,20 @@ _ITEM_PROJECT = select(Item.project_id).where(Item.id == bindparam("item_id"))
 def project_of_item(item_id: int) -> Steps[int | None]:
     """The project of an item, as a step (see app.driver)."""
     row = yield _ITEM_PROJECT, {"item_id": item_id}
-    return None if row is None else row[0]
+    return None if row is None else row.project_id
 
 
-def _existing_edit(session: Session, lease_id: int) -> Edit | None:
-    return session.scalars(select(Edit).where(Edit.lease_id == lease_id)).first()
-
-
-def _check_slot(session: Session, lease: Lease, item: Item, project: Project, now: datetime) -> None:
-    """A lease that ran out still counts if its slot was not handed to someone else meanwhile."""
-    if item.status != ItemStatus.OPEN:
-        raise Conflict("This item already has all its annotations.")
-    if lease.state == LeaseState.ACTIVE and as_utc(lease.expires_at) > now:
-        return
-    others = active_lease_count(session, item.id, now, exclude_lease=lease.id)
-    if item.completed_count + others >= project.annotations_per_item:
-        raise Conflict("Your lease on this item expired and it was given to someone else.")
+def decide_outcome(outcome: Outcome, text: str, original: str) -> tuple[Outcome, str]:
+    """The outcome and text to store: the untouched text is "no change needed"; only edits keep a text."""
+    text = text.replace("\r\n", "\n")
+    if outcome == Outcome.EDITED and text == original:
+        outcome = Outcome.NO_CHANGE_NEEDED
+    return outcome, text if outcome == Outcome.EDITED else original
 
 
 def _edit_values(lease_id: int, annotator_id: int, item_id: int, budget: float, outcome: Outcome, text: str,
-                 analysis: EditAnalysis | None, metrics: EditorMetrics, skip_reason: str) -> dict[str, Any]:
+                 analysis: EditAnalysis | None, metrics: EditorMetrics, skip_reason: str,
+                 provenance: Provenance) -> dict[str, Any]:
     """The edit's columns (all but those the database or the model fill in)."""
     record = stored_record(analysis) if analysis else {"token_labels": {}, "char_diff": [], "stats": {}}
     rate = analysis.stats.edit_rate if analysis else 0.0
@@ -160,114 +160,117 @@ def _edit_values(lease_id: int, annotator_id: int, item_id: int, budget: float, 
         token_labels=record["token_labels"], tokenizer_hash=analysis.labels.tokenizer_hash if analysis else "",
         algorithm=analysis.labels.algorithm if analysis else "", stats=record["stats"], edit_rate=rate,
         not_minimal=rate > budget, time_to_first_key_ms=metrics.time_to_first_key_ms,
-        active_ms=metrics.active_ms, keystrokes=metrics.keystrokes, pastes=metrics.pastes,
+        active_ms=metrics.active_ms, keystrokes=metrics.keystrokes, pastes=metrics.pastes, **_shallow(provenance),
     )
 
 
-# The three writes of a submit as Core statements built once: the ORM's unit of work cost more CPU than
-# everything else in the transaction. The ORM objects are brought in line with set_committed_value.
+# --- the statements of a submit, each written once ---------------------------------------------------
+#
+# Built once at import, as Core statements that name every column, so the driver can run them compiled
+# once. No parameter is named like a column: SQLAlchemy would read it as a value for the INSERTs and UPDATEs.
+
 _EDITS, _ITEMS, _LEASES = Edit.__table__, Item.__table__, Lease.__table__
-_INSERT_EDIT = insert(_EDITS).returning(_EDITS.c.id, _EDITS.c.review_status, _EDITS.c.created_at, _EDITS.c.version)
-_UPDATE_ITEM = (
-    update(_ITEMS).where(_ITEMS.c.id == bindparam("item_id"))
-    .values(completed_count=bindparam("completed_count"), status=bindparam("status"))
-)
-_UPDATE_LEASE = update(_LEASES).where(_LEASES.c.id == bindparam("lease_id")).values(state=bindparam("state"))
 
 
-def _store(session: Session, values: dict[str, Any], item: Item, lease: Lease, lease_state: str) -> Edit:
-    """Insert the edit and record the item's count and the lease's state; returns the edit, persistent."""
-    returned = session.execute(_INSERT_EDIT, values).one()
-    session.execute(_UPDATE_ITEM, {"item_id": item.id, "completed_count": item.completed_count,
-                                   "status": item.status})
-    session.execute(_UPDATE_LEASE, {"lease_id": lease.id, "state": lease_state})
-    set_committed_value(lease, "state", lease_state)
-    edit = Edit(**values, **returned._asdict())
-    make_transient_to_detached(edit)
-    session.add(edit)
-    return edit
+def _counting(item_id: ColumnElement) -> ReturningUpdate:
+    """THE completion rule: count one more completed annotation on an open item, which is complete once it
+    has `per_item` of them. Returns the item's id, new count and status; no row if it was not open."""
+    counted = _ITEMS.c.completed_count + 1
+    return (
+        update(_ITEMS)
+        .where(_ITEMS.c.id == item_id, _ITEMS.c.status == ItemStatus.OPEN.value)
+        .values(completed_count=counted, status=case(
+            (counted >= bindparam("per_item"), ItemStatus.COMPLETE.value), else_=_ITEMS.c.status))
+        .returning(_ITEMS.c.id, _ITEMS.c.completed_count, _ITEMS.c.status)
+    )
 
 
-def _decide(outcome: Outcome, text: str, original: str) -> tuple[Outcome, str]:
-    """The outcome and text to store: the untouched text is "no change needed"; only edits keep a text."""
-    text = text.replace("\r\n", "\n")
-    if outcome == Outcome.EDITED and text == original:
-        outcome = Outcome.NO_CHANGE_NEEDED
-    return outcome, text if outcome == Outcome.EDITED else original
+def _closing(lease_id: ColumnElement, state: LeaseState) -> ReturningUpdate:
+    return update(_LEASES).where(_LEASES.c.id == lease_id).values(state=state.value).returning(_LEASES.c.id)
 
 
-def submit(
-    session: Session, lease_id: int, user: User, outcome: Outcome, text: str = "", *,
-    metrics: EditorMetrics = EditorMetrics(), skip_reason: str = "",
-) -> Edit:
-    """Store the annotator's decision on a leased item in one short transaction (the caller commits).
-
-    On Postgres a completed annotation under a live lease is one statement (`_submit_at_once`); every
-    other case (skips, expired leases, double submits, errors, SQLite) takes the locking path below."""
-    if outcome in COMPLETED_OUTCOMES and is_postgres(session.get_bind()):
-        edit = _submit_at_once(session, lease_id, user, outcome, text, metrics.clamped(), skip_reason.strip()[:2000])
-        if edit is not None:
-            return edit
-    return submit_locking(session, lease_id, user, outcome, text, metrics=metrics, skip_reason=skip_reason)
+_OWN = ("item_id", "lease_id", "review_status", "created_at", "version")
+_GIVEN = tuple(column.name for column in _EDITS.c if column.name not in ("id", *_OWN))  # `_edit_values`, as edit_*
+_STORED = (_EDITS.c.id, _EDITS.c.review_status, _EDITS.c.created_at, _EDITS.c.version)
 
 
-def submit_locking(
-    session: Session, lease_id: int, user: User, outcome: Outcome, text: str = "", *,
-    metrics: EditorMetrics = EditorMetrics(), skip_reason: str = "",
-) -> Edit:
-    """`submit`'s general path: one transaction that locks the item and the lease first. For a caller that
-    already tried the one-statement submit (`submit_on_driver`) and was declined."""
-    if (task := lock_task(session, lease_id, user)) is None:
-        raise NotFound("This task is not yours or does not exist.")
-    lease, item, project = task.lease, task.item, task.project
-    if lease.state in (LeaseState.SUBMITTED, LeaseState.SKIPPED) and (done := _existing_edit(session, lease.id)):
-        return done
-    if outcome == Outcome.SKIPPED and not skip_reason.strip():
-        raise DomainError("Say why you skip this item.")
-    outcome, text = _decide(outcome, text, item.original)
-    analysis = analyse(project.tokenizer, item.original, text) if outcome != Outcome.SKIPPED else None
+def _inserting_edit(item_id: ColumnElement, lease_id: ColumnElement) -> Select:
+    """The row of a new edit: `_edit_values` bound as edit_<name>, the time as `now`, the model's defaults."""
+    return select(
+        item_id, lease_id, model_default(_EDITS.c.review_status), bindparam("now", type_=_EDITS.c.created_at.type),
+        model_default(_EDITS.c.version), *(bindparam(f"edit_{name}", type_=_EDITS.c[name].type) for name in _GIVEN),
+    )
+
+
+def _edit_params(values: dict[str, Any]) -> dict[str, Any]:
+    return {f"edit_{name}": values[name] for name in _GIVEN}
+
+
+def _stored_edit(values: dict[str, Any], row) -> Edit:
+    """The edit as stored: its values and what the database filled in (not attached to any session)."""
+    return Edit(**values, id=row.id, review_status=row.review_status, created_at=row.created_at, version=row.version)
+
+
+def _events(item_id: int, project_id: int, values: dict[str, Any]) -> tuple[dict, dict]:
+    """The payloads of `edit.submitted` (less the edit's id) and `item.completed` (less the final count)."""
+    submitted = {"item_id": item_id, "project_id": project_id, "outcome": values["outcome"],
+                 "edit_rate": values["edit_rate"], "not_minimal": values["not_minimal"]}
+    return submitted, {"item_id": item_id, "project_id": project_id}
+
+
+# --- the locking path ------------------------------------------------------------------------------
+#
+# Every case, on every database: one transaction that locks the item's and the lease's rows first, so only
+# another submit of the same item waits for it. A double submit returns the first edit (the lease is read
+# under the lock; `edits.lease_id` is unique as the last line of defence).
+
+_EDIT_OF_LEASE = labelled(select(_EDITS)).where(_EDITS.c.lease_id == bindparam("lease_id"))
+_COUNT_ANNOTATION = _counting(bindparam("item_id"))
+_CLOSE_LEASE = {state: _closing(bindparam("lease_id"), state) for state in (LeaseState.SUBMITTED, LeaseState.SKIPPED)}
+_INSERT_EDIT = insert(_EDITS).from_select(
+    [*_OWN, *_GIVEN], _inserting_edit(bindparam("the_item"), bindparam("the_lease"))
+).returning(*_STORED)
+
+
+def _locking(lease_id: int, user: User, outcome: Outcome, text: str, metrics: EditorMetrics,
+             skip_reason: str, provenance: Provenance = HUMAN) -> Steps[Edit]:
     now = utcnow()
-    if outcome in COMPLETED_OUTCOMES:
-        _check_slot(session, lease, item, project, now)
-        completed = item.completed_count + 1
-        set_committed_value(item, "completed_count", completed)
-        if completed >= project.annotations_per_item:
-            set_committed_value(item, "status", ItemStatus.COMPLETE.value)
-    lease_state = LeaseState.SKIPPED if outcome == Outcome.SKIPPED else LeaseState.SUBMITTED
+    row = yield LOCKED_TASK, {"lease_id": lease_id, "user_id": user.id, "now": now}
+    if row is None:
+        raise NotFound("This task is not yours or does not exist.")
+    task = task_of(row)
+    lease, item, project = task.lease, task.item, task.project
+    if lease.state in (LeaseState.SUBMITTED, LeaseState.SKIPPED) and (
+        done := (yield _EDIT_OF_LEASE, {"lease_id": lease.id})
+    ):
+        return entity(Edit, done)
+    if outcome == Outcome.SKIPPED and not skip_reason:
+        raise DomainError("Say why you skip this item.")
+    outcome, text = decide_outcome(outcome, text, item.original)
+    analysis = analyse(project.tokenizer, item.original, text) if outcome != Outcome.SKIPPED else None
     values = _edit_values(lease.id, lease.annotator_id, item.id, project.minimality_budget, outcome, text, analysis,
-                          metrics.clamped(), skip_reason.strip()[:2000])
-    try:
-        edit = _store(session, values, item, lease, lease_state.value)
-    except IntegrityError:
-        session.rollback()
-        if done := _existing_edit(session, lease_id):
-            return done
-        raise
-    _notify(session, edit, item)
+                          metrics, skip_reason, provenance)
+    counted = None
+    if outcome in COMPLETED_OUTCOMES:
+        if item.status != ItemStatus.OPEN:
+            raise Conflict("This item already has all its annotations.")
+        # A lease that ran out still counts if its slot was not handed to someone else meanwhile.
+        if not row.live and item.completed_count + (
+            yield OTHER_LEASES, {"item_id": item.id, "lease_id": lease.id, "now": now}
+        ).holding >= project.annotations_per_item:
+            raise Conflict("Your lease on this item expired and it was given to someone else.")
+        counted = yield _COUNT_ANNOTATION, {"item_id": item.id, "per_item": project.annotations_per_item}
+    yield _CLOSE_LEASE[LeaseState.SKIPPED if outcome == Outcome.SKIPPED else LeaseState.SUBMITTED], {
+        "lease_id": lease.id}
+    edit = _stored_edit(values, (yield _INSERT_EDIT, {**_edit_params(values), "the_item": item.id,
+                                                       "the_lease": lease.id, "now": now}))
+    if counted is not None:
+        submitted, completed = _events(item.id, project.id, values)
+        events = [("edit.submitted", {"edit_id": edit.id, **submitted})]
+        if counted.status == ItemStatus.COMPLETE:
+            events.append(("item.completed", {**completed, "completed_count": counted.completed_count}))
+        yield from webhooks.queueing(events, now)
     return edit
-
-
-def _submitted_event(item_id: int, project_id: int, outcome: str, edit_rate: float, not_minimal: bool) -> dict:
-    """Payload of `edit.submitted`, less the edit's id (the one-statement path adds it in SQL)."""
-    return {"item_id": item_id, "project_id": project_id, "outcome": outcome, "edit_rate": edit_rate,
-            "not_minimal": not_minimal}
-
-
-def _completed_event(item_id: int, project_id: int) -> dict:
-    """Payload of `item.completed`, less the final `completed_count`."""
-    return {"item_id": item_id, "project_id": project_id}
-
-
-def _notify(session: Session, edit: Edit, item: Item) -> None:
-    """Webhook deliveries, queued in this transaction so they exist exactly when the edit does."""
-    if edit.outcome == Outcome.SKIPPED:
-        return
-    submitted = _submitted_event(item.id, item.project_id, edit.outcome, edit.edit_rate, edit.not_minimal)
-    events = [("edit.submitted", {"edit_id": edit.id, **submitted})]
-    if item.status == ItemStatus.COMPLETE:
-        events.append(("item.completed", {**_completed_event(item.id, item.project_id),
-                                          "completed_count": item.completed_count}))
-    webhooks.enqueue_many(session, events)
 
 
 # --- the one-statement submit (Postgres) -----------------------------------------------------------
@@ -278,146 +281,103 @@ def _notify(session: Session, edit: Edit, item: Item) -> None:
 # and by itself it is a transaction: no BEGIN, no COMMIT, no lock held while Python computes labels
 # (they are computed first, from the unlocked read; an item's original never changes). A live lease
 # holds its slot, so no count is needed. When it does nothing, `submit` takes the locking path, which
-# tells a double submit, an expired lease or a lost task apart.
+# tells a double submit, an expired lease or a lost task apart. The rules are the locking path's own:
+# `queue.holds_slot`, `_counting`, `webhooks.subscribers` (on the subscriptions the first read brings).
 
-# Only leases this far from expiry take the fast path: their slot cannot be handed on while it runs.
+# Only leases this far from expiry take the one statement: the item is not locked while it runs, so a
+# lease must still hold its slot when the statement ends, however long the labels took.
 AT_ONCE_MARGIN = timedelta(seconds=30)
 
-_DELIVERIES, _HOOKS = WebhookDelivery.__table__, Webhook.__table__
 _AT_ONCE_READ = task_columns(
-    Lease.state, Lease.expires_at, Item.id, Item.project_id, Item.original, Project.tokenizer,
-    Project.minimality_budget, Project.annotations_per_item,
+    Lease.state, Item.id, Item.project_id, Item.original, Project.tokenizer, Project.minimality_budget,
+    Project.annotations_per_item, holds_slot(bindparam("live_until")).label("live"),
+    webhooks.SUBSCRIPTIONS["postgresql"].scalar_subquery().label("hooks"),
 )
 
 
-def _model_default(column: Column) -> ColumnElement:
-    """A column's scalar default from the model, as a value in the statement: an INSERT … SELECT that
-    names every column (two INSERTs into one table cannot both leave the defaults to SQLAlchemy)."""
-    return literal(column.default.arg, type_=column.type)
-
-
 def _build_at_once() -> Select:
-    # No parameter is named like a column: SQLAlchemy would read it as a value for the INSERTs and UPDATEs.
     live = (
         select(_LEASES.c.id, _LEASES.c.item_id)
         .where(_LEASES.c.id == bindparam("the_lease"), _LEASES.c.annotator_id == bindparam("the_annotator"),
-               _LEASES.c.state == LeaseState.ACTIVE.value, _LEASES.c.expires_at > bindparam("live_until"))
+               holds_slot(bindparam("live_until")))
         .with_for_update()
         .cte("live")
     )
-    counted = _ITEMS.c.completed_count + 1
-    item = (
-        update(_ITEMS)
-        .where(_ITEMS.c.id == live.c.item_id, _ITEMS.c.status == ItemStatus.OPEN.value)
-        .values(completed_count=counted, status=case(
-            (counted >= bindparam("per_item"), ItemStatus.COMPLETE.value), else_=_ITEMS.c.status))
-        .returning(_ITEMS.c.id, _ITEMS.c.completed_count, _ITEMS.c.status)
-        .cte("item")
-    )
-    closed = (
-        update(_LEASES).where(_LEASES.c.id == live.c.id, live.c.item_id == item.c.id)
-        .values(state=LeaseState.SUBMITTED.value).returning(_LEASES.c.id).cte("closed")
-    )
-    # The columns `_edit_values` gives, bound as edit_<name>; the statement supplies the others.
-    own = ("id", "item_id", "lease_id", "review_status", "created_at", "version")
-    given = [column.name for column in _EDITS.c if column.name not in own]
+    item = _counting(live.c.item_id).cte("item")
+    closed = _closing(live.c.id, LeaseState.SUBMITTED).where(live.c.item_id == item.c.id).cte("closed")
     edit = (
         insert(_EDITS)
-        .from_select([*own[1:], *given], select(
-            item.c.id, closed.c.id, _model_default(_EDITS.c.review_status),
-            bindparam("now", type_=_EDITS.c.created_at.type), _model_default(_EDITS.c.version),
-            *(bindparam(f"edit_{name}", type_=_EDITS.c[name].type) for name in given),
-        ).select_from(item.join(closed, true())))
-        .returning(_EDITS.c.id, _EDITS.c.review_status, _EDITS.c.created_at, _EDITS.c.version)
+        .from_select([*_OWN, *_GIVEN], _inserting_edit(item.c.id, closed.c.id).select_from(item.join(closed, true())))
+        .returning(*_STORED)
         .cte("edit")
     )
-
-    # The deliveries, in the order the locking path queues them: per event, per webhook.
-    def event(rank: int, name: str, source: CTE, template: str, key: str, value: ColumnElement) -> Select:
-        payload = bindparam(template, type_=JSONB).op("||")(func.jsonb_build_object(key, value))
-        return select(literal(rank).label("rank"), literal(name).label("event"), payload.label("payload")).select_from(
-            source)
-
+    # The deliveries, in the order the locking path queues them: per event, per webhook (`subscribers`).
+    hooks = ARRAY(BigInteger)
     events = union_all(
-        event(1, "edit.submitted", edit, "submitted_event", "edit_id", edit.c.id),
-        event(2, "item.completed", item, "completed_event", "completed_count", item.c.completed_count)
-        .where(item.c.status == ItemStatus.COMPLETE.value),
+        select(literal(1).label("rank"), literal("edit.submitted").label("event"),
+               bindparam("submitted_event", type_=JSONB).op("||")(func.jsonb_build_object("edit_id", edit.c.id))
+               .label("payload"), func.unnest(bindparam("submitted_hooks", type_=hooks)).label("hook"))
+        .select_from(edit),
+        select(literal(2), literal("item.completed"),
+               bindparam("completed_event", type_=JSONB).op("||")(
+                   func.jsonb_build_object("completed_count", item.c.completed_count)),
+               func.unnest(bindparam("completed_hooks", type_=hooks)))
+        .select_from(item).where(item.c.status == ItemStatus.COMPLETE.value),
     ).subquery("events")
-    subscribed = type_coerce(_HOOKS.c.events, JSONB)
-    wants = subscribed.contains(func.jsonb_build_array(events.c.event)) | subscribed.contains([webhooks.ALL_EVENTS])
-    columns = ("webhook_id", "event", "payload", "status", "attempts", "last_error", "next_attempt_at", "created_at")
-    deliveries = insert(_DELIVERIES).from_select(columns, select(
-        _HOOKS.c.id, events.c.event, events.c.payload, _model_default(_DELIVERIES.c.status),
-        _model_default(_DELIVERIES.c.attempts), _model_default(_DELIVERIES.c.last_error), bindparam("now"),
+    deliveries = insert(_DELIVERIES).from_select(_DELIVERY_COLUMNS, select(
+        events.c.hook, events.c.event, events.c.payload, model_default(_DELIVERIES.c.status),
+        model_default(_DELIVERIES.c.attempts), model_default(_DELIVERIES.c.last_error), bindparam("now"),
         bindparam("now"),
-    ).select_from(_HOOKS.join(events, wants)).where(_HOOKS.c.active.is_(True)).order_by(events.c.rank, _HOOKS.c.id))
-    return (
-        select(edit.c.id, edit.c.review_status, edit.c.created_at, edit.c.version, item.c.completed_count,
-               item.c.status)
-        .select_from(edit.join(item, true()))
-        .add_cte(deliveries.cte("deliveries"))
-    )
+    ).order_by(events.c.rank, events.c.hook))
+    return select(*edit.c).add_cte(deliveries.cte("deliveries"))
 
 
+_DELIVERIES = WebhookDelivery.__table__
+_DELIVERY_COLUMNS = ("webhook_id", "event", "payload", "status", "attempts", "last_error", "next_attempt_at",
+                     "created_at")
 _AT_ONCE = _build_at_once()
 
 
-def _connection_for_one_statement(session: Session) -> AbstractContextManager[Connection]:
-    """A session with work in progress lends its transaction (the statement sees that work, and cannot
-    wait on its locks); otherwise the statement runs alone, in autocommit."""
-    if session.in_transaction():
-        return nullcontext(session.connection())
-    return session.get_bind().connect().execution_options(isolation_level="AUTOCOMMIT")
-
-
 def _at_once(lease_id: int, user: User, outcome: Outcome, text: str, metrics: EditorMetrics,
-             skip_reason: str) -> Steps[Edit | None]:
-    """The one-statement submit, as steps (see app.driver): read the task unlocked, compute the labels, then
-    the statement; None when it does not apply or did nothing (the caller falls back)."""
+             provenance: Provenance = HUMAN) -> Steps[Edit | None]:
+    """The one-statement submit, as steps: read the task unlocked, compute the labels, then the statement;
+    None when it does not apply or did nothing (the caller takes the locking path)."""
     now = utcnow()
-    read = yield _AT_ONCE_READ, {"lease_id": lease_id, "user_id": user.id}
-    if read is None:
+    live_until = now + AT_ONCE_MARGIN
+    read = yield _AT_ONCE_READ, {"lease_id": lease_id, "user_id": user.id, "live_until": live_until}
+    if read is None or not read.live:
         return None
-    state, expires_at, item_id, project_id, original, tokenizer, budget, per_item = read
-    if state != LeaseState.ACTIVE or as_utc(expires_at) <= now + AT_ONCE_MARGIN:
-        return None
-    outcome, text = _decide(outcome, text, original)
-    values = _edit_values(lease_id, user.id, item_id, budget, outcome, text, analyse(tokenizer, original, text),
-                          metrics, skip_reason)
-    submitted = _submitted_event(item_id, project_id, outcome.value, values["edit_rate"], values["not_minimal"])
-    done = yield _AT_ONCE, {
-        **{f"edit_{name}": value for name, value in values.items()},
-        "the_lease": lease_id, "the_annotator": user.id, "now": now, "live_until": now + AT_ONCE_MARGIN,
-        "per_item": per_item, "submitted_event": submitted, "completed_event": _completed_event(item_id, project_id),
+    outcome, text = decide_outcome(outcome, text, read.items_original)
+    values = _edit_values(lease_id, user.id, read.items_id, read.projects_minimality_budget, outcome, text,
+                          analyse(read.projects_tokenizer, read.items_original, text), metrics, "", provenance)
+    submitted, completed = _events(read.items_id, read.items_project_id, values)
+    subscriptions = read.hooks or []
+    stored = yield _AT_ONCE, {
+        **_edit_params(values), "the_lease": lease_id, "the_annotator": user.id, "now": now, "live_until": live_until,
+        "per_item": read.projects_annotations_per_item, "submitted_event": submitted, "completed_event": completed,
+        "submitted_hooks": webhooks.subscribers(subscriptions, "edit.submitted"),
+        "completed_hooks": webhooks.subscribers(subscriptions, "item.completed"),
     }
-    if done is None:
-        return None
-    edit_id, review_status, created_at, version, *_ = done
-    return Edit(**values, id=edit_id, review_status=review_status, created_at=created_at, version=version)
+    return None if stored is None else _stored_edit(values, stored)
 
 
-def _submit_at_once(
-    session: Session, lease_id: int, user: User, outcome: Outcome, text: str, metrics: EditorMetrics,
-    skip_reason: str,
-) -> Edit | None:
-    with _connection_for_one_statement(session) as conn:
-        edit = driver.run(conn, _at_once(lease_id, user, outcome, text, metrics, skip_reason))
-    if edit is not None:
-        make_transient_to_detached(edit)
-        session.add(edit)
-    return edit
+async def submit(
+    db: Database, lease_id: int, user: User, outcome: Outcome, text: str = "", *,
+    metrics: EditorMetrics = EditorMetrics(), skip_reason: str = "", provenance: Provenance = HUMAN,
+) -> Edit:
+    """Store the annotator's decision on their leased item: labels, diff and statistics recomputed from
+    `text`, the item's count, the lease closed, webhook deliveries queued; the edit (not attached to any
+    session). A double submit returns the first edit. `provenance`: a model editor's, or the suggestion
+    used. Runs on whichever `Database` the caller has (a web
+    request's, a worker's, or `SessionDatabase(session)` inside the caller's own unit of work).
 
-
-async def submit_on_driver(
-    conn: AsyncConnection, lease_id: int, user: User, outcome: Outcome, text: str, *,
-    metrics: EditorMetrics = EditorMetrics(),
-) -> Edit | None:
-    """The usual submit on Postgres from the event loop (app.driver), on an autocommit connection: the
-    edit, not attached to any session; None when `submit`'s locking path must decide (a skip, an expired
-    lease, a double submit, a lost task)."""
-    if outcome not in COMPLETED_OUTCOMES:
-        return None
-    return await driver.run_on_driver(conn, _at_once(lease_id, user, outcome, text, metrics.clamped(), ""))
+    On Postgres a completed annotation under a live lease is one statement; every other case (skips,
+    expired leases, double submits, errors, SQLite) takes the locking path."""
+    metrics, skip_reason = metrics.clamped(), skip_reason.strip()[:2000]
+    if (outcome in COMPLETED_OUTCOMES and db.dialect == "postgresql"
+            and (edit := await db.run(_at_once(lease_id, user, outcome, text, metrics, provenance))) is not None):
+        return edit
+    return await db.run(_locking(lease_id, user, outcome, text, metrics, skip_reason, provenance), transaction=True)
 
 
 # --- the live diff --------------------------------------------------------------------------------

@@ -6,14 +6,20 @@ the stored request into `#SBATCH` lines (app/worker/backends/slurm.py).
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 LOCAL = "local"
 SLURM = "slurm"
 BACKENDS = (LOCAL, SLURM)
+# Sharding strategies a job may ask for: the Accelerate config file under training/accelerate/, and the
+# package it needs beyond the `train` extra (None: torch has it).
+ACCELERATE_CONFIGS = Path(__file__).resolve().parents[2] / "training" / "accelerate"
+SHARDING = {"fsdp": None, "zero2": "deepspeed", "zero3": "deepspeed"}
 MAX_NODES = 64
 MAX_GPUS_PER_NODE = 16
 
@@ -146,3 +152,75 @@ def parse_slurm_request(form: Mapping[str, str], num_processes: int) -> SlurmReq
     if errors:
         raise ClusterOptionError(errors)
     return SlurmRequest(**values)
+
+
+def sharding_config(name: str) -> Path:
+    """The Accelerate config file of a sharding strategy (`fsdp`, `zero2`, `zero3`)."""
+    return ACCELERATE_CONFIGS / f"{name}.yaml"
+
+
+def check_sharding(name: str, num_processes: int) -> str:
+    """"" when a job may use the strategy `name` ("" for plain data parallel), else what is wrong.
+
+    Looks for the engine's package without importing it (DeepSpeed loads CUDA at import): it comes with
+    the `gpu` extra, which machines that only serve the web app or train on CPU never install.
+    """
+    if not name:
+        return ""
+    if name not in SHARDING:
+        return f"choose one of: {', '.join(SHARDING)}"
+    if num_processes < 2:
+        return "sharding needs at least 2 processes"
+    package = SHARDING[name]
+    if package and importlib.util.find_spec(package) is None:
+        return f"{package} is not installed: install the gpu extra (pip install 'redline[gpu]') on the workers"
+    return ""
+
+
+SLURM_FIELDS = ("nodes", "gpus_per_node", "partition", "time_limit", "account", "sbatch")
+
+
+@dataclass
+class PlacementForm:
+    """The new-job form's "Where it runs" section, raw as submitted (or restored from a job)."""
+
+    backend: str = LOCAL
+    sharding: str = ""
+    slurm: dict[str, str] = field(default_factory=dict)  # form name (slurm_nodes, ...) -> raw text
+
+    @classmethod
+    def from_form(cls, data: Mapping[str, Any]) -> PlacementForm:
+        def text(name: str) -> str:
+            value = data.get(name)
+            return value.strip() if isinstance(value, str) else ""
+
+        return cls(
+            backend=text("backend") or LOCAL,
+            sharding=text("sharding"),
+            slurm={f"slurm_{name}": text(f"slurm_{name}") for name in SLURM_FIELDS},
+        )
+
+    @classmethod
+    def from_job(cls, backend: str, sharding: str, request: SlurmRequest) -> PlacementForm:
+        raw = {name: str(value) for name, value in request.as_dict().items()}
+        raw["sbatch"] = "\n".join(request.sbatch)
+        return cls(backend=backend, sharding=sharding, slurm={f"slurm_{name}": raw[name] for name in SLURM_FIELDS})
+
+    def value(self, name: str) -> str:
+        return self.slurm.get(name, "")
+
+    def check(self, num_processes: int) -> tuple[SlurmRequest | None, dict[str, str]]:
+        """(the Slurm request or None for a local job, errors by form field)."""
+        errors: dict[str, str] = {}
+        if self.backend not in BACKENDS:
+            errors["backend"] = f"choose one of: {', '.join(BACKENDS)}"
+        problem = check_sharding(self.sharding, num_processes)
+        if problem:
+            errors["sharding"] = problem
+        request = None
+        if self.backend == SLURM:
+            try:
+                request = parse_slurm_request(self.slurm, num_processes)
+            except ClusterOptionError as exc:
+                errors.update(exc.errors)
+        return request, errors

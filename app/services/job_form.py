@@ -19,6 +19,7 @@ from starlette.datastructures import UploadFile
 
 from app.models import DatasetVersion, Job, Project
 from app.services import job_config, jobs
+from app.services.cluster import PlacementForm, SlurmRequest
 from app.services.jobs import JobSpec
 from app.settings import get_settings
 
@@ -43,6 +44,8 @@ class JobForm:
     errors: dict[str, str] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)  # hyperparameters, validated
     prompts_path: str = ""
+    placement: PlacementForm = field(default_factory=PlacementForm)  # backend, sharding, Slurm request
+    slurm_request: SlurmRequest | None = None  # validated
 
     @classmethod
     def defaults(cls, kind: str, default_model: str, dataset_version_id: int | None = None) -> JobForm:
@@ -68,6 +71,7 @@ class JobForm:
             score_model=options.get("score_model", ""),
             score_below=str(options.get("score_below", "")),
             values={spec.name: config.get(spec.name, spec.default) for spec in job_config.form_fields(job.kind)},
+            placement=PlacementForm.from_job(job.backend, options.get("sharding", ""), jobs.slurm_request(job)),
         )
 
     def spec(self) -> JobSpec:
@@ -77,6 +81,8 @@ class JobForm:
             if self.score_model:
                 options["score_model"] = self.score_model
                 options["score_below"] = float(self.score_below)
+        if self.placement.sharding:
+            options["sharding"] = self.placement.sharding
         config = dict(self.config)
         if self.prompts_path:
             config["data"] = self.prompts_path
@@ -89,6 +95,8 @@ class JobForm:
             project_id=int(self.project_id) if self.project_id else None,
             num_processes=int(self.num_processes),
             worker_options=options or None,
+            backend=self.placement.backend,
+            slurm=self.slurm_request,
         )
 
 
@@ -204,8 +212,12 @@ def parse_job_form(session: Session, data: Mapping[str, Any], upload: UploadFile
         score_model=_text(data, "score_model") if kind == "generate" else "",
         score_below=_text(data, "score_below") if kind == "generate" else "",
         values={spec.name: data.get(spec.name) for spec in job_config.form_fields(kind)},
+        placement=PlacementForm.from_form(data),
     )
     _check_general(session, form)
+    if "num_processes" not in form.errors:
+        form.slurm_request, placement_errors = form.placement.check(int(form.num_processes))
+        form.errors.update(placement_errors)
     form.config, field_errors = job_config.validate_hyperparameters(kind, data)
     form.errors.update(field_errors)
     has_upload = upload is not None and bool(upload.filename)

@@ -27,6 +27,7 @@ class ProjectSettings:
     lease_seconds: int = field(default_factory=lambda: get_settings().lease_seconds_default)
     guidelines_md: str = ""
     description: str = ""
+    return_rejected: bool = False
 
     def validate(self) -> None:
         self.name = self.name.strip()
@@ -49,7 +50,7 @@ def _snapshot(project: Project) -> dict:
     return {
         "name": project.name, "tokenizer": project.tokenizer, "annotations_per_item": project.annotations_per_item,
         "minimality_budget": project.minimality_budget, "lease_seconds": project.lease_seconds,
-        "archived": project.archived,
+        "archived": project.archived, "return_rejected": project.return_rejected,
     }
 
 

@@ -1,33 +1,30 @@
 """The annotation queue: leasing items so each gets exactly N completed annotations.
 
-An item is offered while `completed_count + active unexpired leases < N` and the annotator has never
-held it. Every change to an item's lease count happens with the item's row locked: on Postgres by
+An item is offered while `completed_count + leases holding a slot < N` and the annotator has never held
+it. Every change to an item's lease count happens with the item's row locked: on Postgres by
 `SELECT … FOR UPDATE SKIP LOCKED` (concurrent annotators pass over each other's rows instead of
 waiting), on SQLite by taking the database write lock up front (`BEGIN IMMEDIATE`). After the lock
 the count is read again in a fresh statement, so a lease committed a moment earlier is always seen.
 
 "Next" is the hottest path of the application, so it is three statements: enter the project (membership
 check and the annotator's lock in one), lock a candidate item (or, finding none, resume the annotator's
-live lease), and one INSERT … SELECT that re-counts and leases at once.
+live lease), and one INSERT … SELECT that re-counts and leases at once. It is written once, as steps
+(app.driver), and `next_task` runs it on whichever `Database` the caller has.
 """
 
 from __future__ import annotations
 
 import time
-import weakref
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from psycopg import AsyncConnection
-from sqlalchemy import BigInteger, Select, all_, bindparam, func, insert, select, update
+from sqlalchemy import BigInteger, ColumnElement, Select, all_, and_, bindparam, func, insert, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.orm.util import AliasedClass
 from sqlalchemy.sql.dml import ReturningUpdate
 
-from app import driver
-from app.db import is_postgres
-from app.driver import Steps, columns_of, entity
+from app.driver import Database, Steps, entity, labelled, lock_for_write
 from app.models import Item, ItemStatus, Lease, LeaseState, Project, Role, User, utcnow
 from app.services import projects
 
@@ -48,20 +45,17 @@ class Task:
     project: Project
 
 
-def lock_for_write(session: Session) -> None:
-    """SQLite: take the write lock now, so the reads that follow cannot be overtaken (no-op on Postgres)."""
-    connection = session.connection()
-    if connection.dialect.name == "sqlite" and not connection.connection.dbapi_connection.in_transaction:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+def holds_slot(at: ColumnElement | datetime) -> ColumnElement[bool]:
+    """THE lease-validity rule: a lease holds one of its item's N slots while it is active and has not
+    expired at `at`. `at` is "now" wherever the item's row is locked (no other request can lease or count
+    the item meanwhile); the one-statement submit, which does not lock the item first, asks for a margin
+    instead (annotation.AT_ONCE_MARGIN)."""
+    return and_(Lease.state == LeaseState.ACTIVE, Lease.expires_at > at)
 
 
 def _for_dialect(query: Select, **for_update) -> dict[str, Select]:
     """A hot-path query built once per dialect: Postgres locks rows; SQLite already holds the write lock."""
     return {"postgresql": query.with_for_update(**for_update), "sqlite": query}
-
-
-def _run(session: Session, queries: dict[str, Select]) -> Select:
-    return queries[session.get_bind().dialect.name]
 
 
 # The request paths only bind values into statements built once at import: constructing a SQLAlchemy
@@ -74,16 +68,16 @@ _ITEM_FOR_UPDATE = _for_dialect(
 def lock_item(session: Session, item_id: int) -> Item:
     """The item with its row locked (Postgres) or the database write-locked (SQLite), freshly read."""
     lock_for_write(session)
-    return session.scalars(_run(session, _ITEM_FOR_UPDATE), {"item_id": item_id}).one()
+    statement = _ITEM_FOR_UPDATE[session.get_bind().dialect.name]
+    return session.scalars(statement, {"item_id": item_id}).one()
 
 
 _TASK = (
-    select(Lease, Item, Project)
-    .join(Item, Item.id == Lease.item_id)
+    labelled(select(Lease.__table__, Item.__table__, Project.__table__))
+    .join_from(Lease, Item, Item.id == Lease.item_id)
     .join(Project, Project.id == Item.project_id)
     .where(Lease.id == bindparam("lease_id"), Lease.annotator_id == bindparam("user_id"))
 )
-_LOCKED_TASK = _for_dialect(_TASK.execution_options(populate_existing=True), of=[Item, Lease])
 
 
 def task_columns(*columns) -> Select:
@@ -91,41 +85,31 @@ def task_columns(*columns) -> Select:
     return _TASK.with_only_columns(*columns, maintain_column_froms=True)
 
 
-_TASK_ROW = task_columns(*Lease.__table__.c, *Item.__table__.c, *Project.__table__.c)
+def task_of(row) -> Task:
+    """The task of a row that holds the lease's, item's and project's columns (`labelled`)."""
+    return Task(entity(Lease, row), entity(Item, row), entity(Project, row))
 
 
 def finding_task(lease_id: int, user: User) -> Steps[Task | None]:
-    """The annotator's lease with its item and project, in one query; None if it is not theirs. As a step
-    (see app.driver): the editor's live diff runs it on the driver."""
-    row = yield _TASK_ROW, {"lease_id": lease_id, "user_id": user.id}
-    if row is None:
-        return None
-    item_from = columns_of(Lease)
-    project_from = item_from + columns_of(Item)
-    return Task(entity(Lease, row), entity(Item, row[item_from:]), entity(Project, row[project_from:]))
+    """The annotator's lease with its item and project, in one query; None if it is not theirs."""
+    row = yield _TASK, {"lease_id": lease_id, "user_id": user.id}
+    return None if row is None else task_of(row)
 
 
-def lock_task(session: Session, lease_id: int, user: User) -> Task | None:
-    """`finding_task` in a Session, with the item's and the lease's rows locked (Postgres) or the database
-    write-locked (SQLite), freshly read: a concurrent submit of the same item or lease has committed or waits."""
-    lock_for_write(session)
-    row = session.execute(_run(session, _LOCKED_TASK), {"lease_id": lease_id, "user_id": user.id}).first()
-    return Task(*row) if row else None
+# The task with its item's and lease's rows locked, freshly read (a concurrent submit of the same item or
+# lease has committed, or waits), and whether the lease holds its slot now (parameter now).
+LOCKED_TASK = _for_dialect(_TASK.add_columns(holds_slot(bindparam("now")).label("live")), of=[Item, Lease])
 
 
 def _active_leases(item_id) -> Select:
-    """Unexpired active leases of an item, counted (`item_id`: a value, a column to correlate, or a
-    parameter; the time is the parameter `now`)."""
-    return select(func.count()).select_from(Lease).where(
-        Lease.item_id == item_id, Lease.state == LeaseState.ACTIVE, Lease.expires_at > bindparam("now")
-    )
+    """Leases holding a slot of an item, counted (`item_id`: a value, a column to correlate, or a parameter;
+    the time is the parameter `now`)."""
+    return select(func.count().label("holding")).select_from(Lease).where(Lease.item_id == item_id,
+                                                                   holds_slot(bindparam("now")))
 
 
-def active_lease_count(session: Session, item_id: int, now: datetime, exclude_lease: int | None = None) -> int:
-    query = _active_leases(item_id)
-    if exclude_lease is not None:
-        query = query.where(Lease.id != exclude_lease)
-    return session.scalar(query, {"now": now})
+# The leases holding a slot of an item besides the submitting one (parameters item_id, lease_id, now).
+OTHER_LEASES = _active_leases(bindparam("item_id")).where(Lease.id != bindparam("lease_id"))
 
 
 def _sweep(stale: Select) -> ReturningUpdate:
@@ -134,15 +118,15 @@ def _sweep(stale: Select) -> ReturningUpdate:
         leases.c.id)
 
 
-_STALE = select(Lease.id).where(Lease.state == LeaseState.ACTIVE, Lease.expires_at <= bindparam("now")).limit(
-    SWEEP_BATCH)
+_STALE = select(Lease.id).where(Lease.state == LeaseState.ACTIVE, ~holds_slot(bindparam("now"))).limit(SWEEP_BATCH)
 # Postgres passes over leases another transaction holds (a submit closing them right now).
 _SWEEP = {"postgresql": _sweep(_STALE.with_for_update(skip_locked=True)), "sqlite": _sweep(_STALE)}
 
 
-def expire_stale_leases(session: Session, now: datetime) -> int:
-    """Mark leases past their expiry as expired (they already stopped counting; this keeps state honest)."""
-    return len(session.execute(_run(session, _SWEEP), {"now": now}).all())
+def sweeping(now: datetime) -> Steps[None]:
+    """Mark (up to SWEEP_BATCH) leases past their expiry as expired: they already stopped counting, this
+    keeps their state honest."""
+    yield _SWEEP, {"now": now}
 
 
 def _sweep_due() -> bool:
@@ -155,16 +139,14 @@ def _sweep_due() -> bool:
 
 
 def _live_lease_here(item: type[Item] | AliasedClass[Item]) -> tuple:
-    """The annotator's unexpired lease on an `item` of the project (parameters user_id, now, project_id)."""
-    return (
-        Lease.annotator_id == bindparam("user_id"), Lease.state == LeaseState.ACTIVE,
-        Lease.expires_at > bindparam("now"), item.project_id == bindparam("project_id"),
-    )
+    """The annotator's lease holding a slot of an `item` of the project (parameters user_id, now, project_id)."""
+    return Lease.annotator_id == bindparam("user_id"), holds_slot(bindparam("now")), item.project_id == bindparam(
+        "project_id")
 
 
 _CURRENT_TASK = (
-    select(*Lease.__table__.c, *Item.__table__.c)
-    .join(Item, Item.id == Lease.item_id)
+    labelled(select(Lease.__table__, Item.__table__))
+    .join_from(Lease, Item, Item.id == Lease.item_id)
     .where(*_live_lease_here(Item))
     .order_by(Lease.id)
     .limit(1)
@@ -188,7 +170,7 @@ def _candidate_query(not_tried) -> Select:
     """The first open item this annotator never held that has a free slot (parameters project_id, user_id,
     now, n, tried); none while the annotator holds a live lease in this project."""
     return (
-        select(*Item.__table__.c)
+        labelled(select(Item.__table__))
         .where(
             Item.project_id == bindparam("project_id"),
             Item.status == ItemStatus.OPEN,
@@ -217,31 +199,21 @@ _CANDIDATE = {
 }
 
 
-# On Postgres, entering a project also locks the annotator's row for the transaction: two "Next" clicks of one
-# annotator run one after the other (the second resumes the first's lease). And the lease's commit does not
-# wait for the WAL flush: a lease is cheap to lose, after a crash its item simply returns to the pool
-# (submits stay fully durable). The membership check, the lock and the setting are one statement.
-_ENTER_POSTGRES = {
-    query: query.add_columns(func.set_config("synchronous_commit", "off", True))
-    .join(User, User.id == bindparam("user_id")).with_for_update(of=User)
-    for query in (projects.member_project_query(Role.ADMIN), projects.member_project_query(Role.ANNOTATOR))
-}
-# session.info: the last entry's (transaction, project id, user id); a weak reference to the transaction, so
-# the session does not hold itself in a reference cycle (left to the garbage collector's full sweeps).
-_ENTERED = "redline_queue_entered"
+def _entering(query: Select) -> dict[str, Select]:
+    """Entering a project: the project's row if the user works in it. On Postgres it also locks the
+    annotator's row for the transaction: two "Next" clicks of one annotator run one after the other (the
+    second resumes the first's lease). And the lease's commit does not wait for the WAL flush: a lease is
+    cheap to lose, after a crash its item simply returns to the pool (submits stay fully durable). The
+    membership check, the lock and the setting are one statement."""
+    project = labelled(query.with_only_columns(*Project.__table__.c))
+    return {
+        "postgresql": project.add_columns(func.set_config("synchronous_commit", "off", True))
+        .join(User, User.id == bindparam("user_id")).with_for_update(of=User),
+        "sqlite": project,  # the transaction holds the write lock
+    }
 
 
-def enter_project(session: Session, project_id: int, user: User) -> Project | None:
-    """Start a "Next": the active project if `user` works in it (admins: any), else None; with the
-    annotator's row locked (Postgres) or the database write-locked (SQLite) until the transaction ends."""
-    lock_for_write(session)
-    query = projects.member_project_query(user.role)
-    if is_postgres(session.get_bind()):
-        query = _ENTER_POSTGRES[query]
-    project = session.scalars(query, {"project_id": project_id, "user_id": user.id}).first()
-    if project is not None:
-        session.info[_ENTERED] = (weakref.ref(session.get_transaction()), project.id, user.id)
-    return project
+_ENTER = {role: _entering(projects.member_project_query(role)) for role in (Role.ADMIN, Role.ANNOTATOR)}
 
 
 _LEASE_COLUMNS = ("item_id", "annotator_id", "state", "leased_at", "expires_at")
@@ -259,18 +231,23 @@ _LEASE_IF_SLOT_FREE = (
 )
 
 
-def _leasing(project: Project, user: User, now: datetime) -> Steps[Task | None]:
-    """The steps of "Next" once the project is entered (see app.driver): lease the first item with a free
-    slot, or find the annotator's live lease here; None when nothing is left for them."""
+def _next(project_id: int, user: User, now: datetime) -> Steps[tuple[Project | None, Task | None]]:
+    """The steps of "Next", in one transaction: enter the project, then lease the first item with a free
+    slot, or find the annotator's live lease there."""
+    row = yield _ENTER[Role.ADMIN if user.role == Role.ADMIN else Role.ANNOTATOR], {
+        "project_id": project_id, "user_id": user.id}
+    if row is None:
+        return None, None
+    project = entity(Project, row)
     if _sweep_due():
-        yield _SWEEP, {"now": now}
+        yield from sweeping(now)
     tried: list[int] = []
     for _ in range(CANDIDATE_TRIES):
         params = {"project_id": project.id, "user_id": user.id, "now": now, "n": project.annotations_per_item,
                   "tried": tried}
         if (row := (yield _CANDIDATE, params)) is None:  # their live lease here, or nothing left for them
             row = yield _CURRENT_TASK, {"user_id": user.id, "now": now, "project_id": project.id}
-            return None if row is None else Task(entity(Lease, row), entity(Item, row[columns_of(Lease):]), project)
+            return project, None if row is None else Task(entity(Lease, row), entity(Item, row), project)
         item = entity(Item, row)
         values = {
             "item_id": item.id, "annotator_id": user.id, "state": LeaseState.ACTIVE.value, "leased_at": now,
@@ -278,39 +255,13 @@ def _leasing(project: Project, user: User, now: datetime) -> Steps[Task | None]:
         }
         free_slots = project.annotations_per_item - item.completed_count
         if (row := (yield _LEASE_IF_SLOT_FREE, {**values, "now": now, "free_slots": free_slots})) is not None:
-            return Task(Lease(id=row[0], **values), item, project)
+            return project, Task(Lease(id=row.id, **values), item, project)
         tried.append(item.id)
-    return None
+    return project, None
 
 
-def next_task(session: Session, project: Project, user: User) -> Task | None:
-    """`enter_project`, then `next_task_entered`: for callers that hold the project already."""
-    if enter_project(session, project.id, user) is None:
-        raise PermissionError(f"{user.username} does not work in project {project.name}")
-    return next_task_entered(session, project, user)
-
-
-def next_task_entered(session: Session, project: Project, user: User) -> Task | None:
-    """Lease the next item to `user` (or return their current task); None when nothing is left for them.
-
-    Runs in the caller's transaction, after `enter_project` in it; the caller commits at once, which
-    releases the row locks.
-    """
-    transaction, *entered = session.info.get(_ENTERED, (lambda: None, None, None))
-    if transaction() is not session.get_transaction() or entered != [project.id, user.id]:
-        raise RuntimeError("next_task_entered: call enter_project first, in the same transaction (it takes the "
-                           "locks)")
-    return driver.run(session, _leasing(project, user, utcnow()))
-
-
-async def next_task_on_driver(conn: AsyncConnection, project_id: int, user: User) -> tuple[Project | None, Task | None]:
-    """"Next" on Postgres from the event loop (app.driver): enter the project and lease, in one transaction.
-    Returns (None, None) if `user` does not work in the project, else the project and the task (None when
-    nothing is left for them)."""
-    async with conn.transaction():
-        row = await driver.first(conn, _ENTER_POSTGRES[projects.member_project_query(user.role)],
-                                 {"project_id": project_id, "user_id": user.id})
-        if row is None:
-            return None, None
-        project = entity(Project, row)  # the row ends with set_config's result
-        return project, await driver.run_on_driver(conn, _leasing(project, user, utcnow()))
+async def next_task(db: Database, project_id: int, user: User) -> tuple[Project | None, Task | None]:
+    """"Next": lease the next item of the project to `user`, or give back their current task there.
+    Returns (None, None) if `user` does not work in the project (admins: any active one), else the project
+    and the task (None when nothing is left for them)."""
+    return await db.run(_next(project_id, user, utcnow()), transaction=True)

@@ -1,9 +1,9 @@
 """Outgoing webhooks: queued inside the request's transaction, delivered later by the worker.
 
-`enqueue(session, event, payload)` only inserts `WebhookDelivery` rows, so a request never waits on a
-remote server and a rolled-back request sends nothing. `deliver_due(session_factory)` (called by the
-worker loop) claims due deliveries, POSTs them signed with HMAC-SHA256, and retries failures with
-exponential backoff until `webhook_max_attempts`.
+`enqueue(session, event, payload)` (or the `queueing` steps) only inserts `WebhookDelivery` rows, so a
+request never waits on a remote server and a rolled-back request sends nothing.
+`deliver_due(session_factory)` (called by the worker loop) claims due deliveries, POSTs them signed with
+HMAC-SHA256, and retries failures with exponential backoff until `webhook_max_attempts`.
 
 Signature: header `X-Redline-Signature: sha256=<hex>` is HMAC-SHA256 with the webhook's secret over
 `f"{timestamp}.{body}"`, where `timestamp` is the `X-Redline-Timestamp` header (Unix seconds) and `body`
@@ -16,7 +16,7 @@ import hashlib
 import hmac
 import json
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -24,9 +24,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from sqlalchemy import select, update
+from sqlalchemy import JSON, bindparam, func, insert, select, type_coerce, update
 from sqlalchemy.orm import Session
 
+from app.driver import Steps, model_default, run
 from app.errors import DomainError
 from app.models import User, Webhook, WebhookDelivery, utcnow
 from app.settings import get_settings
@@ -88,33 +89,50 @@ def create_webhook(session: Session, url: str, events: Iterable[str], actor: Use
     return hook
 
 
-_SUBSCRIPTIONS = select(Webhook.id, Webhook.events).where(Webhook.active.is_(True))
+def subscribers(subscriptions: Iterable[Sequence[Any]], event: str) -> list[int]:
+    """THE matching rule: of the active webhooks' `(id, events)`, the ids of those that want `event` (they
+    name it, or every event), in id order."""
+    return sorted(hook_id for hook_id, events in subscriptions if event in events or ALL_EVENTS in events)
 
 
-def enqueue(session: Session, event: str, payload: dict[str, Any]) -> int:
-    """Queue `event` for every active webhook subscribed to it; returns how many deliveries were queued.
+_ACTIVE = Webhook.active.is_(True)
+# Every active webhook's [id, events], as one JSON list in one row (steps read one row per statement).
+SUBSCRIPTIONS = {
+    "postgresql": select(type_coerce(func.json_agg(func.json_build_array(Webhook.id, Webhook.events)), JSON)
+                         .label("hooks")).where(_ACTIVE),
+    "sqlite": select(type_coerce(func.json_group_array(func.json_array(Webhook.id, func.json(Webhook.events))), JSON)
+                     .label("hooks")).where(_ACTIVE),
+}
+_DELIVERIES = WebhookDelivery.__table__
+# Every column named (the driver runs it compiled once, without SQLAlchemy's per-execution defaults).
+QUEUE_DELIVERY = insert(_DELIVERIES).values(
+    webhook_id=bindparam("hook"), event=bindparam("event_name"),
+    payload=bindparam("event_payload", type_=_DELIVERIES.c.payload.type), status=model_default(_DELIVERIES.c.status),
+    attempts=model_default(_DELIVERIES.c.attempts), last_error=model_default(_DELIVERIES.c.last_error),
+    next_attempt_at=bindparam("now", type_=_DELIVERIES.c.created_at.type), created_at=bindparam("now"),
+).returning(_DELIVERIES.c.id)
 
-    Call it inside the transaction of the change it reports: the deliveries commit (or roll back) with it.
-    `payload` must be JSON-serialisable; it is sent as `{"event", "delivery_id", "created_at", "data"}`.
-    """
-    return enqueue_many(session, [(event, payload)])
 
-
-def enqueue_many(session: Session, events: list[tuple[str, dict[str, Any]]]) -> int:
-    """`enqueue` for several (event, payload) pairs of one change, reading the subscriptions once."""
+def queueing(events: list[tuple[str, dict[str, Any]]], now: datetime) -> Steps[int]:
+    """Queue each (event, payload) of one change for every active webhook subscribed to it, as steps (see
+    app.driver) in the change's transaction: the deliveries commit (or roll back) with it. Returns how many
+    were queued. A payload must be JSON-serialisable; it is sent as `{"event", "delivery_id", "created_at",
+    "data"}`."""
     for event, _payload in events:
         if event not in EVENTS:
             raise WebhookError(f"unknown webhook event {event!r}; known: {list(EVENTS)}")
-    subscriptions = session.execute(_SUBSCRIPTIONS).all()
+    subscriptions = (yield SUBSCRIPTIONS, {}).hooks or []
     queued = 0
     for event, payload in events:
-        for hook_id, hook_events in subscriptions:
-            if event in hook_events or ALL_EVENTS in hook_events:
-                session.add(WebhookDelivery(webhook_id=hook_id, event=event, payload=payload))
-                queued += 1
-    if queued:
-        session.flush()
+        for hook_id in subscribers(subscriptions, event):
+            yield QUEUE_DELIVERY, {"hook": hook_id, "event_name": event, "event_payload": payload, "now": now}
+            queued += 1
     return queued
+
+
+def enqueue(session: Session, event: str, payload: dict[str, Any]) -> int:
+    """`queueing` one event in the session's transaction; returns how many deliveries were queued."""
+    return run(session, queueing([(event, payload)], utcnow()))
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.commands.training_subprocess import training_command
+from app.editors.service import JOB_KIND
 
 # (kind, config file, output dir) -> argv of ONE process (`python -m training ...`). The worker takes
 # another builder only in tests, which run a small real program in place of a training run.
@@ -15,6 +16,8 @@ CommandBuilder = Callable[[str, Path, Path], list[str]]
 
 
 def job_command(kind: str, config_path: Path, output_dir: Path) -> list[str]:
+    if kind == JOB_KIND:  # a model editor working a project (app/editors/bulk.py): no training
+        return [sys.executable, "-m", "app.editors.bulk", "--config", str(config_path), "--output", str(output_dir)]
     return training_command([kind, "--config", str(config_path), "--set", f"output_dir={output_dir}"])
 
 
@@ -28,6 +31,7 @@ class Placement:
     machine_rank: str = "0"
     main_address: str = ""
     main_port: str = ""
+    config_file: Path | None = None  # an Accelerate config (FSDP, DeepSpeed ZeRO): training/accelerate/
 
 
 def launch_command(program: list[str], placement: Placement) -> list[str]:
@@ -36,9 +40,13 @@ def launch_command(program: list[str], placement: Placement) -> list[str]:
     if placement.processes <= 1 and placement.machines <= 1:
         return program
     # `python -m accelerate.commands.launch` is `accelerate launch` with this very interpreter.
-    # `--multi_gpu` selects accelerate's torchrun launcher, the one that starts several processes (on
-    # CPU nodes too: the training then joins them with gloo).
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"]
+    launcher = [sys.executable, "-m", "accelerate.commands.launch"]
+    if placement.config_file is not None:
+        launcher += ["--config_file", str(placement.config_file)]
+    else:
+        # `--multi_gpu` selects accelerate's torchrun launcher, the one that starts several processes (on
+        # CPU nodes too: the training then joins them with gloo).
+        launcher.append("--multi_gpu")
     launcher += ["--num_processes", str(placement.processes)]
     if placement.machines > 1:
         launcher += [

@@ -128,6 +128,7 @@ class JobRunner:
             folder=paths.root,
             log=paths.log,
             slurm=jobs.slurm_request(job),
+            sharding=jobs.worker_options(job).get("sharding", ""),
         )
         try:
             step = self._run_step(job.backend, launch, paths.output, log_tail)
@@ -169,7 +170,11 @@ class JobRunner:
             score_config = paths.root / "score.yaml"
             score_config.write_text(yaml.safe_dump(feed.score_config(options, paths.output)))
             score = replace(
-                launch, program=self.command_for("score", score_config, score_dir), processes=1, step_name="score"
+                launch,
+                program=self.command_for("score", score_config, score_dir),
+                processes=1,
+                sharding="",
+                step_name="score",
             )
             step = self._run_step(job.backend, score, score_dir, log_tail)
             if not step.ok:

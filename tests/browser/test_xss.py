@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from factories import next_task, submit
 from playwright.sync_api import expect
 
 from app.db import session_scope
 from app.models import Outcome, Verdict
-from app.services import annotation, queue, review
+from app.services import review
 
 pytestmark = [pytest.mark.browser, pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)]
 
@@ -27,9 +28,9 @@ def _hostile_project(make_user, make_project, add_items):
                            description=PAYLOADS)
     add_items(project, [(f"Prompt {PAYLOADS}", f"Response {PAYLOADS}"), ("Second", f"Another {PAYLOADS}")])
     with session_scope() as session:
-        lease = queue.next_task(session, project, ann).lease
+        lease = next_task(session, project, ann).lease
     with session_scope() as session:
-        edit = annotation.submit(session, lease.id, ann, Outcome.EDITED, f"Edited {PAYLOADS} {PAYLOADS}")
+        edit = submit(session, lease.id, ann, Outcome.EDITED, f"Edited {PAYLOADS} {PAYLOADS}")
     with session_scope() as session:
         review.decide(session, rev, edit.id, Verdict.FIX_AND_ACCEPT, fixed_text=f"Fixed {PAYLOADS}",
                       comment=PAYLOADS)

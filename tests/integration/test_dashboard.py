@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+from factories import next_task, submit
+
 from app.db import session_scope
 from app.models import Outcome
-from app.services import annotation, dashboard, queue
+from app.services import annotation, dashboard
 
 
 def _annotate(project, user, text):
     with session_scope() as session:
-        lease = queue.next_task(session, project, user).lease
+        lease = next_task(session, project, user).lease
     with session_scope() as session:
         metrics = annotation.EditorMetrics(900, 4000, 12, 1)
-        annotation.submit(session, lease.id, user, Outcome.EDITED, text, metrics=metrics)
+        submit(session, lease.id, user, Outcome.EDITED, text, metrics=metrics)
 
 
 def test_dashboard_figures_and_page(web_client, make_user, make_project, add_items, login_as):

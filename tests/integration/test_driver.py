@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from factories import next_task, submit
 from queue_checks import assert_exactly_n_annotations
 from sqlalchemy import func, select, text
 
 from app import driver
 from app.db import get_engine, session_scope
+from app.errors import DomainError, NotFound
 from app.models import Edit, Item, Lease, LeaseState, Outcome
 from app.services import annotation, queue
 from app.services.webhooks import create_webhook
@@ -35,13 +37,11 @@ def _on_pool(work, size: int = 10):
 
 
 async def _next(pool, project_id, user):
-    async with pool.connection() as conn:
-        return await queue.next_task_on_driver(conn, project_id, user)
+    return await queue.next_task(driver.DriverDatabase(pool), project_id, user)
 
 
-async def _submit(pool, lease_id, user, text):
-    async with pool.connection() as conn:
-        return await annotation.submit_on_driver(conn, lease_id, user, Outcome.EDITED, text)
+async def _submit(pool, lease_id, user, text, outcome=Outcome.EDITED, **options):
+    return await annotation.submit(driver.DriverDatabase(pool), lease_id, user, outcome, text, **options)
 
 
 def test_fifty_concurrent_annotators_on_the_driver_give_exactly_n(settings_env, make_user, make_project, add_items):
@@ -87,10 +87,9 @@ def test_concurrent_double_submit_on_the_driver_gives_one_edit(settings_env, mak
         return task, await asyncio.gather(*(_submit(pool, task.lease.id, ann, "The edited answer.") for _ in range(8)))
 
     task, edits = _on_pool(double_submit)
-    assert sum(edit is not None for edit in edits) == 1  # the others leave it to the locking path, which...
-    again = annotation.submit  # ...answers with the first edit
+    assert len({edit.id for edit in edits}) == 1  # one stored it; the locking path answered the others with it
     with session_scope() as session:
-        assert again(session, task.lease.id, ann, Outcome.EDITED, "Another text").id == next(e for e in edits if e).id
+        assert submit(session, task.lease.id, ann, Outcome.EDITED, "Another text").id == edits[0].id
     with session_scope() as session:
         assert session.scalar(select(func.count()).select_from(Edit)) == 1
         assert session.get(Item, task.item.id).completed_count == 1
@@ -124,29 +123,34 @@ def test_the_driver_stores_what_the_session_stores(settings_env, make_user, make
     task, edit = _on_pool(lease_and_submit)
     assert task.lease.state == LeaseState.ACTIVE and task.item.prompt == "P1" and task.project.id == project.id
     with session_scope() as session:
-        lease = queue.next_task(session, project, in_session).lease
+        lease = next_task(session, project, in_session).lease
     with session_scope() as session:
-        other = annotation.submit(session, lease.id, in_session, Outcome.EDITED, "The same original.")
+        other = submit(session, lease.id, in_session, Outcome.EDITED, "The same original.")
     assert _stored(edit.id) == _stored(other.id)
     assert _stored(edit.id)[1] == [("edit.submitted", {"project_id": project.id, "outcome": "edited",
                                                        "edit_rate": edit.edit_rate, "not_minimal": edit.not_minimal}),
                                    ("item.completed", {"project_id": project.id, "completed_count": 1})]
 
 
-def test_a_skip_or_a_lost_task_is_left_to_the_locking_path(settings_env, make_user, make_project, add_items):
+def test_skips_and_others_tasks_take_the_locking_path_on_the_driver(settings_env, make_user, make_project,
+                                                                     add_items):
     ann, other = make_user("ann"), make_user("other")
     project = make_project(members=[ann, other])
     add_items(project, [("P", "The original answer.")])
 
     async def attempts(pool):
         _, task = await _next(pool, project.id, ann)
-        async with pool.connection() as conn:
-            skipped = await annotation.submit_on_driver(conn, task.lease.id, ann, Outcome.SKIPPED, "")
-        return skipped, await _submit(pool, task.lease.id, other, "Not my task.")
+        with pytest.raises(NotFound):
+            await _submit(pool, task.lease.id, other, "Not my task.")
+        with pytest.raises(DomainError, match="Say why"):
+            await _submit(pool, task.lease.id, ann, "", Outcome.SKIPPED, skip_reason=" ")
+        return task, await _submit(pool, task.lease.id, ann, "", Outcome.SKIPPED, skip_reason="Off topic")
 
-    assert _on_pool(attempts) == (None, None)
+    task, skipped = _on_pool(attempts)
+    assert skipped.outcome == Outcome.SKIPPED and skipped.skip_reason == "Off topic"
     with session_scope() as session:
-        assert session.scalar(select(func.count()).select_from(Edit)) == 0
+        assert session.scalar(select(func.count()).select_from(Edit)) == 1
+        assert session.get(Lease, task.lease.id).state == LeaseState.SKIPPED
 
 
 def test_the_pool_replaces_a_connection_the_server_dropped(settings_env, make_user, make_project, add_items,
@@ -171,13 +175,34 @@ def test_the_pool_replaces_a_connection_the_server_dropped(settings_env, make_us
 
 def test_the_hot_statements_compile_for_the_driver_as_for_sqlalchemy(settings_env):
     """One SQL either way: the driver runs exactly what SQLAlchemy would send for the same statement."""
-    from app.services.annotation import _AT_ONCE, _AT_ONCE_READ, _ITEM_PROJECT
-    from app.services.queue import _CANDIDATE, _CURRENT_TASK, _ENTER_POSTGRES, _LEASE_IF_SLOT_FREE, _SWEEP, _TASK_ROW
+    from app.services import webhooks
+    from app.services.annotation import (
+        _AT_ONCE,
+        _AT_ONCE_READ,
+        _CLOSE_LEASE,
+        _COUNT_ANNOTATION,
+        _EDIT_OF_LEASE,
+        _INSERT_EDIT,
+        _ITEM_PROJECT,
+    )
+    from app.services.queue import (
+        _CANDIDATE,
+        _CURRENT_TASK,
+        _ENTER,
+        _LEASE_IF_SLOT_FREE,
+        _SWEEP,
+        _TASK,
+        LOCKED_TASK,
+        OTHER_LEASES,
+    )
 
     with get_engine().connect() as conn:  # the engine's dialect, initialised by a real server
         dialect = conn.dialect
     for statement in (_AT_ONCE, _AT_ONCE_READ, _ITEM_PROJECT, _CANDIDATE["postgresql"], _CURRENT_TASK,
-                      *_ENTER_POSTGRES.values(), _LEASE_IF_SLOT_FREE, _SWEEP["postgresql"], _TASK_ROW):
+                      *(enter["postgresql"] for enter in _ENTER.values()), _LEASE_IF_SLOT_FREE, _SWEEP["postgresql"],
+                      _TASK, LOCKED_TASK["postgresql"], OTHER_LEASES, _EDIT_OF_LEASE, _COUNT_ANNOTATION,
+                      *_CLOSE_LEASE.values(), _INSERT_EDIT, webhooks.SUBSCRIPTIONS["postgresql"],
+                      webhooks.QUEUE_DELIVERY):
         assert driver.compiled_for_driver(statement).sql == str(statement.compile(dialect=dialect))
 
 

@@ -19,6 +19,7 @@ from sqlalchemy import select
 from app.db import session_scope
 from app.models import AuditEvent, Job, JobStatus, Project, utcnow
 from app.services import jobs
+from app.services.cluster import SlurmRequest
 from app.services.datasets import DatasetFilter, create_version
 from app.worker.runner import list_artifacts
 
@@ -317,3 +318,38 @@ def test_a_job_whose_worker_went_silent_is_flagged_on_its_page(web_client, resea
     with session_scope() as session:
         jobs.heartbeat(session, job_id, "gone-worker", 0.5)
     assert 'id="stale-warning"' not in web_client.get(f"/jobs/{job_id}/live").text
+
+
+def test_a_slurm_job_from_the_form_keeps_its_request_and_bad_fields_are_named(web_client, researcher, dataset_id):
+    slurm = {"backend": "slurm", "slurm_nodes": "2", "slurm_gpus_per_node": "4", "slurm_partition": "gpu",
+             "slurm_time_limit": "2-00:00:00", "slurm_account": "align",
+             "slurm_sbatch": "#SBATCH --qos=high\n--mem=64G"}
+    bad = {**slurm, "slurm_nodes": "3", "slurm_time_limit": "tomorrow", "slurm_sbatch": "--qos=high\nrm -rf /",
+           "sharding": "zero3"}
+    response = web_client.post("/jobs", data=form(researcher, dataset_version_id=str(dataset_id), num_processes="8",
+                                                  **bad))
+    assert response.status_code == 422
+    errors = errors_of(response.text)
+    assert errors["slurm_nodes"] == "the 8 processes must divide evenly among the nodes"
+    assert errors["slurm_time_limit"].startswith("minutes, or Slurm's")
+    assert errors["slurm_sbatch"] == "line 2: 'rm -rf /' is not an sbatch option (like --mem=32G or --qos=high)"
+    assert errors["sharding"].startswith("deepspeed is not installed: install the gpu extra")
+    assert "rm -rf /" in html.unescape(response.text)  # the submitted lines are kept for correction
+
+    response = web_client.post("/jobs", data=form(researcher, dataset_version_id=str(dataset_id), num_processes="8",
+                                                  sharding="fsdp", **slurm), follow_redirects=False)
+    assert response.status_code == 303
+    job_id = int(response.headers["location"].rsplit("/", 1)[1])
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert job.backend == "slurm"
+        assert jobs.slurm_request(job) == SlurmRequest(
+            nodes=2, gpus_per_node=4, partition="gpu", time_limit="2-00:00:00", account="align",
+            sbatch=("--qos=high", "--mem=64G"))
+        assert jobs.worker_options(job)["sharding"] == "fsdp"
+        assert "sharding" not in jobs.training_config(job)
+    page = web_client.get(f"/jobs/{job_id}").text
+    assert "Slurm: 2 nodes × 4 GPUs, partition <code>gpu</code>" in page and "sharded with <code>fsdp</code>" in page
+    again = web_client.get(f"/jobs/new?from_job={job_id}").text
+    assert '<option value="slurm" selected>' in again and 'name="slurm_partition" value="gpu"' in again
+    assert "--qos=high\n--mem=64G</textarea>" in again

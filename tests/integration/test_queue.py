@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
+from factories import next_task, submit
 from queue_checks import assert_exactly_n_annotations
 from sqlalchemy import func, select, update
 
 from app.db import session_scope
+from app.driver import SessionDatabase, run
 from app.errors import DomainError
 from app.models import Edit, Item, ItemStatus, Lease, LeaseState, Outcome, Project, User, utcnow
 from app.services import annotation, queue
@@ -18,13 +21,13 @@ from app.services import annotation, queue
 
 def _lease(project, user):
     with session_scope() as session:
-        task = queue.next_task(session, project, user)
+        task = next_task(session, project, user)
         return task.lease if task else None
 
 
 def _submit(lease_id, user, text="An edited answer.", outcome=Outcome.EDITED):
     with session_scope() as session:
-        return annotation.submit(session, lease_id, user, outcome, text)
+        return submit(session, lease_id, user, outcome, text)
 
 
 def test_next_resumes_then_n_annotations_complete_the_item(make_user, make_project, add_items):
@@ -67,9 +70,9 @@ def test_skip_frees_the_item_for_others_but_not_for_the_skipper(make_user, make_
     add_items(project, [("P", "R")])
     lease = _lease(project, a)
     with pytest.raises(DomainError), session_scope() as session:
-        annotation.submit(session, lease.id, a, Outcome.SKIPPED, skip_reason=" ")
+        submit(session, lease.id, a, Outcome.SKIPPED, skip_reason=" ")
     with session_scope() as session:
-        annotation.submit(session, lease.id, a, Outcome.SKIPPED, skip_reason="I don't know the topic")
+        submit(session, lease.id, a, Outcome.SKIPPED, skip_reason="I don't know the topic")
     assert _lease(project, a) is None
     assert _lease(project, b) is not None
 
@@ -89,7 +92,7 @@ def test_expired_lease_returns_the_item(make_user, make_project, add_items):
     fresh = _lease(project, b)
     assert fresh is not None and fresh.item_id == stale.item_id
     with session_scope() as session:  # the sweep marks it (it stopped counting when it expired)
-        queue.expire_stale_leases(session, utcnow())
+        run(session, queue.sweeping(utcnow()))
     with session_scope() as session:
         assert session.get(Lease, stale.id).state == LeaseState.EXPIRED
     with pytest.raises(DomainError, match="given to someone else"):
@@ -156,16 +159,14 @@ def test_concurrent_next_clicks_of_one_annotator_give_one_lease(settings_env, ma
     assert len(leases) == 1  # the annotator's lock made the later clicks resume the first one's lease
 
 
-def test_leasing_needs_the_project_entered_first(make_user, make_project, add_items):
+def test_only_a_member_of_the_project_gets_a_task(make_user, make_project, add_items):
     ann, other = make_user("ann"), make_user("other")
     project = make_project(members=[ann])
     add_items(project, [("Prompt", "Response.")])
     with session_scope() as session:
-        assert queue.enter_project(session, project.id, other) is None  # not a member
-        with pytest.raises(RuntimeError, match="enter_project first"):
-            queue.next_task_entered(session, project, ann)
-        with pytest.raises(PermissionError):
-            queue.next_task(session, project, other)
+        assert asyncio.run(queue.next_task(SessionDatabase(session), project.id, other)) == (None, None)
+        entered, task = asyncio.run(queue.next_task(SessionDatabase(session), project.id, ann))
+        assert entered.id == project.id and task.item.prompt == "Prompt"
 
 
 @pytest.mark.postgres
@@ -354,9 +355,9 @@ def test_submit_inside_an_open_transaction_uses_it(make_user, make_project, add_
     project = make_project(members=[ann])
     add_items(project, [("P", "The original.")])
     with session_scope() as session:
-        task = queue.next_task(session, project, ann)
+        task = next_task(session, project, ann)
         item_id = task.item.id
-        edit_id = annotation.submit(session, task.lease.id, ann, Outcome.EDITED, "The edited.").id
+        edit_id = submit(session, task.lease.id, ann, Outcome.EDITED, "The edited.").id
         session.rollback()  # so nothing of it may remain
     with session_scope() as session:
         assert session.get(Edit, edit_id) is None

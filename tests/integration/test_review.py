@@ -5,12 +5,13 @@ from __future__ import annotations
 import re
 
 import pytest
+from factories import next_task, submit
 from sqlalchemy import select
 
 from app.db import session_scope
 from app.errors import DomainError
 from app.models import Comment, Edit, Item, ItemStatus, Outcome, Review, ReviewStatus, Verdict
-from app.services import annotation, queue, review
+from app.services import review
 
 
 def _annotated(make_user, make_project, add_items, text="The fixed answer."):
@@ -18,9 +19,9 @@ def _annotated(make_user, make_project, add_items, text="The fixed answer."):
     project = make_project(members=[ann, rev])
     add_items(project, [("Prompt", "The broken answr.")])
     with session_scope() as session:
-        lease = queue.next_task(session, project, ann).lease
+        lease = next_task(session, project, ann).lease
     with session_scope() as session:
-        edit = annotation.submit(session, lease.id, ann, Outcome.EDITED, text)
+        edit = submit(session, lease.id, ann, Outcome.EDITED, text)
     return ann, rev, project, edit
 
 
@@ -67,3 +68,69 @@ def test_review_pages(web_client, make_user, make_project, add_items, login_as):
     assert done.status_code == 200 and "Accepted edit" in done.text
     stale = web_client.post(f"/review/{edit.id}", data={"csrf_token": csrf, "verdict": "accept", "version": version})
     assert stale.status_code == 409
+
+
+def _many_edits(make_user, make_project, add_items, texts):
+    """One annotator's edits of len(texts) items (the originals say "answr"), each fixed as given."""
+    ann, rev = make_user("ann"), make_user("rev", "reviewer")
+    project = make_project(members=[ann, rev])
+    add_items(project, [(f"Prompt {i}", f"The broken answr number {i}.") for i in range(len(texts))])
+    edits = []
+    for text in texts:
+        with session_scope() as session:
+            lease = next_task(session, project, ann).lease
+        with session_scope() as session:
+            edits.append(submit(session, lease.id, ann, Outcome.EDITED, text(lease.item_id)))
+    return ann, rev, project, edits
+
+
+def test_a_verdict_opens_the_next_pending_edit_and_the_fix_shows_its_diff_and_reviewer(
+    web_client, make_user, make_project, add_items, login_as
+):
+    _ann, _rev, project, edits = _many_edits(make_user, make_project, add_items, [
+        lambda _i: "The broken answer number 0.", lambda _i: "The broken answer number 1.",
+        lambda _i: "The broken answer number 2."])
+    csrf = login_as(web_client, "rev")
+    start = web_client.get("/review/next", params={"project": project.id}, follow_redirects=False)
+    assert start.headers["location"] == f"/review/{edits[0].id}?msg=&project={project.id}"
+    skipped = web_client.get("/review/next", params={"after": edits[0].id}, follow_redirects=False)
+    assert skipped.headers["location"].startswith(f"/review/{edits[1].id}?")
+    done = web_client.post(f"/review/{edits[0].id}", follow_redirects=False, data={
+        "csrf_token": csrf, "verdict": "fix_and_accept", "fixed_text": "The fixed answer number 0.",
+        "project": str(project.id)})
+    assert done.headers["location"].startswith(f"/review/{edits[1].id}?msg=Fixed+and+accepted+edit+%23")
+    reviewed = web_client.get(f"/review/{edits[0].id}").text
+    assert 'class="reviewer">rev</bdi>' in reviewed and "Original → reviewer's fix" in reviewed
+    assert re.search(r'class="text diff fix-diff".*?<ins>', reviewed, re.S)
+    for edit in edits[1:]:
+        last = web_client.post(f"/review/{edit.id}", follow_redirects=False,
+                               data={"csrf_token": csrf, "verdict": "accept"})
+    assert last.headers["location"].startswith("/review?msg=Accepted+edit")
+    assert "Nothing+else+waits+for+review" in last.headers["location"]
+
+
+def test_bulk_accept_takes_what_the_filter_selects_and_nothing_reviewed_meanwhile(
+    web_client, make_user, make_project, add_items, login_as
+):
+    texts = [lambda _i: "The broken answer number 0.", lambda _i: "A completely different reply, rewritten.",
+             lambda _i: "The broken answer number 2.", lambda _i: "The broken answer number 3."]
+    _ann, rev, project, edits = _many_edits(make_user, make_project, add_items, texts)
+    with session_scope() as session:  # someone reviews one edit first
+        review.decide(session, rev, edits[3].id, Verdict.REJECT, comment="No.")
+    csrf = login_as(web_client, "rev")
+    form = {"csrf_token": csrf, "project_id": str(project.id), "outcomes": ["edited"], "max_rate": "0.3",
+            "exclude_not_minimal": "true"}
+    preview = web_client.post("/review/bulk-accept", data={**form, "preview": "1"})
+    assert "2 pending edit(s) match" in preview.text
+    bad = web_client.post("/review/bulk-accept", data={**form, "min_rate": "0.5"})
+    assert bad.status_code == 422 and "min_rate 0.5 is above max_rate 0.3" in bad.text
+    done = web_client.post("/review/bulk-accept", data=form, follow_redirects=False)
+    assert "Accepted+2+edit" in done.headers["location"]
+    with session_scope() as session:
+        statuses = {e.id: session.get(Edit, e.id).review_status for e in edits}
+        layers = session.scalars(select(Review).where(Review.verdict == "accept")).all()
+    assert statuses == {edits[0].id: "accepted", edits[1].id: "pending", edits[2].id: "accepted",
+                        edits[3].id: "rejected"}
+    assert sorted(r.edit_id for r in layers) == [edits[0].id, edits[2].id]
+    assert web_client.post("/review/bulk-accept", data=form, follow_redirects=False).headers["location"].count(
+        "Accepted+0+edit") == 1

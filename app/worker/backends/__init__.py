@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from app.services.cluster import SlurmRequest
+from app.services.cluster import SlurmRequest, sharding_config
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,12 @@ class Launch:
     folder: Path  # the job's folder (config, data, log, out/)
     log: Path
     slurm: SlurmRequest = field(default_factory=SlurmRequest)
+    sharding: str = ""  # an Accelerate config of training/accelerate/ ("fsdp", "zero2", "zero3"), or none
     step_name: str = "train"
+
+    @property
+    def accelerate_config(self) -> Path | None:
+        return sharding_config(self.sharding) if self.sharding else None
 
 
 class Execution(Protocol):

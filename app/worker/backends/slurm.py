@@ -75,7 +75,8 @@ def batch_script(launch: Launch, settings: Settings) -> str:
     ]
     processes = request.processes_per_node(launch.processes) * request.nodes
     if request.nodes == 1:
-        lines.append("exec " + _shell_line(launch_command(launch.program, Placement(processes=processes))))
+        single = Placement(processes=processes, config_file=launch.accelerate_config)
+        lines.append("exec " + _shell_line(launch_command(launch.program, single)))
         return "\n".join(lines) + "\n"
     placement = Placement(
         processes=processes,
@@ -83,6 +84,7 @@ def batch_script(launch: Launch, settings: Settings) -> str:
         machine_rank="$SLURM_NODEID",
         main_address="$REDLINE_MAIN_ADDR",
         main_port="$REDLINE_MAIN_PORT",
+        config_file=launch.accelerate_config,
     )
     lines += [
         # The first node of the allocation is the main process's machine; its NodeAddr is how the
