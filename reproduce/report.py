@@ -470,6 +470,14 @@ def readings(s: dict[str, Any]) -> list[str]:
                f"{_f(s.get('ppo_late_change_token'))} (token) and {_f(s.get('ppo_late_change_sequence'))} "
                f"(sequence); peaks {_f(s['ppo_peak_gold_token'])} at iteration {_f(s['ppo_peak_step_token'], 0)} and "
                f"{_f(s['ppo_peak_gold_sequence'])} at iteration {_f(s['ppo_peak_step_sequence'], 0)}.")
+    drop = s["ppo_peak_gold_token"] - s["ppo_final_gold_token"]
+    if drop > 0.05:
+        out.append(f"- Fine-grained PPO over-optimises its reward: the seed-mean gold peaks at "
+                   f"{_f(s['ppo_peak_gold_token'])} (iteration {_f(s['ppo_peak_step_token'], 0)}) and ends at "
+                   f"{_f(s['ppo_final_gold_token'])} while its KL keeps growing (final {_f(s['ppo_token_kl_last'], 2)}"
+                   f" vs {_f(s['ppo_sequence_kl_last'], 2)} for sequence-level PPO at the same β): the final-"
+                   "checkpoint figures (win rate, final gold) compare an over-optimised policy with one that is "
+                   "not, which is why the matched-KL comparison is the like-for-like one.")
     out.append(f"- Rollout length went from {_f(s['ppo_token_length_first'], 1)} to {_f(s['ppo_token_length_last'], 1)}"
                f" tokens under fine-grained PPO and from {_f(s['ppo_sequence_length_first'], 1)} to "
                f"{_f(s['ppo_sequence_length_last'], 1)} under sequence-level PPO (final KL "
@@ -495,9 +503,10 @@ def markdown(results: dict[str, Any], s: dict[str, Any], plots: str) -> str:
         "# Reproduction of the papers' claims in the simulated environment",
         "",
         "Written by `make reproduce` (`python -m reproduce --preset full`); do not edit by hand — rerun it.",
-        f"Preset `{preset['name']}`, task `{preset['task']}`, seeds {list(preset['seeds'])}, wall time "
-        f"{results['seconds'] / 60:.1f} min (pretraining the tiny policy: {build['seconds'] / 60:.1f} min of it "
-        "when not reused).",
+        f"Preset `{preset['name']}`, task `{preset['task']}`, seeds {sorted(int(k) for k in results['seeds'])} "
+        f"(of {list(preset['seeds'])}), {results.get('jobs', 1)} at a time; wall time {results['seconds'] / 60:.1f} "
+        f"min, plus {build['seconds'] / 60:.1f} min pretraining the tiny policy when it is not reused; "
+        f"{sum(results.get('cli_seconds', {}).values()) / 60:.1f} min inside the training CLI runs.",
         "Gold world, flaw types and simulated annotator: a pluggable task (`training/sim/task.py`, see "
         "docs/reproduction-status.md).",
         "",
