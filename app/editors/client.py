@@ -20,7 +20,7 @@ import httpx
 import openai
 from openai.types.chat import ChatCompletion
 
-from app.editors.prompts import MalformedAnswer
+from app.editors.prompts import AnswerCutOff, MalformedAnswer
 
 T = TypeVar("T")
 
@@ -97,7 +97,7 @@ def _retry_after_s(exc: openai.APIStatusError) -> float | None:
 def describe(exc: BaseException) -> tuple[str, bool, float | None]:
     """(reason, retryable, server-requested delay) of a failed call."""
     if isinstance(exc, MalformedAnswer):
-        return f"malformed answer: {exc}", True, None
+        return f"malformed answer: {exc}", not isinstance(exc, AnswerCutOff), None
     if isinstance(exc, openai.APITimeoutError):
         return "the endpoint timed out", True, None
     if isinstance(exc, openai.APIConnectionError):

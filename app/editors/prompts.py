@@ -69,6 +69,11 @@ class MalformedAnswer(ValueError):
     """The model's answer holds no usable response (empty, or cut off at the token cap)."""
 
 
+class AnswerCutOff(MalformedAnswer):
+    """An answer that hit the token cap before it ended: asking again with the same cap gets the same cut
+    (at temperature 0, exactly), so it is not retried."""
+
+
 @dataclass(frozen=True)
 class PromptTemplate:
     kind: str
@@ -135,7 +140,7 @@ def parse_answer(answer: str | None, *, truncated: bool = False) -> str:
     if match := _TAGGED.search(text):
         return match.group(2).strip("\n")
     if truncated:
-        raise MalformedAnswer("the answer was cut off at max tokens before it ended (raise the editor's max tokens)")
+        raise AnswerCutOff("the answer was cut off at max tokens before it ended (raise the editor's max tokens)")
     if match := _OPEN_TAG.search(text):  # an opening tag the model never closed: the rest is the response
         text = text[match.end():].strip()
     elif match := _FENCED.search(text):

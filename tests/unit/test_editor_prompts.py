@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from app.editors.prompts import (
+    AnswerCutOff,
     MalformedAnswer,
     PromptError,
     parse_answer,
@@ -43,6 +44,17 @@ def test_an_answer_cut_at_the_token_cap_is_malformed_unless_its_tags_closed() ->
     with pytest.raises(MalformedAnswer, match="cut off"):
         parse_answer("<edited>The capital of France is Par", truncated=True)
     assert parse_answer("<edited>Done.</edited> and then more", truncated=True) == "Done."
+
+
+def test_cut_off_answers_are_not_retried_but_empty_ones_are() -> None:
+    from app.editors.client import describe
+
+    with pytest.raises(AnswerCutOff) as cut:
+        parse_answer("<edited>half", truncated=True)
+    assert describe(cut.value)[1] is False
+    with pytest.raises(MalformedAnswer) as empty:
+        parse_answer("")
+    assert describe(empty.value)[1] is True
 
 
 def test_first_error_of_the_two_stage_prompt() -> None:
