@@ -60,7 +60,7 @@ FULL = Preset(
     name="full", seeds=(0, 1, 2, 3, 4), pretrain_steps=1500, train_prompts=0, initial_samples=3, eval_prompts=0,
     eval_samples=2, token_rm=RM, seq_rm=RM, ppo=PPO, figa=POLICY, sft={**POLICY, "include_unchanged": False},
     dpo={**POLICY, "learning_rate": 3e-5, "beta": 0.1}, sweep=SWEEP, with_unchanged=WITH_UNCHANGED,
-    rm_check={"samples": 2, "seeds": (0, 1, 2), "train": RM},
+    rm_check={"samples": 2, "seeds": (0, 1, 2, 3, 4), "train": RM},
 )
 SWEEP_PRESET = replace(FULL, name="sweep", sweep=WIDE_SWEEP, sweep_samples=4)
 

@@ -242,20 +242,31 @@ def _ci(s: dict[str, Any], key: str) -> tuple[float | None, float | None]:
     return s.get(f"{key}_ci_low"), s.get(f"{key}_ci_high")
 
 
+MIN_SEEDS = 5  # issue #17: a claim is settled with at least five seeds
+SIDES = {"holds": "wholly on the claim's side", "does not hold": "wholly on the other side",
+         "not resolved at this budget": "across the bound"}
+
+
 def verdicts(s: dict[str, Any]) -> dict[str, str]:
-    """One verdict per claim; with fewer than two seeds there is no interval, so nothing is resolved."""
-    unresolved = "not resolved at this budget"
-    main = s["seeds"] >= 2
-    return {
-        "token_rm_accuracy": verdict(*_ci(s, "token_rm_edit_span_acc"), 0.80) if main else unresolved,
-        "ppo_faster": verdict(*_ci(s, "ppo_steps_ratio_token_vs_sequence"), 1.0, above=False) if main else unresolved,
-        "ppo_better": verdict(*_ci(s, "ppo_win_rate_diff"), 0.0) if main else unresolved,
-        "ppo_better_matched_kl": verdict(*_ci(s, "ppo_matched_kl_gold_diff"), 0.0) if main else unresolved,
-        "figa_above_sft": verdict(*_ci(s, "figa_minus_sft"), 0.0) if main else unresolved,
-        "figa_above_sft_unchanged": verdict(*_ci(s, "figa_minus_sft_unchanged"), 0.0) if main else unresolved,
-        "token_rm_heavy_edits": verdict(*_ci(s, "token_rm_minus_seq_rm_full_seq_acc_heavy"), 0.0)
-        if s["rm_check_seeds"] >= 2 else unresolved,
+    """One verdict per claim. With fewer than MIN_SEEDS seeds none is settled; the verdict then says
+    where the interval lies, for what it is worth."""
+    claims = {
+        "token_rm_accuracy": (_ci(s, "token_rm_edit_span_acc"), 0.80, True, s["seeds"]),
+        "ppo_faster": (_ci(s, "ppo_steps_ratio_token_vs_sequence"), 1.0, False, s["seeds"]),
+        "ppo_better": (_ci(s, "ppo_win_rate_diff"), 0.0, True, s["seeds"]),
+        "ppo_better_matched_kl": (_ci(s, "ppo_matched_kl_gold_diff"), 0.0, True, s["seeds"]),
+        "figa_above_sft": (_ci(s, "figa_minus_sft"), 0.0, True, s["seeds"]),
+        "figa_above_sft_unchanged": (_ci(s, "figa_minus_sft_unchanged"), 0.0, True, s["seeds"]),
+        "token_rm_heavy_edits": (_ci(s, "token_rm_minus_seq_rm_full_seq_acc_heavy"), 0.0, True, s["rm_check_seeds"]),
     }
+    out = {}
+    for name, ((low, high), bound, above, seeds) in claims.items():
+        result = verdict(low, high, bound, above)
+        if seeds < MIN_SEEDS:
+            result = (f"not resolved at this budget ({int(seeds)} seed(s) of the {MIN_SEEDS} needed; the interval "
+                      f"is {SIDES[result]})")
+        out[name] = result
+    return out
 
 
 # -- plots --
