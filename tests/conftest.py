@@ -296,49 +296,14 @@ def screenshots(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def llm_server(tmp_path_factory, default_tokenizer_path: Path) -> Iterator[dict]:
     """`transformers serve` on the default SmolLM2 folder, on a free loopback port, for the whole run:
-    {"base_url": ..., "model": ...}. Tests that use it are marked `llm`."""
-    import socket
-    import subprocess
-    import sys
-    import time
+    {"base_url": ..., "model": ..., "root": ...}. Tests that use it are marked `llm`."""
+    from bench._llm import ServerFailed, transformers_serve
 
-    import httpx
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    model = str(default_tokenizer_path)
-    log_path = tmp_path_factory.mktemp("llm") / "serve.log"
-    argv = [sys.executable, "-c", "from transformers.cli.transformers import main; main()", "serve",
-            "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", "--log-level", "warning", model]
-    with log_path.open("wb") as log:
-        server = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                  env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
     try:
-        while True:
-            if server.poll() is not None:
-                pytest.fail(f"transformers serve exited ({server.returncode}): {log_path.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"transformers serve did not start in 180 s: {log_path.read_text()[-2000:]}")
-            time.sleep(0.5)
-        # The first generation warms the model up (several seconds on a busy CPU): not in any test's timing.
-        httpx.post(f"{base}/v1/chat/completions", timeout=300, json={
-            "model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})
-        yield {"base_url": f"{base}/v1", "model": model, "root": base}
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        with transformers_serve(default_tokenizer_path, tmp_path_factory.mktemp("llm") / "serve.log") as server:
+            yield {"base_url": server.base_url, "model": server.model, "root": server.root}
+    except ServerFailed as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="session")

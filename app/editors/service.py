@@ -19,6 +19,7 @@ from app.editors.propose import Proposal, Target, propose
 from app.errors import DomainError, NotFound
 from app.models import (
     AnnotatorKind,
+    EditorJobItem,
     Item,
     ItemStatus,
     Job,
@@ -234,3 +235,16 @@ def try_editor(editor: ModelEditor, target: Target) -> Trial:
     except EditorFailure as failure:
         proposal, reason = None, failure.reason
     return Trial(target.prompt, target.original, proposal, reason, time.monotonic() - started)
+
+
+@dataclass(frozen=True)
+class JobItems:
+    done: int
+    failed: list[EditorJobItem]
+
+
+def job_items(session: Session, job: Job) -> JobItems:
+    """What the job page shows of an editor job: items done, and every failed item with its reason."""
+    rows = session.scalars(select(EditorJobItem).where(EditorJobItem.job_id == job.id)
+                           .order_by(EditorJobItem.updated_at)).all()
+    return JobItems(sum(row.status == "done" for row in rows), [row for row in rows if row.status == "failed"])

@@ -3,11 +3,14 @@ fails says why, a job starts for the worker."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 
+import pytest
 from sqlalchemy import select
 
 from app.db import session_scope
+from app.editors import bulk
 from app.models import Job, ModelEditor, ProjectMember
 from app.services import api_tokens
 
@@ -19,9 +22,11 @@ def _form(csrf: str, **fields) -> dict:
             "api_key": KEY, "max_tokens": "64", "timeout_s": "5", "max_concurrency": "2", **fields}
 
 
-def test_admin_adds_an_editor_tests_it_and_starts_a_job(web_client, make_user, login_as, make_project):
+def test_admin_adds_an_editor_tests_it_and_starts_a_job(web_client, make_user, login_as, make_project, add_items,
+                                                        tmp_path):
     make_user("boss", "admin")
     project = make_project("Editing")
+    add_items(project, [("Capital of France?", "It is Lyon.")])
     csrf = login_as(web_client, "boss")
     page = web_client.post("/admin/editors", data=_form(csrf))
     assert page.status_code == 200 and KEY not in page.text
@@ -51,6 +56,11 @@ def test_admin_adds_an_editor_tests_it_and_starts_a_job(web_client, make_user, l
         job = session.get(Job, job_id)
         assert (job.kind, job.config["editor_id"], job.config["mode"]) == ("editor", editor.id, "annotate")
         assert session.get(ProjectMember, (project.id, editor.user_id))  # the account joined the project
+    # The job (as the worker runs it) meets a refused connection: it stops, and the job page says why.
+    with pytest.raises(bulk.EndpointDown):
+        asyncio.run(bulk.run_job(job.config, tmp_path / "out"))
+    page = web_client.get(f"/jobs/{job_id}")
+    assert "0 done, 1 failed" in page.text and "cannot connect to the endpoint" in page.text
 
 
 def test_editor_pages_are_admin_only_and_need_csrf(web_client, make_user, login_as):
