@@ -52,7 +52,7 @@ PPO = {"learning_rate": 1.5e-5, "num_iterations": 100, "rollout_batch_size": 32,
 SWEEP = {"sft": {"learning_rate": [1e-4, 3e-4, 1e-3]}, "figa": {"learning_rate": [1e-4, 3e-4, 1e-3]},
          "dpo": {"learning_rate": [1e-5, 3e-5, 1e-4]}}
 WIDE_SWEEP = {"sft": {"learning_rate": [1e-4, 3e-4, 1e-3, 3e-3]},
-              "figa": {"learning_rate": [1e-4, 3e-4, 1e-3], "beta": [0.5, 1.0], "tau": [0.6, 1.0]},
+              "figa": {"learning_rate": [3e-4, 1e-3, 3e-3], "beta": [0.5, 1.0], "tau": [0.6, 1.0]},
               "dpo": {"learning_rate": [1e-5, 3e-5, 1e-4], "beta": [0.1, 0.5]}}
 WITH_UNCHANGED = {"sft": {"include_unchanged": True}, "figa": {"include_unchanged": True, "gamma": 0.3}}
 
@@ -60,7 +60,7 @@ FULL = Preset(
     name="full", seeds=(0, 1, 2, 3, 4), pretrain_steps=1500, train_prompts=0, initial_samples=3, eval_prompts=0,
     eval_samples=2, token_rm=RM, seq_rm=RM, ppo=PPO, figa=POLICY, sft={**POLICY, "include_unchanged": False},
     dpo={**POLICY, "learning_rate": 3e-5, "beta": 0.1}, sweep=SWEEP, with_unchanged=WITH_UNCHANGED,
-    rm_check={"samples": 2, "seeds": (0, 1, 2), "train": RM},
+    rm_check={"samples": 2, "seeds": (0, 1, 2, 3, 4), "train": RM},
 )
 SWEEP_PRESET = replace(FULL, name="sweep", sweep=WIDE_SWEEP, sweep_samples=4)
 

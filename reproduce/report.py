@@ -34,8 +34,6 @@ PAPER = {
     "figa_vs_sft": "FIGA above SFT (+3.2 reward, Guo et al. 2023)",
 }
 BOOTSTRAP = 2000
-CLAIMS = ("token_rm_accuracy", "ppo_faster", "ppo_better", "ppo_better_matched_kl", "figa_above_sft",
-          "figa_above_sft_unchanged", "token_rm_heavy_edits")
 CLASS_KEYS = {"correct value": "token_rm_class_correct_value", "wrong value": "token_rm_class_wrong_value",
               "filler": "token_rm_class_filler", "EOS after a complete answer": "token_rm_eos_reward_complete",
               "EOS after an incomplete answer": "token_rm_eos_reward_incomplete"}
@@ -182,7 +180,7 @@ def point(seeds: list[dict[str, Any]]) -> dict[str, float | None]:
 
 def rm_point(seeds: list[dict[str, Any]]) -> dict[str, float | None]:
     """The reward-model check's figures (token RM ours / paper's loss, sequence RM; light and heavy edits)."""
-    out: dict[str, float | None] = {}
+    out: dict[str, float | None] = {"rm_check_seeds": float(len(seeds))}
     for level in ("light", "heavy"):
         for name in RM_CHECK_NAMES:
             prefix = name.replace("-", "_")
@@ -244,19 +242,31 @@ def _ci(s: dict[str, Any], key: str) -> tuple[float | None, float | None]:
     return s.get(f"{key}_ci_low"), s.get(f"{key}_ci_high")
 
 
+MIN_SEEDS = 5  # issue #17: a claim is settled with at least five seeds
+SIDES = {"holds": "wholly on the claim's side", "does not hold": "wholly on the other side",
+         "not resolved at this budget": "across the bound"}
+
+
 def verdicts(s: dict[str, Any]) -> dict[str, str]:
-    """One verdict per claim; with fewer than two seeds there is no interval, so nothing is resolved."""
-    if s["seeds"] < 2:
-        return dict.fromkeys(CLAIMS, "not resolved at this budget")
-    return {
-        "token_rm_accuracy": verdict(*_ci(s, "token_rm_edit_span_acc"), 0.80),
-        "ppo_faster": verdict(*_ci(s, "ppo_steps_ratio_token_vs_sequence"), 1.0, above=False),
-        "ppo_better": verdict(*_ci(s, "ppo_win_rate_diff"), 0.0),
-        "ppo_better_matched_kl": verdict(*_ci(s, "ppo_matched_kl_gold_diff"), 0.0),
-        "figa_above_sft": verdict(*_ci(s, "figa_minus_sft"), 0.0),
-        "figa_above_sft_unchanged": verdict(*_ci(s, "figa_minus_sft_unchanged"), 0.0),
-        "token_rm_heavy_edits": verdict(*_ci(s, "token_rm_minus_seq_rm_full_seq_acc_heavy"), 0.0),
+    """One verdict per claim. With fewer than MIN_SEEDS seeds none is settled; the verdict then says
+    where the interval lies, for what it is worth."""
+    claims = {
+        "token_rm_accuracy": (_ci(s, "token_rm_edit_span_acc"), 0.80, True, s["seeds"]),
+        "ppo_faster": (_ci(s, "ppo_steps_ratio_token_vs_sequence"), 1.0, False, s["seeds"]),
+        "ppo_better": (_ci(s, "ppo_win_rate_diff"), 0.0, True, s["seeds"]),
+        "ppo_better_matched_kl": (_ci(s, "ppo_matched_kl_gold_diff"), 0.0, True, s["seeds"]),
+        "figa_above_sft": (_ci(s, "figa_minus_sft"), 0.0, True, s["seeds"]),
+        "figa_above_sft_unchanged": (_ci(s, "figa_minus_sft_unchanged"), 0.0, True, s["seeds"]),
+        "token_rm_heavy_edits": (_ci(s, "token_rm_minus_seq_rm_full_seq_acc_heavy"), 0.0, True, s["rm_check_seeds"]),
     }
+    out = {}
+    for name, ((low, high), bound, above, seeds) in claims.items():
+        result = verdict(low, high, bound, above)
+        if seeds < MIN_SEEDS:
+            result = (f"not resolved at this budget ({int(seeds)} seed(s) of the {MIN_SEEDS} needed; the interval "
+                      f"is {SIDES[result]})")
+        out[name] = result
+    return out
 
 
 # -- plots --
@@ -423,7 +433,12 @@ def policies_tables(results: dict[str, Any], s: dict[str, Any]) -> list[str]:
 
 
 def sweep_tables(results: dict[str, Any]) -> list[str]:
-    out = []
+    grids = results["preset"].get("sweep", {})
+    edges = [f"`{kind}` {key} {entry['chosen'][key]:g}" for kind, entry in results.get("sweep", {}).items()
+             for key, values in grids.get(kind, {}).items()
+             if len(values) > 1 and entry["chosen"][key] in (min(values), max(values))]
+    out = [f"Chosen at the edge of their grid: {', '.join(edges)} — a wider grid (`--preset sweep`) may choose "
+           "beyond it.", ""] if edges else []
     for kind, entry in results.get("sweep", {}).items():
         keys = list(entry["chosen"])
         out += [f"`{kind}` ({entry['validation_prompts']} validation questions):", "",
@@ -509,6 +524,7 @@ def markdown(results: dict[str, Any], s: dict[str, Any], plots: str) -> str:
         f"{sum(results.get('cli_seconds', {}).values()) / 60:.1f} min inside the training CLI runs.",
         "Gold world, flaw types and simulated annotator: a pluggable task (`training/sim/task.py`, see "
         "docs/reproduction-status.md).",
+        *([f"Run note: {results['note']}"] if results.get("note") else []),
         "",
         "## Pipeline",
         "",
@@ -539,8 +555,9 @@ def markdown(results: dict[str, Any], s: dict[str, Any], plots: str) -> str:
         "",
         *claims_table(s),
         "",
-        f"Intervals: 95% percentile bootstrap over the {int(s['seeds'])} seeds ({BOOTSTRAP} resamples; seeds "
-        "resampled, every figure recomputed). Verdict: holds when the whole interval is on the claim's side, "
+        f"Intervals: 95% percentile bootstrap over the {int(s['seeds'])} seeds ({int(s['rm_check_seeds'])} for the "
+        f"reward-model check; {BOOTSTRAP} resamples; seeds resampled, every figure recomputed). "
+        "Verdict: holds when the whole interval is on the claim's side, "
         "does not hold when it is wholly on the other side, otherwise not resolved at this budget.",
         "",
         "## Policies",
