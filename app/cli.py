@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from app.commands import db, demo, export, imports, models, serve, train, users, webhooks, worker
+from app.commands import db, demo, editors, export, imports, models, serve, train, users, webhooks, worker
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -14,5 +14,5 @@ def main() -> None:
 
 for command in (db.db, models.models, serve.serve, train.train, worker.worker, export.export_group,
                 webhooks.webhooks, users.createuser, imports.import_command,
-                demo.demo):
+                demo.demo, editors.editors):
     main.add_command(command)

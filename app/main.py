@@ -24,6 +24,7 @@ from app.db import get_engine, is_postgres, session_scope
 from app.deps import install_error_handlers
 from app.driver import DriverDatabase, SessionDatabase
 from app.routes import (
+    admin_editors,
     admin_projects,
     admin_users,
     annotate,
@@ -105,9 +106,9 @@ def create_app() -> FastAPI:
     install_error_handlers(app)
     # Routes are matched in order: the annotator's (the busiest by far) first, then the rest; no two
     # routers share a path prefix, so the order changes nothing else.
-    for router in (annotate.router, auth.router, admin_users.router, admin_projects.router, review.router,
-                   dashboard.router, job_routes.router, api.router, dataset_routes.router, items.router,
-                   my_work.router, settings_tokens.router):
+    for router in (annotate.router, auth.router, admin_users.router, admin_editors.router, admin_projects.router,
+                   review.router, dashboard.router, job_routes.router, api.router, dataset_routes.router,
+                   items.router, my_work.router, settings_tokens.router):
         app.include_router(router)
 
     install_api_docs(app)

@@ -103,6 +103,20 @@ class Verdict(enum.StrEnum):
     REJECT = "reject"
 
 
+class AnnotatorKind(enum.StrEnum):
+    """Who wrote an edit: a person, a model editor working the queue, or an imported file."""
+
+    HUMAN = "human"
+    MODEL = "model"
+    IMPORT = "import"
+
+
+class PromptKind(enum.StrEnum):
+    ONE_STAGE = "one_stage"
+    TWO_STAGE = "two_stage"
+    CUSTOM = "custom"
+
+
 class JobStatus(enum.StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
@@ -116,7 +130,10 @@ class JobStatus(enum.StrEnum):
 
 class User(Base):
     __tablename__ = "users"
-    __table_args__ = (CheckConstraint(f"role IN ({_values(Role)})", name="role"),)
+    __table_args__ = (
+        CheckConstraint(f"role IN ({_values(Role)})", name="role"),
+        CheckConstraint(f"kind IN ({_values(AnnotatorKind)})", name="kind"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     username: Mapped[str] = mapped_column(String(64), unique=True)
@@ -124,6 +141,9 @@ class User(Base):
     role: Mapped[str] = mapped_column(String(16))
     password_hash: Mapped[str] = mapped_column(String(255))
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Model editors and import sources are annotator accounts too (kind model | import), so their edits
+    # go through the same queue, lease and submit code; they have no usable password.
+    kind: Mapped[str] = mapped_column(String(16), default=AnnotatorKind.HUMAN, server_default=AnnotatorKind.HUMAN)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_login_at: Mapped[datetime | None]
 
@@ -228,6 +248,8 @@ class Item(Base):
         CheckConstraint("completed_count >= 0", name="completed_count"),
         # The queue scans open items of a project in id order.
         Index("ix_items_queue", "project_id", "status", "id"),
+        # The dashboard's progress per project, from the index alone (migration 0010).
+        Index("ix_items_progress", "project_id", "status", "completed_count"),
         # ix_items_search, the item browser's full-text index, exists on Postgres only (migration 0008):
         # an expression index that autogenerate cannot compare, so it is not declared here.
     )
@@ -275,6 +297,8 @@ class Edit(Base):
         Index("ix_edits_item", "item_id"),
         Index("ix_edits_annotator_created", "annotator_id", "created_at"),
         Index("ix_edits_review_queue", "review_status", "outcome", "id"),
+        # The dashboard's outcome counts and edit-rate histogram, from the index alone (migration 0010).
+        Index("ix_edits_outcome_rate", "outcome", "edit_rate"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -298,6 +322,13 @@ class Edit(Base):
     keystrokes: Mapped[int] = mapped_column(Integer, default=0)
     pastes: Mapped[int] = mapped_column(Integer, default=0)
     review_status: Mapped[str] = mapped_column(String(16), default=ReviewStatus.PENDING)
+    # Provenance: which model editor (and model, prompt version) wrote it, or which suggestion a person
+    # started from and how far (edit rate) they moved from it.
+    editor_id: Mapped[int | None] = mapped_column(ForeignKey("model_editors.id", ondelete="SET NULL"))
+    editor_model: Mapped[str] = mapped_column(String(200), default="", server_default="")
+    prompt_version: Mapped[str] = mapped_column(String(16), default="", server_default="")
+    suggestion_used: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    human_vs_suggestion_rate: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     version: Mapped[int] = mapped_column(Integer, default=1)
 
@@ -329,6 +360,72 @@ class Comment(Base):
     edit_id: Mapped[int] = mapped_column(ForeignKey("edits.id", ondelete="CASCADE"), index=True)
     author_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT"))
     body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# --- model editors -------------------------------------------------------------------------------
+
+
+class ModelEditor(Base):
+    """A named connection to an OpenAI-compatible chat endpoint, with its prompt and its limits."""
+
+    __tablename__ = "model_editors"
+    __table_args__ = (
+        CheckConstraint(f"prompt_kind IN ({_values(PromptKind)})", name="prompt_kind"),
+        CheckConstraint("max_tokens >= 1", name="max_tokens"),
+        CheckConstraint("max_concurrency >= 1", name="max_concurrency"),
+        CheckConstraint("timeout_s > 0", name="timeout_s"),
+        CheckConstraint("requests_per_minute >= 0", name="requests_per_minute"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    base_url: Mapped[str] = mapped_column(String(1000))
+    model: Mapped[str] = mapped_column(String(200))
+    # Fernet-encrypted with a key derived from the app's secret; never shown, logged or exported.
+    api_key_encrypted: Mapped[str] = mapped_column(Text, default="")
+    temperature: Mapped[float] = mapped_column(Float, default=0.0)
+    max_tokens: Mapped[int] = mapped_column(Integer, default=512)
+    timeout_s: Mapped[float] = mapped_column(Float, default=60.0)
+    max_concurrency: Mapped[int] = mapped_column(Integer, default=4)
+    requests_per_minute: Mapped[int] = mapped_column(Integer, default=0)  # 0: no limit
+    prompt_kind: Mapped[str] = mapped_column(String(16), default=PromptKind.ONE_STAGE)
+    custom_template: Mapped[str] = mapped_column(Text, default="")
+    # The annotator account (kind model) its edits are written by.
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT"), unique=True)
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class EditorJobItem(Base):
+    """One item's fate in an editor job: done (with its edit) or failed (with the reason), and tries."""
+
+    __tablename__ = "editor_job_items"
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))  # done | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str] = mapped_column(Text, default="")
+    edit_id: Mapped[int | None] = mapped_column(ForeignKey("edits.id", ondelete="SET NULL"))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Suggestion(Base):
+    """An editor's precomputed edit of an item, offered to the people who annotate it."""
+
+    __tablename__ = "suggestions"
+    __table_args__ = (UniqueConstraint("item_id", "editor_id", name="uq_suggestions_item_editor"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"))
+    editor_id: Mapped[int | None] = mapped_column(ForeignKey("model_editors.id", ondelete="CASCADE"))
+    source: Mapped[str] = mapped_column(String(200), default="")  # an import's named source, if imported
+    text: Mapped[str] = mapped_column(Text)
+    editor_model: Mapped[str] = mapped_column(String(200), default="")
+    prompt_version: Mapped[str] = mapped_column(String(16), default="")
+    edit_rate: Mapped[float] = mapped_column(Float, default=0.0)
+    not_minimal: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

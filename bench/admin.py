@@ -26,14 +26,13 @@ import random
 import signal
 import statistics
 import time
-import uuid
 from datetime import timedelta
 
 import httpx
 from sqlalchemy import create_engine, text
 
-from bench.common import write_results
-from bench.export import PAIRS, PG_ADMIN, START, _psycopg_url, _setup, analysed_pairs
+from bench.common import scratch_database, write_results
+from bench.export import PAIRS, PG_ADMIN, START, _setup, analysed_pairs
 from bench.server import _free_port, _start_server, _stop_server
 
 ITEMS = int(os.environ.get("REDLINE_BENCH_ADMIN_ITEMS", "1000000"))
@@ -174,22 +173,15 @@ def freeze(url: str) -> tuple[int, float]:
 
 
 def main() -> None:
-    from app import migrate
     from app.settings import get_settings
 
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(SystemExit(143)))
     os.environ.setdefault("REDLINE_PSEUDONYM_SALT", "bench-admin")  # never the deployment's secret
     get_settings.cache_clear()
     load_before = os.getloadavg()[0]
-    admin = create_engine(_psycopg_url(PG_ADMIN), isolation_level="AUTOCOMMIT")
-    name = f"redline_bench_admin_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = _psycopg_url(PG_ADMIN, name)
     figures: dict[str, float] = {}
     notes: dict[str, str] = {}
-    try:
-        migrate.upgrade(url)
+    with scratch_database(PG_ADMIN, "redline_bench_admin") as url:
         pairs = analysed_pairs(PAIRS)
         with create_engine(url).begin() as conn:
             project_id = _setup(conn, pairs)
@@ -204,13 +196,6 @@ def main() -> None:
         notes["freeze"] = f"{rows} rows in {freeze_s:.1f} s (synchronous create_version)"
         notes["machine"] = (f"{os.cpu_count()} cpus shared with other work; Postgres on the same host; 1-min load "
                             f"average {load_before:.1f} at start, {os.getloadavg()[0]:.1f} at end")
-    finally:
-        from app.db import engine_for
-
-        engine_for.cache_clear()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
     write_results("admin", figures, notes)
 
 

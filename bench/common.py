@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 BENCH_DIR = Path(os.environ.get("REDLINE_BENCH_DIR", "var/bench"))
@@ -23,3 +26,28 @@ def write_results(name: str, figures: dict[str, float], notes: dict[str, str] | 
         print(f"  # {key}: {value}")
     print(f"  -> {path}")
     return path
+
+
+@contextmanager
+def scratch_database(admin_url: str, prefix: str) -> Iterator[str]:
+    """A fresh, migrated Postgres database for one benchmark run (its SQLAlchemy URL), dropped afterwards."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    from app import migrate
+    from app.db import engine_for
+
+    base = make_url(admin_url).set(drivername="postgresql+psycopg")
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = base.set(database=name).render_as_string(hide_password=False)
+    try:
+        migrate.upgrade(url)
+        yield url
+    finally:
+        engine_for.cache_clear()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

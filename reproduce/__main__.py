@@ -1,10 +1,11 @@
-"""`python -m reproduce [--preset full|fast] [--out DIR] [--report-only]`."""
+"""`python -m reproduce [--preset full|sweep|fast] [--task MODULE:FUNCTION] [--jobs N] [--out DIR] [--report-only]`."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from reproduce.config import PRESETS
@@ -15,11 +16,17 @@ from reproduce.report import write_report
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m reproduce", description=__doc__)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="full")
+    parser.add_argument("--task", default=None,
+                        help="gold world as module:function (default: the preset's, training.sim.task:facts_task)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="seeds trained side by side in worker processes (each single-threaded; default 1)")
     parser.add_argument("--out", type=Path, default=None, help="run folder (default var/reproduce/PRESET)")
     parser.add_argument("--docs", type=Path, default=Path("docs"), help="where reproduction.md and plots go")
     parser.add_argument("--bench", type=Path, default=Path("var/bench/reproduce.json"))
     parser.add_argument("--report-only", action="store_true", help="rewrite the report from results.json")
-    parser.add_argument("--in-process", action="store_true", help="run the training CLI in this process")
+    parser.add_argument("--subprocess", action="store_true",
+                        help="run each training-CLI call as `python -m training` in a new process (default: call "
+                             "its main() in this process, which saves a torch import per run)")
     args = parser.parse_args(argv)
     out = args.out or Path("var/reproduce") / args.preset
     if args.report_only:
@@ -28,7 +35,10 @@ def main(argv: list[str] | None = None) -> int:
             if "ppo_rollouts" not in seed_result or "figa_train" not in seed_result:
                 add_training_stats(seed_result, out / f"seed-{seed}")
     else:
-        results = run_pipeline(PRESETS[args.preset], out, in_process=args.in_process)
+        preset = PRESETS[args.preset]
+        if args.task:
+            preset = replace(preset, task=args.task)
+        results = run_pipeline(preset, out, in_process=not args.subprocess, jobs=args.jobs)
     summary = write_report(results, args.docs, args.bench)
     print(json.dumps(summary, indent=2))
     return 0

@@ -1,11 +1,15 @@
 """The reproduction pipeline, end to end through the product's code.
 
-    build     tiny tokenizer + tiny policy pretrained on the flawed synthetic corpus (training.sim)
+    build     tiny tokenizer + tiny policy pretrained on the task's flawed corpus (training.sim)
     generate  initial responses to the training questions      (python -m training generate)
     annotate  import → simulated annotator works the queue → dataset version → pairs-jsonl export (app)
-    train     per seed: token-rm, seq-rm, ppo --reward token / sequence, figa, sft, dpo (python -m training)
-    evaluate  gold preference on held-out questions: PPO checkpoints (reward against step), final
-              policies (gold score, win rate against the initial policy)
+    sweep     each policy method's lr (β, τ) scored by gold reward on a validation split of training
+              questions (held out of the sweep's training runs; the final evaluation never sees them)
+    train     per seed: token-rm, seq-rm, ppo --reward token / sequence, figa, sft, dpo on the edited rows,
+              and sft / figa (γ > 0) with the no-change rows too (python -m training)
+    evaluate  gold preference on held-out questions: PPO checkpoints (gold against step and KL), final
+              policies (gold score, win rate against the initial policy), the token RM by gold class
+    rm-check  token RM vs sequence RM on light and on heavy edits built from the task (same settings)
 
 Everything lands in one folder (`results.json` holds the numbers the report is written from).
 """
@@ -20,13 +24,21 @@ import shutil
 import subprocess
 import sys
 import time
+from difflib import SequenceMatcher
+from itertools import product
 from pathlib import Path
 from typing import Any
 
 from reproduce.config import COMMON, Preset
 
 POLICY_KINDS = ("figa", "sft", "dpo")
+# The second table: the same methods when every one also gets the no-change rows (DPO gains nothing
+# from them: chosen = rejected gives a constant loss, so it is not rerun).
+WITH_UNCHANGED = ("sft", "figa")
 PPO_VARIANTS = {"token": "token-rm", "sequence": "seq-rm"}
+# The reward-model check: our token-RM loss, the paper's (summed spans, no extra terms, random head), seq RM.
+PAPER_TOKEN_RM = {"span_reduce": "sum", "full_seq_weight": 0, "keep_l2_weight": 0, "head_init": "normal"}
+RM_CHECK = {"token-rm": ("token-rm", {}), "token-rm-paper": ("token-rm", PAPER_TOKEN_RM), "seq-rm": ("seq-rm", {})}
 
 
 def log(message: str) -> None:
@@ -89,17 +101,16 @@ def _head(rows: list[dict], n: int) -> list[dict]:
 
 
 def build_stage(preset: Preset, out: Path) -> Path:
-    """The pretrained policy; reused when a previous run built it with the same world and configs."""
+    """The pretrained policy; reused when a previous run built it with the same task and configs."""
     from dataclasses import asdict
 
     from training.sim.build import build
-    from training.sim.corpus import FlawRates
     from training.sim.policy import PolicyConfig, PretrainConfig
-    from training.sim.world import NUM_ENTITIES
+    from training.sim.task import load_task
 
     folder = out / "build"
     meta_path = folder / "build.json"
-    wanted = {"num_entities": NUM_ENTITIES, "flaw_rates": asdict(FlawRates()), "policy": asdict(PolicyConfig()),
+    wanted = {"task": preset.task, **load_task(preset.task).meta, "policy": asdict(PolicyConfig()),
               "pretrain": asdict(PretrainConfig(steps=preset.pretrain_steps))}
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text())
@@ -107,7 +118,7 @@ def build_stage(preset: Preset, out: Path) -> Path:
             log(f"reusing {folder}")
             return folder
     log(f"pretraining the tiny policy ({preset.pretrain_steps} steps)")
-    build(folder, PretrainConfig(steps=preset.pretrain_steps))
+    build(folder, PretrainConfig(steps=preset.pretrain_steps), task=preset.task)
     return folder
 
 
@@ -122,17 +133,16 @@ def generate_stage(preset: Preset, cli: CLI, build_dir: Path, out: Path) -> list
 
 def annotate_stage(preset: Preset, build_dir: Path, responses: list[dict], out: Path) -> tuple[Path, dict]:
     from reproduce.server import annotate_and_export
-    from training.sim.annotator import AnnotatorNoise, SimulatedAnnotator
-    from training.sim.world import default_world
+    from training.sim.task import load_task
 
-    annotator = SimulatedAnnotator(default_world(), AnnotatorNoise(preset.miss_prob, preset.spurious_prob), seed=0)
+    annotate = load_task(preset.task).annotator(preset.miss_prob, preset.spurious_prob, 0)
     noise = {"fixes": 0, "missed": 0, "spurious": 0}
 
     def editor(prompt: str, response: str) -> tuple[str, str]:
-        edit = annotator.edit(prompt, response)
+        edited, outcome, counts = annotate(prompt, response)
         for key in noise:
-            noise[key] += getattr(edit, key)
-        return edit.edited, edit.outcome
+            noise[key] += counts[key]
+        return edited, outcome
 
     log(f"import, annotate and export {len(responses)} responses through the app")
     export = out / "export.jsonl"
@@ -140,8 +150,41 @@ def annotate_stage(preset: Preset, build_dir: Path, responses: list[dict], out: 
     return export, {**counts, "annotator": noise}
 
 
-def train_stage(preset: Preset, cli: CLI, build_dir: Path, export: Path, prompts: Path, seed: int, out: Path
-                ) -> dict[str, Path]:
+def validation_prompts(export: Path, val_fraction: float, seed: int) -> list[str]:
+    """The questions a policy run with this seed and val_fraction holds out of training (split by prompt,
+    the trainer's own rule): the sweep scores on them; they are never among the evaluation questions."""
+    from training.data import split_by_prompt
+
+    prompts = sorted({r["prompt"] for r in _read_jsonl(export)})
+    return split_by_prompt(prompts, lambda p: p, val_fraction, seed)[1]
+
+
+def sweep_stage(preset: Preset, cli: CLI, build_dir: Path, export: Path, out: Path) -> dict[str, Any]:
+    """Each policy method's grid, trained on one seed's training split and scored by mean gold reward
+    on that seed's validation questions; returns every score and the chosen setting per method."""
+    from training.sim.evaluate import gold_eval
+
+    seed = preset.seeds[0]
+    table: dict[str, Any] = {}
+    for kind, grid in preset.sweep.items():
+        base = getattr(preset, kind)
+        prompts = validation_prompts(export, base["val_fraction"], seed)
+        rows = []
+        for values in product(*grid.values()):
+            setting = dict(zip(grid, values, strict=True))
+            name = "-".join(f"{k}={v}" for k, v in setting.items())
+            log(f"sweep {kind} {name}")
+            run = out / "sweep" / kind / name
+            cli(kind, run, model=build_dir / "policy", data=export, seed=seed, **{**base, **setting})
+            gold = gold_eval(str(run / "model"), prompts, preset.sweep_samples, 2000 + seed, task=preset.task).mean
+            rows.append({**setting, "gold": gold})
+        best = max(rows, key=lambda r: r["gold"])
+        table[kind] = {"rows": rows, "chosen": {k: best[k] for k in grid}, "validation_prompts": len(prompts)}
+    return table
+
+
+def train_stage(preset: Preset, cli: CLI, build_dir: Path, export: Path, prompts: Path, seed: int, out: Path,
+                chosen: dict[str, dict[str, Any]]) -> dict[str, Path]:
     """Every kind for one seed; returns the folder of each run."""
     policy = build_dir / "policy"
     runs = {kind: out / kind for kind in ("token-rm", "seq-rm", *POLICY_KINDS)}
@@ -155,7 +198,13 @@ def train_stage(preset: Preset, cli: CLI, build_dir: Path, export: Path, prompts
             reward_model=runs[rm] / "model", seed=seed, **preset.ppo)
     for kind in POLICY_KINDS:
         log(f"seed {seed}: {kind}")
-        cli(kind, runs[kind], model=policy, data=export, seed=seed, **getattr(preset, kind))
+        cli(kind, runs[kind], model=policy, data=export, seed=seed, **{**getattr(preset, kind), **chosen.get(kind, {})})
+    for kind in WITH_UNCHANGED:
+        name = f"{kind}-unchanged"
+        runs[name] = out / name
+        log(f"seed {seed}: {name}")
+        cli(kind, runs[name], model=policy, data=export, seed=seed,
+            **{**getattr(preset, kind), **chosen.get(kind, {}), **preset.with_unchanged[kind]})
     return runs
 
 
@@ -167,16 +216,31 @@ def ppo_checkpoints(run: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def rollout_stats(run: Path, window: int = 3) -> dict[str, float]:
-    """Mean rollout length, RM score and KL over the first and the last `window` PPO iterations."""
+def _ppo_rows(run: Path) -> list[dict]:
     rows = [r for r in _read_jsonl(run / "metrics.jsonl") if "objective/response_length" in r]
     starts = [i for i, r in enumerate(rows) if r["step"] == 1]
-    rows = rows[starts[-1]:] if starts else rows  # only the last run, should a folder hold several
+    return rows[starts[-1]:] if starts else rows  # only the last run, should a folder hold several
+
+
+def rollout_stats(run: Path, window: int = 3) -> dict[str, float]:
+    """Mean rollout length, RM score and KL over the first and the last `window` PPO iterations."""
+    rows = _ppo_rows(run)
     out = {}
     for name, part in (("first", rows[:window]), ("last", rows[-window:])):
         for key, metric in (("length", "objective/response_length"), ("score", "objective/scores"),
                             ("kl", "objective/kl")):
             out[f"{key}_{name}"] = sum(r[metric] for r in part) / len(part)
+    return out
+
+
+def kl_at(run: Path, steps: list[int], window: int = 2) -> list[float]:
+    """KL to the reference (sequence sum, k1, on the rollouts) near each checkpoint: the mean over the
+    iterations within `window` of it (0 at step 0: the policy is the reference)."""
+    rows = _ppo_rows(run)
+    out = []
+    for step in steps:
+        near = [r["objective/kl"] for r in rows if abs(r["step"] - step) <= window and step > 0]
+        out.append(sum(near) / len(near) if near else 0.0)
     return out
 
 
@@ -194,16 +258,18 @@ def evaluate_stage(preset: Preset, build_dir: Path, runs: dict[str, Path], seed:
     sample_seed = 1000 + seed
 
     def judge(folder: Path):
-        return gold_eval(str(folder), prompts, preset.eval_samples, sample_seed)
+        return gold_eval(str(folder), prompts, preset.eval_samples, sample_seed, task=preset.task)
 
     initial = judge(build_dir / "policy")
-    result: dict[str, Any] = {"initial_gold": initial.mean, "policies": {}, "ppo_curves": {}}
+    result: dict[str, Any] = {"initial_gold": initial.mean, "policies": {}, "ppo_curves": {}, "ppo_kl": {}}
     for reward in PPO_VARIANTS:
         run = runs[f"ppo-{reward}"]
         curve = [(0, initial.mean)] + [(step, judge(folder).mean) for step, folder in ppo_checkpoints(run)]
         result["ppo_curves"][reward] = curve
+        result["ppo_kl"][reward] = kl_at(run, [s for s, _ in curve])
         log(f"seed {seed}: ppo {reward} gold curve {[round(g, 3) for _, g in curve]}")
-    for name in [f"ppo-{r}" for r in PPO_VARIANTS] + list(POLICY_KINDS):
+    names = [f"ppo-{r}" for r in PPO_VARIANTS] + list(POLICY_KINDS) + [f"{k}-unchanged" for k in WITH_UNCHANGED]
+    for name in names:
         ev = judge(runs[name] / "model")
         result["policies"][name] = {"gold": ev.mean, "win_rate": win_rate(ev.scores, initial.scores)}
     for kind in ("token-rm", "seq-rm"):
@@ -211,24 +277,97 @@ def evaluate_stage(preset: Preset, build_dir: Path, runs: dict[str, Path], seed:
     add_training_stats(result, runs["ppo-token"].parent)
     # The token RM against the gold word rewards, on the initial policy's answers to held-out questions.
     result["token-rm"].update(gold_token_agreement(str(runs["token-rm"] / "model"), initial.prompts,
-                                                   initial.responses))
+                                                   initial.responses, task=preset.task))
     return result
 
 
-def run_pipeline(preset: Preset, out: Path, in_process: bool = False) -> dict[str, Any]:
+def word_similarity(a: str, b: str) -> float:
+    return SequenceMatcher(None, a.split(), b.split(), autojunk=False).ratio()
+
+
+def edit_pairs(preset: Preset, prompts: list[str], level: str, path: Path) -> dict[str, float]:
+    """Flawed answers at `level` fixed by the simulated annotator (same noise as the main run), written as
+    a pairs file the training CLI reads; returns the pairs' median word similarity and counts."""
+    from statistics import median
+
+    from training.sim.task import load_task
+
+    task = load_task(preset.task)
+    annotate = task.annotator(preset.miss_prob, preset.spurious_prob, 1)
+    rows = []
+    for i, (prompt, answer) in enumerate(task.answers(prompts, preset.rm_check["samples"], 7, level)):
+        edited, outcome, _ = annotate(prompt, answer)
+        if outcome == "edited":
+            rows.append({"id": f"{level}{i}", "prompt": prompt, "original": answer, "edited": edited,
+                         "outcome": outcome})
+    _write_jsonl(path, rows)
+    sims = [word_similarity(r["original"], r["edited"]) for r in rows]
+    return {"pairs": len(rows), "median_word_similarity": median(sims),
+            "mean_edited_words": sum(len(r["original"].split()) + len(r["edited"].split()) for r in rows) / len(rows)}
+
+
+def rm_check_stage(preset: Preset, cli: CLI, build_dir: Path, out: Path) -> dict[str, Any]:
+    """Token RM (our loss and the paper's) vs sequence RM, identical settings, on light and heavy edits."""
+    prompts = [r["prompt"] for r in _head(_read_jsonl(build_dir / "prompts_train.jsonl"),
+                                           preset.rm_check.get("prompts", 0))]
+    out.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {"data": {}, "seeds": {}}
+    for level in ("light", "heavy"):
+        result["data"][level] = edit_pairs(preset, prompts, level, out / f"pairs-{level}.jsonl")
+    for seed in preset.rm_check["seeds"]:
+        per_seed: dict[str, Any] = {}
+        for level, (name, (kind, extra)) in product(("light", "heavy"), RM_CHECK.items()):
+            log(f"rm-check seed {seed}: {name} on {level} edits")
+            per_seed[f"{name}/{level}"] = cli(kind, out / f"seed-{seed}" / f"{name}-{level}",
+                                              model=build_dir / "policy", data=out / f"pairs-{level}.jsonl",
+                                              seed=seed, **{**preset.rm_check["train"], **extra})
+        result["seeds"][seed] = per_seed
+    return result
+
+
+def seed_stage(preset: Preset, out: Path, seed: int, chosen: dict[str, dict[str, Any]], in_process: bool
+               ) -> tuple[int, dict[str, Any], dict[str, float]]:
+    """Train and evaluate one seed (a worker of `--jobs`): (seed, its results, CLI seconds)."""
+    cli = CLI(in_process)
+    runs = train_stage(preset, cli, out / "build", out / "export.jsonl", out / "prompts_train.jsonl", seed,
+                       out / f"seed-{seed}", chosen)
+    return seed, evaluate_stage(preset, out / "build", runs, seed), cli.seconds
+
+
+def run_pipeline(preset: Preset, out: Path, in_process: bool = False, jobs: int = 1) -> dict[str, Any]:
+    """Every stage in order; the seeds run `jobs` at a time in worker processes (each run is single-
+    threaded). results.json is rewritten after each seed, so a run cut short still leaves the seeds it
+    finished (the report says how many)."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing import get_context
+
     started = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
     cli = CLI(in_process)
     build_dir = build_stage(preset, out)
     responses = generate_stage(preset, cli, build_dir, out)
     export, annotation = annotate_stage(preset, build_dir, responses, out)
-    per_seed = {}
-    for seed in preset.seeds:
-        runs = train_stage(preset, cli, build_dir, export, out / "prompts_train.jsonl", seed, out / f"seed-{seed}")
-        per_seed[seed] = evaluate_stage(preset, build_dir, runs, seed)
-    results = {"preset": preset.as_dict(), "build": json.loads((build_dir / "build.json").read_text()),
-               "annotation": annotation, "seeds": per_seed, "cli_seconds": cli.seconds,
-               "seconds": round(time.monotonic() - started, 1)}
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    sweep = sweep_stage(preset, cli, build_dir, export, out)
+    rm_check = rm_check_stage(preset, cli, build_dir, out / "rm-check")
+    results: dict[str, Any] = {"preset": preset.as_dict(), "build": json.loads((build_dir / "build.json").read_text()),
+                               "annotation": annotation, "sweep": sweep, "rm_check": rm_check, "seeds": {},
+                               "jobs": jobs}
+    chosen = {kind: entry["chosen"] for kind, entry in sweep.items()}
+
+    def record(seed: int, result: dict[str, Any], seconds: dict[str, float]) -> None:
+        results["seeds"][seed] = result
+        results["seeds"] = dict(sorted(results["seeds"].items()))
+        cli.seconds.update(seconds)
+        results.update(cli_seconds=cli.seconds, seconds=round(time.monotonic() - started, 1))
+        (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+
+    if jobs <= 1:
+        for seed in preset.seeds:
+            record(*seed_stage(preset, out, seed, chosen, in_process))
+    else:
+        with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+            futures = [pool.submit(seed_stage, preset, out, seed, chosen, in_process) for seed in preset.seeds]
+            for future in as_completed(futures):
+                record(*future.result())
     log(f"done in {results['seconds']} s")
     return results

@@ -290,6 +290,22 @@ def screenshots(tmp_path: Path) -> Path:
     return folder
 
 
+# --- a real OpenAI-compatible model server (model editors) ------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def llm_server(tmp_path_factory, default_tokenizer_path: Path) -> Iterator[dict]:
+    """`transformers serve` on the default SmolLM2 folder, on a free loopback port, for the whole run:
+    {"base_url": ..., "model": ..., "root": ...}. Tests that use it are marked `llm`."""
+    from bench._llm import ServerFailed, transformers_serve
+
+    try:
+        with transformers_serve(default_tokenizer_path, tmp_path_factory.mktemp("llm") / "serve.log") as server:
+            yield {"base_url": server.base_url, "model": server.model, "root": server.root}
+    except ServerFailed as exc:
+        pytest.fail(str(exc))
+
+
 @pytest.fixture(scope="session")
 def slurm_cluster(tmp_path_factory):
     """A real one-host Slurm cluster (munged, slurmctld, two slurmd nodes) for this test run; SLURM_CONF

@@ -17,6 +17,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from app.worker.backends.local import die_with_parent
+
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scancel", "scontrol", "sinfo")
 NODES = ("n1", "n2")
 START_TIMEOUT_S = 60.0
@@ -90,10 +92,13 @@ class SlurmCluster:
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def _start(self, argv: list[str], log_name: str) -> None:
+        # The daemons die with the test process even when it is killed (no cluster outlives its run).
+        parent = os.getpid()
         with (self.root / "log" / log_name).open("ab") as log:
-            self.procs.append(
-                subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-            )
+            self.procs.append(subprocess.Popen(
+                argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=lambda: die_with_parent(parent),
+            ))
 
     def start(self) -> None:
         for sub in ("munge", "state", "log", "spool"):

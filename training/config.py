@@ -91,8 +91,14 @@ class TokenRMConfig(TrainConfig):
     loss: str = _f("edit_span", "edit_span: BT on edited tokens; tlcr: 2-class soft-target token head.",
                    choices=["edit_span", "tlcr"])
     edit_span_weight: float = _f(1.0, "Weight of the edited-span BT loss (edit_span only).", min=0.0)
-    full_seq_weight: float = _f(0.0, "Weight of the full-sequence BT loss (our choice; 0 = off).", min=0.0)
-    keep_l2_weight: float = _f(0.0, "λ_keep: L2 pull of keep tokens' rewards toward 0 (our choice).", min=0.0)
+    span_reduce: str = _f("mean", "How the BT terms reduce token rewards: mean (our default: a pair's gradient "
+                          "stays bounded on long edit spans) or sum (the paper's Σ over the span).",
+                          choices=["mean", "sum"])
+    full_seq_weight: float = _f(1.0, "Weight of the full-sequence BT loss (our choice; 0 = off).", min=0.0)
+    keep_l2_weight: float = _f(0.1, "λ_keep: L2 pull of keep tokens' rewards (a keep EOS included) toward 0 "
+                               "(our choice; 0 = off).", min=0.0)
+    head_init: str = _f("zero", "Initial reward head: zero (every r_t starts at 0) or normal (std 1/√hidden).",
+                        choices=["zero", "normal"])
 
 
 @dataclass
@@ -105,6 +111,10 @@ class FigaConfig(TrainConfig):
     beta: float = _f(0.5, "Weight (negated) of deleted/replaced y0 tokens while CE ≤ τ.", min=0.0)
     gamma: float = _f(0.0, "Weight of kept y1 tokens (0 = reference recipe; >0 interpolates to SFT).", min=0.0)
     tau: float = _f(0.6, "CE gate of the negative term: push down only while CE ≤ τ.", min=0.0)
+    tau_upper: float = _f(0.0, "When > 0, the gate is the band τ ≤ CE ≤ tau_upper instead (an earlier version "
+                          "of the official code: 0.6 ≤ CE ≤ 1.0); 0 = off.", min=0.0)
+    include_unchanged: bool = _f(False, "Also train on no_change_needed rows: their revised row carries keep "
+                                 "tokens (weight γ) and its EOS (α), so with γ > 0 they train like SFT.")
     normalize: str = _f("token", "token: Σ w·CE / #non-zero weights in the micro-batch; sequence: mean "
                         "over rows of each row's token mean.", choices=["token", "sequence"])
 

@@ -4,8 +4,10 @@ Format (one rule for every kind, so labels and training agree): prompt ids come 
 template with a generation prompt when it has one (plain prompt text otherwise); response ids are the
 response text tokenised alone without special tokens; a row is prompt ⊕ response ⊕ EOS. Prompt and
 response are tokenised separately and concatenated, so the response ids are exactly the ones the
-label engine aligned. Labels are always recomputed from those ids with `labels.label_ids`: it is cheap
-and it makes the export's tokenizer irrelevant (the file's labels may come from another tokenizer).
+label engine aligned. Labels are always recomputed from those ids with the label engine's edit script:
+it is cheap and it makes the export's tokenizer irrelevant (the file's labels may come from another
+tokenizer). The EOS of each row gets its label here, by the end-of-response rule (`eos_codes`), the one
+place every kind's rows get their EOS.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from labels import Label, label_ids
+from labels import Label
+from labels.align import EditOp, edit_script, labels_from_script
 
 OUTCOMES_WITH_EDITS = ("edited",)
 OUTCOMES_WITH_GOOD_RESPONSE = ("edited", "no_change_needed")
@@ -112,12 +115,14 @@ class Formatter:
     def response_ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def row(self, prompt_ids: list[int], response_ids: list[int], codes: list[int] | None = None) -> Row:
-        """prompt ⊕ response ⊕ EOS, the response cut on the right to fit max_length (then no EOS)."""
+    def row(self, prompt_ids: list[int], response_ids: list[int], codes: list[int] | None = None,
+            eos_code: int = Label.KEEP) -> Row:
+        """prompt ⊕ response ⊕ EOS (labelled `eos_code`), the response cut on the right to fit max_length
+        (then no EOS)."""
         room = max(0, self.max_length - len(prompt_ids))
         codes = codes if codes is not None else [0] * len(response_ids)
         if len(response_ids) + 1 <= room:
-            return Row(prompt_ids, [*response_ids, self.eos_id], [*codes, 0], has_eos=True)
+            return Row(prompt_ids, [*response_ids, self.eos_id], [*codes, int(eos_code)], has_eos=True)
         return Row(prompt_ids, response_ids[:room], codes[:room], has_eos=False)
 
 
@@ -142,11 +147,27 @@ class EncodedPair:
     rejected: Row  # x ⊕ y0 ⊕ EOS
 
 
+def eos_codes(n_original: int, script: Sequence[EditOp]) -> tuple[int, int]:
+    """Labels of (y0's EOS, y1's EOS) by the end-of-response rule (algorithms.md §1.8).
+
+    An insertion after y0's last token means y0 stopped too early: its EOS is `replace`. A deletion of
+    y0's last token means y1 ends where y0 should have: y1's EOS is `replace`. Otherwise both `keep`.
+    (A minimal script never does both: deleting the last token and inserting after it costs 2, a
+    replacement 1.)
+    """
+    stopped_early = any(tag == "insert" and src == n_original for tag, src, _ in script)
+    ran_on = n_original > 0 and any(tag == "delete" and src == n_original - 1 for tag, src, _ in script)
+    return (int(Label.REPLACE) if stopped_early else int(Label.KEEP),
+            int(Label.REPLACE) if ran_on else int(Label.KEEP))
+
+
 def encode_pair(pair: EditPair, fmt: Formatter) -> EncodedPair:
     prompt = fmt.prompt_ids(pair.prompt)
     ids0, ids1 = fmt.response_ids(pair.original), fmt.response_ids(pair.edited)
-    codes0, codes1, _ = label_ids(ids0, ids1)
-    return EncodedPair(pair.id, pair.prompt, fmt.row(prompt, ids1, codes1), fmt.row(prompt, ids0, codes0))
+    script = edit_script(ids0, ids1)
+    codes0, codes1 = labels_from_script(len(ids0), len(ids1), script)
+    eos0, eos1 = eos_codes(len(ids0), script)
+    return EncodedPair(pair.id, pair.prompt, fmt.row(prompt, ids1, codes1, eos1), fmt.row(prompt, ids0, codes0, eos0))
 
 
 def encode_pairs(pairs: Sequence[EditPair], fmt: Formatter) -> list[EncodedPair]:
@@ -199,6 +220,12 @@ def edit_masks(batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
     u1 = response[:n] & ((codes[:n] == Label.INSERT) | (codes[:n] == Label.REPLACE))
     u0 = response[n:] & ((codes[n:] == Label.DELETE) | (codes[n:] == Label.REPLACE))
     return u1, u0
+
+
+def keep_mask(batch: dict[str, Tensor]) -> Tensor:
+    """Response tokens labelled keep, EOS included: with `edit_masks` they cover every EOS of the batch,
+    so every EOS a policy can emit gets a trained reward (keep-L2 pulls a keep EOS toward 0)."""
+    return batch["response_mask"] & (batch["codes"] == Label.KEEP)
 
 
 class EpochSampler(torch.utils.data.Sampler[int]):

@@ -43,17 +43,21 @@ def whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) 
 
 def figa_weights(
     codes: Tensor, is_eos: Tensor, is_revised: Tensor, ce: Tensor,
-    alpha: float, beta: float, gamma: float, tau: float,
+    alpha: float, beta: float, gamma: float, tau: float, tau_upper: float = 0.0,
 ) -> Tensor:
     """Per-token weights w_t of the FIGA table. `is_revised` [B, 1] or [B, T]: row is R = x ⊕ y1 ⊕ EOS.
 
-    Revised rows: insert/replace and EOS → +α, keep → +γ. Initial rows: delete/replace with CE ≤ τ → −β,
-    everything else (including its EOS) → 0. The τ gate reads CE without gradient: it selects tokens.
+    Revised rows: insert/replace and EOS → +α, keep → +γ. Initial rows: delete/replace (an EOS labelled
+    `replace` by the end-of-response rule included) → −β while the gate is open, everything else → 0.
+    Gate: CE ≤ τ (the current official code), or the band τ ≤ CE ≤ tau_upper when tau_upper > 0 (an
+    earlier version of that code, 0.6 ≤ CE ≤ 1.0). The gate reads CE without gradient: it selects tokens.
     """
     revised = is_revised.expand_as(codes)
     edited_good = (codes == INSERT) | (codes == REPLACE) | is_eos
     kept_good = (codes == KEEP) & ~is_eos
-    edited_bad = ((codes == DELETE) | (codes == REPLACE)) & ~is_eos & (ce.detach() <= tau)
+    ce = ce.detach()
+    gate = (ce >= tau) & (ce <= tau_upper) if tau_upper > 0 else ce <= tau
+    edited_bad = ((codes == DELETE) | (codes == REPLACE)) & gate
     w = torch.zeros_like(ce)
     w = torch.where(revised & edited_good, torch.full_like(w, alpha), w)
     w = torch.where(revised & kept_good, torch.full_like(w, gamma), w)
@@ -76,14 +80,23 @@ def figa_loss(ce: Tensor, weights: Tensor, mask: Tensor, normalize: str = "token
 # ---- Reward models (§3, §5) ------------------------------------------------------------------------
 
 
-def edit_span_bt(r1: Tensor, r0: Tensor, u1: Tensor, u0: Tensor) -> Tensor:
-    """−log σ(Σ_{U1} r(y1) − Σ_{U0} r(y0)), mean over pairs; an empty set sums to 0."""
-    return -F.logsigmoid(masked_sum(r1, u1, -1) - masked_sum(r0, u0, -1)).mean()
+def _reduce(r: Tensor, mask: Tensor, reduce: str) -> Tensor:
+    return masked_sum(r, mask, -1) if reduce == "sum" else masked_mean(r, mask, -1)
 
 
-def full_seq_bt(r1: Tensor, r0: Tensor, mask1: Tensor, mask0: Tensor) -> Tensor:
-    """−log σ(R(x, y1) − R(x, y0)) with R the sum of token rewards over response tokens."""
-    return -F.logsigmoid(masked_sum(r1, mask1, -1) - masked_sum(r0, mask0, -1)).mean()
+def edit_span_bt(r1: Tensor, r0: Tensor, u1: Tensor, u0: Tensor, reduce: str = "sum") -> Tensor:
+    """−log σ(Σ_{U1} r(y1) − Σ_{U0} r(y0)), mean over pairs; an empty set contributes 0.
+
+    reduce="mean" compares the spans' mean rewards instead (our option): the summed margin grows with
+    the span length, so on heavy edits it saturates (correct pairs give no gradient, wrong ones a
+    gradient that grows with the span) — the mean keeps one pair's gradient bounded whatever its length.
+    """
+    return -F.logsigmoid(_reduce(r1, u1, reduce) - _reduce(r0, u0, reduce)).mean()
+
+
+def full_seq_bt(r1: Tensor, r0: Tensor, mask1: Tensor, mask0: Tensor, reduce: str = "sum") -> Tensor:
+    """−log σ(R(x, y1) − R(x, y0)) with R the sum (or, reduce="mean", the mean) of token rewards."""
+    return -F.logsigmoid(_reduce(r1, mask1, reduce) - _reduce(r0, mask0, reduce)).mean()
 
 
 def sequence_bt(chosen: Tensor, rejected: Tensor) -> Tensor:

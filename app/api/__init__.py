@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api import datasets, edits, items, projects, webhooks
+from app.api import datasets, editors, edits, items, projects, webhooks
 
 router = APIRouter(prefix="/api/v1")
-for module in (projects, items, edits, datasets, webhooks):
+for module in (projects, items, edits, datasets, webhooks, editors):
     router.include_router(module.router)

@@ -143,3 +143,48 @@ class ImportProblem(BaseModel):
     detail: str
     errors: list[RowProblem] = Field(description="Every bad row (the first 500): nothing was imported.")
     total: int
+
+
+class EditorIn(BaseModel):
+    """A model editor's settings; `api_key` is write-only (omit it on a change to keep the stored key)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    base_url: str
+    model: str
+    api_key: str | None = None
+    temperature: float = 0.0
+    max_tokens: int = 512
+    timeout_s: float = 60.0
+    max_concurrency: int = 4
+    requests_per_minute: int = 0
+    prompt_kind: str = "one_stage"
+    custom_template: str = ""
+
+
+class EditorOut(BaseModel):
+    id: int
+    name: str
+    base_url: str
+    model: str
+    api_key_set: bool
+    temperature: float
+    max_tokens: int
+    timeout_s: float
+    max_concurrency: int
+    requests_per_minute: int
+    prompt_kind: str
+    prompt_version: str
+
+
+class EditorJobIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    project_id: int
+    mode: str = "annotate"
+    limit: int | None = None
+
+
+class EditorJobOut(BaseModel):
+    job_id: int
+    status: str
+    url: str

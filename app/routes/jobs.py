@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from starlette.datastructures import FormData, UploadFile
 
 from app.deps import get_db, require_roles
+from app.editors import service as editor_service
 from app.errors import NotFound
 from app.models import DatasetVersion, Job, Project, Role, User
 from app.services import audit, job_artifacts, job_config, jobs
@@ -196,6 +197,7 @@ def job_page(
         project=project,
         training_config=jobs.training_config(job),
         options=jobs.worker_options(job),
+        editor_items=editor_service.job_items(session, job) if job.kind == editor_service.JOB_KIND else None,
         **_live_context(session, job),
     )
 

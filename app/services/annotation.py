@@ -75,6 +75,21 @@ class EditorMetrics:
         )
 
 
+@dataclass(frozen=True)
+class Provenance:
+    """Where an edit came from beyond its annotator: the model editor that wrote it (model, prompt
+    version), or the suggestion a person started from and how far (edit rate) they moved from it."""
+
+    editor_id: int | None = None
+    editor_model: str = ""
+    prompt_version: str = ""
+    suggestion_used: bool = False
+    human_vs_suggestion_rate: float | None = None
+
+
+HUMAN = Provenance()
+
+
 def found(task: Task | None) -> Task:
     """The task `queue.finding_task` found; a 404 if it found none."""
     if task is None:
@@ -134,7 +149,8 @@ def decide_outcome(outcome: Outcome, text: str, original: str) -> tuple[Outcome,
 
 
 def _edit_values(lease_id: int, annotator_id: int, item_id: int, budget: float, outcome: Outcome, text: str,
-                 analysis: EditAnalysis | None, metrics: EditorMetrics, skip_reason: str) -> dict[str, Any]:
+                 analysis: EditAnalysis | None, metrics: EditorMetrics, skip_reason: str,
+                 provenance: Provenance) -> dict[str, Any]:
     """The edit's columns (all but those the database or the model fill in)."""
     record = stored_record(analysis) if analysis else {"token_labels": {}, "char_diff": [], "stats": {}}
     rate = analysis.stats.edit_rate if analysis else 0.0
@@ -144,7 +160,7 @@ def _edit_values(lease_id: int, annotator_id: int, item_id: int, budget: float, 
         token_labels=record["token_labels"], tokenizer_hash=analysis.labels.tokenizer_hash if analysis else "",
         algorithm=analysis.labels.algorithm if analysis else "", stats=record["stats"], edit_rate=rate,
         not_minimal=rate > budget, time_to_first_key_ms=metrics.time_to_first_key_ms,
-        active_ms=metrics.active_ms, keystrokes=metrics.keystrokes, pastes=metrics.pastes,
+        active_ms=metrics.active_ms, keystrokes=metrics.keystrokes, pastes=metrics.pastes, **_shallow(provenance),
     )
 
 
@@ -217,7 +233,7 @@ _INSERT_EDIT = insert(_EDITS).from_select(
 
 
 def _locking(lease_id: int, user: User, outcome: Outcome, text: str, metrics: EditorMetrics,
-             skip_reason: str) -> Steps[Edit]:
+             skip_reason: str, provenance: Provenance = HUMAN) -> Steps[Edit]:
     now = utcnow()
     row = yield LOCKED_TASK, {"lease_id": lease_id, "user_id": user.id, "now": now}
     if row is None:
@@ -233,7 +249,7 @@ def _locking(lease_id: int, user: User, outcome: Outcome, text: str, metrics: Ed
     outcome, text = decide_outcome(outcome, text, item.original)
     analysis = analyse(project.tokenizer, item.original, text) if outcome != Outcome.SKIPPED else None
     values = _edit_values(lease.id, lease.annotator_id, item.id, project.minimality_budget, outcome, text, analysis,
-                          metrics, skip_reason)
+                          metrics, skip_reason, provenance)
     counted = None
     if outcome in COMPLETED_OUTCOMES:
         if item.status != ItemStatus.OPEN:
@@ -322,7 +338,8 @@ _DELIVERY_COLUMNS = ("webhook_id", "event", "payload", "status", "attempts", "la
 _AT_ONCE = _build_at_once()
 
 
-def _at_once(lease_id: int, user: User, outcome: Outcome, text: str, metrics: EditorMetrics) -> Steps[Edit | None]:
+def _at_once(lease_id: int, user: User, outcome: Outcome, text: str, metrics: EditorMetrics,
+             provenance: Provenance = HUMAN) -> Steps[Edit | None]:
     """The one-statement submit, as steps: read the task unlocked, compute the labels, then the statement;
     None when it does not apply or did nothing (the caller takes the locking path)."""
     now = utcnow()
@@ -332,7 +349,7 @@ def _at_once(lease_id: int, user: User, outcome: Outcome, text: str, metrics: Ed
         return None
     outcome, text = decide_outcome(outcome, text, read.items_original)
     values = _edit_values(lease_id, user.id, read.items_id, read.projects_minimality_budget, outcome, text,
-                          analyse(read.projects_tokenizer, read.items_original, text), metrics, "")
+                          analyse(read.projects_tokenizer, read.items_original, text), metrics, "", provenance)
     submitted, completed = _events(read.items_id, read.items_project_id, values)
     subscriptions = read.hooks or []
     stored = yield _AT_ONCE, {
@@ -346,20 +363,21 @@ def _at_once(lease_id: int, user: User, outcome: Outcome, text: str, metrics: Ed
 
 async def submit(
     db: Database, lease_id: int, user: User, outcome: Outcome, text: str = "", *,
-    metrics: EditorMetrics = EditorMetrics(), skip_reason: str = "",
+    metrics: EditorMetrics = EditorMetrics(), skip_reason: str = "", provenance: Provenance = HUMAN,
 ) -> Edit:
     """Store the annotator's decision on their leased item: labels, diff and statistics recomputed from
     `text`, the item's count, the lease closed, webhook deliveries queued; the edit (not attached to any
-    session). A double submit returns the first edit. Runs on whichever `Database` the caller has (a web
+    session). A double submit returns the first edit. `provenance`: a model editor's, or the suggestion
+    used. Runs on whichever `Database` the caller has (a web
     request's, a worker's, or `SessionDatabase(session)` inside the caller's own unit of work).
 
     On Postgres a completed annotation under a live lease is one statement; every other case (skips,
     expired leases, double submits, errors, SQLite) takes the locking path."""
     metrics, skip_reason = metrics.clamped(), skip_reason.strip()[:2000]
     if (outcome in COMPLETED_OUTCOMES and db.dialect == "postgresql"
-            and (edit := await db.run(_at_once(lease_id, user, outcome, text, metrics))) is not None):
+            and (edit := await db.run(_at_once(lease_id, user, outcome, text, metrics, provenance))) is not None):
         return edit
-    return await db.run(_locking(lease_id, user, outcome, text, metrics, skip_reason), transaction=True)
+    return await db.run(_locking(lease_id, user, outcome, text, metrics, skip_reason, provenance), transaction=True)
 
 
 # --- the live diff --------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ SCOPES: dict[str, str] = {
     "datasets:read": "List and download dataset versions",
     "datasets:write": "Create dataset versions",
     "webhooks:admin": "Manage webhooks",
+    "editors:admin": "Manage model editors and start their jobs",
 }
 
 ROLE_SCOPES: dict[str, frozenset[str]] = {

@@ -21,10 +21,12 @@ from sqlalchemy.orm import Session, aliased
 
 from app.errors import DomainError
 from app.models import (
+    AnnotatorKind,
     DatasetRow,
     DatasetVersion,
     Edit,
     Item,
+    ModelEditor,
     Outcome,
     Project,
     Review,
@@ -67,10 +69,16 @@ class DatasetFilter(BaseModel):
     max_edit_rate: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     exclude_not_minimal: bool = Field(default=False, description="Drop edits above the project budget.")
     annotator_ids: list[RowId] | None = Field(default=None, min_length=1, max_length=1000)
+    annotator_kinds: list[AnnotatorKind] | None = Field(
+        default=None, min_length=1, description="Only edits by people (human), model editors (model) or imports."
+    )
+    editor_ids: list[RowId] | None = Field(default=None, min_length=1, max_length=1000,
+                                           description="Only edits written by these model editors.")
+    suggestion_used: bool | None = Field(default=None, description="Only edits made on top of a suggestion (or not).")
     created_after: datetime | None = Field(default=None, description="Inclusive lower bound.")
     created_before: datetime | None = Field(default=None, description="Exclusive upper bound.")
 
-    @field_validator("outcomes", "review_statuses", "verdicts", "annotator_ids")
+    @field_validator("outcomes", "review_statuses", "verdicts", "annotator_ids", "annotator_kinds", "editor_ids")
     @classmethod
     def _canonical_list(cls, value: list[Any] | None) -> list[Any] | None:
         # Sorted and deduplicated, so equivalent filters are stored (and compared) identically.
@@ -124,6 +132,8 @@ ROW_COLUMNS = (
     _json_text(LatestReview.token_labels, "review_token_labels"),
     _json_text(LatestReview.char_diff, "review_char_diff"), _json_text(LatestReview.stats, "review_stats"),
     LatestReview.created_at.label("review_created_at"),
+    User.kind.label("annotator_kind"), ModelEditor.name.label("editor"), Edit.editor_model, Edit.prompt_version,
+    Edit.suggestion_used, Edit.human_vs_suggestion_rate,
 )
 
 
@@ -137,6 +147,8 @@ def _selection(flt: DatasetFilter) -> Select:
         select(*ROW_COLUMNS)
         .join(Item, Item.id == Edit.item_id)
         .join(Project, Project.id == Item.project_id)
+        .join(User, User.id == Edit.annotator_id)
+        .outerjoin(ModelEditor, ModelEditor.id == Edit.editor_id)
         .outerjoin(latest, latest.c.edit_id == Edit.id)
         .outerjoin(LatestReview, LatestReview.id == latest.c.review_id)
         .where(Edit.outcome.in_(flt.outcomes), Edit.outcome != Outcome.SKIPPED)
@@ -150,6 +162,9 @@ def _selection(flt: DatasetFilter) -> Select:
         (flt.max_edit_rate is not None, lambda: Edit.edit_rate <= flt.max_edit_rate),
         (flt.exclude_not_minimal, lambda: Edit.not_minimal.is_(False)),
         (flt.annotator_ids is not None, lambda: Edit.annotator_id.in_(flt.annotator_ids)),
+        (flt.annotator_kinds is not None, lambda: User.kind.in_(flt.annotator_kinds)),
+        (flt.editor_ids is not None, lambda: Edit.editor_id.in_(flt.editor_ids)),
+        (flt.suggestion_used is not None, lambda: Edit.suggestion_used.is_(flt.suggestion_used)),
         (flt.created_after is not None, lambda: Edit.created_at >= flt.created_after),
         (flt.created_before is not None, lambda: Edit.created_at < flt.created_before),
     ]
@@ -207,6 +222,13 @@ def export_row(row: Row, names: Pseudonyms) -> dict[str, Any]:
         "annotator_id": names["ann", row.annotator_id],
         "review": _review_record(row, fixed, names),
         "created_at": iso(row.created_at),
+        # Provenance: who wrote it (a person, a model editor, an import), and from which suggestion.
+        "annotator_kind": row.annotator_kind,
+        "editor": row.editor,
+        "editor_model": row.editor_model or None,
+        "prompt_version": row.prompt_version or None,
+        "suggestion_used": row.suggestion_used,
+        "human_vs_suggestion_rate": row.human_vs_suggestion_rate,
     }
 
 

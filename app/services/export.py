@@ -296,6 +296,12 @@ PAIRS_SCHEMA = pa.schema(
         ("annotator_id", pa.string()),
         ("review", REVIEW_TYPE),
         ("created_at", pa.string()),
+        ("annotator_kind", pa.string()),
+        ("editor", pa.string()),
+        ("editor_model", pa.string()),
+        ("prompt_version", pa.string()),
+        ("suggestion_used", pa.bool_()),
+        ("human_vs_suggestion_rate", pa.float64()),
     ]
 )
 
@@ -355,7 +361,7 @@ def _char_diff_column(diffs: list[list[list[Any]]]) -> pa.Array:
 def pairs_record_batch(rows: list[dict[str, Any]]) -> pa.RecordBatch:
     columns = [
         _char_diff_column([r["char_diff"] for r in rows]) if field.name == "char_diff"
-        else _arrow_column([r[field.name] for r in rows], field.type)
+        else _arrow_column([r.get(field.name) for r in rows], field.type)  # older versions lack provenance
         for field in PAIRS_SCHEMA
     ]
     return pa.RecordBatch.from_arrays(columns, schema=PAIRS_SCHEMA)

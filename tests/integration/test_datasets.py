@@ -55,8 +55,10 @@ def test_default_filter_exports_accepted_edits_with_reviewer_fix_layered(db_url,
     assert accepted["annotator_id"] != f"ann_{annotator.id}" and annotator.username not in str(accepted)
     assert set(accepted) == {
         "id", "item_id", "project", "prompt", "original", "edited", "outcome", "token_labels", "char_diff",
-        "stats", "annotator_id", "review", "created_at",
+        "stats", "annotator_id", "review", "created_at", "annotator_kind", "editor", "editor_model", "prompt_version",
+        "suggestion_used", "human_vs_suggestion_rate",
     }
+    assert (accepted["annotator_kind"], accepted["editor"], accepted["suggestion_used"]) == ("human", None, False)
 
 
 def test_pending_and_all_outcomes_can_be_included_but_skips_never(db_url, corpus):

@@ -87,7 +87,8 @@ def test_edit_pairs_load_with_datasets_and_match_the_database(db_url, version, t
     assert loaded.num_rows == version.row_count == len(rows) == 6
     assert set(loaded.column_names) == {
         "id", "item_id", "project", "prompt", "original", "edited", "outcome", "token_labels", "char_diff",
-        "stats", "annotator_id", "review", "created_at",
+        "stats", "annotator_id", "review", "created_at", "annotator_kind", "editor", "editor_model", "prompt_version",
+        "suggestion_used", "human_vs_suggestion_rate",
     }
     for exported, frozen in zip(loaded, rows, strict=True):
         edit_id = int(exported["id"].removeprefix("edit-"))

@@ -10,10 +10,13 @@ import pytest
 
 from reproduce.config import FAST
 from reproduce.pipeline import CLI, run_pipeline
-from reproduce.report import mean_curve, steps_to, summarise, write_report
+from reproduce.report import bootstrap, gold_at_kl, matched_kl, mean_curve, steps_to, summarise, verdict, write_report
 
 REQUIRED = ("token_rm_edit_span_acc", "ppo_steps_ratio_token_vs_sequence", "ppo_win_rate_token",
             "ppo_win_rate_sequence", "figa_gold", "sft_gold", "dpo_gold")
+NEW = ("ppo_gold_at_matched_kl_token", "ppo_gold_at_matched_kl_sequence", "sft_edited_only_gold",
+       "token_rm_eos_reward_complete", "token_rm_eos_reward_incomplete", "token_rm_full_seq_acc_heavy",
+       "seq_rm_full_seq_acc_heavy")
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +41,19 @@ def test_fast_pipeline_goes_through_app_and_cli(fast_run):
     for reward in ("token", "sequence"):
         steps = [s for s, _ in seed["ppo_curves"][reward]]
         assert steps == [0, 1, 2]  # initial policy, checkpoint 1, final model
+        assert seed["ppo_kl"][reward][0] == 0.0 and len(seed["ppo_kl"][reward]) == 3
+    # SFT trains on the edited rows only; the second table's runs add the no-change rows.
+    sft_rows = json.loads((run / "seed-0" / "sft" / "eval.json").read_text())
+    assert {"sft-unchanged", "figa-unchanged"} <= set(seed["policies"])
+    assert sft_rows["step"] == 2
+    assert set(results["sweep"]["sft"]["chosen"]) == {"learning_rate"}
+    assert len(results["sweep"]["sft"]["rows"]) == 2 and results["sweep"]["sft"]["validation_prompts"] > 0
+    classes = {k for k in seed["token-rm"] if k.startswith("class_count/")}
+    assert len(classes) == 5 and sum(seed["token-rm"][k] for k in classes) > 0
+    check = results["rm_check"]
+    assert check["data"]["heavy"]["median_word_similarity"] < check["data"]["light"]["median_word_similarity"]
+    assert set(check["seeds"][0]) == {f"{m}/{lv}" for m in ("token-rm", "token-rm-paper", "seq-rm")
+                                      for lv in ("light", "heavy")}
     for name, policy in seed["policies"].items():
         assert -10 < policy["gold"] <= 1, name
         assert 0 <= policy["win_rate"] <= 1, name
@@ -49,13 +65,14 @@ def test_report_files_and_bench_keys(fast_run, tmp_path):
     bench = tmp_path / "bench" / "reproduce.json"
     write_report(results, tmp_path / "docs", bench)
     data = json.loads(bench.read_text())
-    for key in REQUIRED:
-        assert key in data
+    for key in REQUIRED + NEW:
+        assert key in data and f"{key}_ci_low" in data and f"{key}_ci_high" in data
     assert all(math.isfinite(data[k]) for k in REQUIRED if k != "ppo_steps_ratio_token_vs_sequence")
-    for name in ("ppo_gold_vs_step.png", "policies_gold.png", "rm_accuracy.png"):
+    for name in ("ppo_gold_vs_step.png", "ppo_gold_vs_kl.png", "policies_gold.png", "rm_accuracy.png"):
         assert (tmp_path / "docs" / "reproduction" / name).read_bytes()[:4] == b"\x89PNG"
     text = (tmp_path / "docs" / "reproduction.md").read_text()
-    assert "85" in text and '"seeds"' in text
+    assert "85" in text and '"seeds"' in text and "EOS after an incomplete answer" in text
+    assert all(v.startswith("not resolved at this budget (1 seed(s)") for v in data["verdicts"].values())
 
 
 def test_cli_subprocess_runs_a_kind(fast_run, tmp_path):
@@ -74,24 +91,66 @@ def test_steps_to_threshold_interpolates():
     assert steps_to([0, 10, 20], [0.0, 0.5, 0.6], 0.9) is None
 
 
+def _seed(token, sequence, kl_token=(0.0, 1.0, 2.0), kl_sequence=(0.0, 0.5, 1.0), figa=0.5):
+    rm = {"edit_span_accuracy": 0.8, "full_seq_accuracy": 0.7, "token_auroc": 0.9, "gold_token_auroc": 0.8,
+          "gold_value_auroc": 0.7, "class_mean/EOS after a complete answer": 0.3,
+          "class_mean/EOS after an incomplete answer": -0.4}
+    policies = {n: {"gold": 0.5, "win_rate": 0.6} for n in
+                ("ppo-token", "ppo-sequence", "sft", "dpo", "sft-unchanged", "figa-unchanged")}
+    rollouts = {"length_first": 10.0, "length_last": 11.0, "kl_last": 1.0}
+    return {"initial_gold": 0.0, "policies": {**policies, "figa": {"gold": figa, "win_rate": 0.6}},
+            "ppo_curves": {"token": list(zip([0, 10, 20], token, strict=True)),
+                           "sequence": list(zip([0, 10, 20], sequence, strict=True))},
+            "ppo_kl": {"token": list(kl_token), "sequence": list(kl_sequence)},
+            "ppo_rollouts": {"token": rollouts, "sequence": rollouts},
+            "token-rm": rm, "seq-rm": {"full_seq_accuracy": 0.75}}
+
+
+def _rm_seed(token_acc):
+    runs = {"full_seq_accuracy": 0.8, "edit_span_accuracy": 0.8, "token_auroc": 0.8}
+    return {f"{m}/{lv}": {**runs, "full_seq_accuracy": token_acc if m == "token-rm" else 0.8}
+            for m in ("token-rm", "token-rm-paper", "seq-rm") for lv in ("light", "heavy")}
+
+
 def test_summary_on_known_curves():
-    def seed(token, sequence):
-        return {"initial_gold": 0.0,
-                "ppo_curves": {"token": list(zip([0, 10, 20], token, strict=True)),
-                               "sequence": list(zip([0, 10, 20], sequence, strict=True))},
-                "policies": {n: {"gold": 0.5, "win_rate": 0.6} for n in
-                             ("ppo-token", "ppo-sequence", "figa", "sft", "dpo")},
-                "token-rm": {"edit_span_accuracy": 0.8, "full_seq_accuracy": 0.7, "token_auroc": 0.9,
-                             "gold_token_auroc": 0.8, "gold_value_auroc": 0.7},
-                "seq-rm": {"full_seq_accuracy": 0.75}}
-    results = {"seeds": {"0": seed([0, 1.0, 1.0], [0, 0.5, 1.0]), "1": seed([0, 0.8, 1.2], [0, 0.5, 1.0])}}
+    seeds = [_seed([0, 1.0, 1.0], [0, 0.5, 1.0]), _seed([0, 0.8, 1.2], [0, 0.5, 1.0])] * 3
+    rm_seeds = [_rm_seed(0.9), _rm_seed(0.95)] * 3
+    results = {"seeds": dict(enumerate(seeds[:5])), "rm_check": {"seeds": dict(enumerate(rm_seeds[:4]))}}
     s = summarise(results)
     assert s["ppo_threshold_gold"] == pytest.approx(0.9)
     assert s["ppo_steps_to_threshold_sequence"] == pytest.approx(18.0)
-    assert s["ppo_steps_to_threshold_token"] == pytest.approx(10.0)
-    assert s["ppo_steps_ratio_token_vs_sequence"] == pytest.approx(10 / 18)
+    # Token seed-mean curve: 0 → 0.92 at step 10, so the threshold 0.9 is met at 10 · 0.9 / 0.92.
+    assert s["ppo_steps_to_threshold_token"] == pytest.approx(10 * 0.9 / 0.92)
+    assert s["ppo_steps_ratio_token_vs_sequence"] == pytest.approx(10 * 0.9 / 0.92 / 18)
+    # Matched KL = 1.0 (the sequence run's maximum), which the token run reaches at step 10 (1.0, 0.8, …).
+    assert s["ppo_gold_at_matched_kl_token"] == pytest.approx((3 * 1.0 + 2 * 0.8) / 5)
+    assert s["ppo_gold_at_matched_kl_sequence"] == pytest.approx(1.0)
+    assert s["token_rm_eos_reward_incomplete"] == pytest.approx(-0.4)
+    assert 0.9 <= s["token_rm_full_seq_acc_heavy_ci_low"] < s["token_rm_full_seq_acc_heavy_ci_high"] <= 0.95
+    # Four reward-model seeds: the interval is above 0 but the claim is not settled; five main seeds are.
+    assert s["verdicts"]["token_rm_heavy_edits"].startswith("not resolved at this budget (4 seed(s)")
+    assert s["verdicts"]["token_rm_heavy_edits"].endswith("wholly on the claim's side)")
+    assert s["verdicts"]["ppo_better_matched_kl"] == "does not hold"
     steps, mean, std = mean_curve([[(0, 1.0), (5, 2.0)], [(0, 3.0), (5, 2.0)]])
     assert steps == [0, 5] and mean == [2.0, 2.0] and std[1] == 0.0
+
+
+def test_gold_at_kl_uses_the_running_maximum_and_interpolates():
+    assert gold_at_kl([0.0, 1.0, 0.8, 3.0], [0.0, 0.2, 0.3, 0.6], 2.0) == pytest.approx(0.45)
+    assert gold_at_kl([0.0, 1.0], [0.0, 0.2], 2.0) is None
+    target, token, sequence = matched_kl(_seed([0, 0.6, 1.0], [0, 0.5, 1.0], kl_token=(0.0, 0.5, 1.5)))
+    assert (target, token, sequence) == (1.0, pytest.approx(0.8), pytest.approx(1.0))
+
+
+def test_bootstrap_interval_and_verdicts():
+    values = [0.1, 0.2, 0.3, 0.4, 0.5]
+    ci = bootstrap(values, lambda xs: {"mean": sum(xs) / len(xs), "never": None})
+    low, high = ci["mean"]
+    assert 0.1 <= low < 0.3 < high <= 0.5
+    assert ci["never"] == (None, None)
+    assert verdict(0.1, 0.2, 0.0) == "holds" and verdict(-0.2, -0.1, 0.0) == "does not hold"
+    assert verdict(-0.1, 0.1, 0.0) == "not resolved at this budget" and verdict(None, None, 0.0).startswith("not")
+    assert verdict(0.4, 0.8, 1.0, above=False) == "holds"
 
 
 def test_rollout_stats_read_only_the_last_run(tmp_path):

@@ -196,3 +196,24 @@ def test_adaptive_kl_controller_moves_toward_target():
     assert ctl.value == pytest.approx(0.1 * 1.02)
     ctl.update(current_kl=3.0, n_steps=10)  # error −0.5 → clipped to −0.2
     assert ctl.value == pytest.approx(0.1 * 1.02 * 0.98)
+
+
+def test_figa_band_gate_pushes_down_only_inside_tau_and_tau_upper():
+    codes = torch.tensor([[DELETE, DELETE, REPLACE, DELETE]])
+    ce = torch.tensor([[0.3, 0.6, 0.9, 1.2]])
+    args = (codes, torch.zeros_like(codes, dtype=torch.bool), torch.tensor([[False]]), ce)
+    official = losses.figa_weights(*args, alpha=1.0, beta=0.5, gamma=0.0, tau=0.6)
+    band = losses.figa_weights(*args, alpha=1.0, beta=0.5, gamma=0.0, tau=0.6, tau_upper=1.0)
+    assert official.tolist() == [[-0.5, -0.5, 0.0, 0.0]]
+    assert band.tolist() == [[0.0, -0.5, -0.5, 0.0]]
+
+
+def test_span_mean_bounds_the_margin_whatever_the_span_length():
+    r1, r0 = torch.full((1, 40), 0.5), torch.full((1, 40), -0.5)
+    for n in (1, 10, 40):
+        u = torch.zeros(1, 40, dtype=torch.bool)
+        u[0, :n] = True
+        summed = losses.edit_span_bt(r1, r0, u, u, "sum").item()
+        mean = losses.edit_span_bt(r1, r0, u, u, "mean").item()
+        assert summed == pytest.approx(-math.log(sig(n * 1.0)), rel=1e-5)
+        assert mean == pytest.approx(-math.log(sig(1.0)), rel=1e-5)

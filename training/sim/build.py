@@ -11,12 +11,10 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from training.sim.corpus import FlawRates, build_corpus, split_questions
 from training.sim.policy import (
     PolicyConfig,
     PretrainConfig,
@@ -26,27 +24,26 @@ from training.sim.policy import (
     pretrain,
     save_policy,
 )
-from training.sim.world import Question, default_world
+from training.sim.task import DEFAULT_TASK, load_task
 
 
-def write_prompts(path: Path, questions: list[Question]) -> None:
+def write_prompts(path: Path, prompts: list[str]) -> None:
     with path.open("w", encoding="utf-8") as fh:
-        for i, q in enumerate(questions):
-            fh.write(json.dumps({"id": f"q{i}", "prompt": q.text}) + "\n")
+        for i, prompt in enumerate(prompts):
+            fh.write(json.dumps({"id": f"q{i}", "prompt": prompt}) + "\n")
 
 
 def build(out: Path, pretrain_cfg: PretrainConfig, policy_cfg: PolicyConfig = PolicyConfig(),
-          rates: FlawRates = FlawRates(), samples_per_question: int = 4, held_out: float = 0.2,
-          threads: int = 1) -> dict:
+          task: str = DEFAULT_TASK, samples_per_question: int = 4, held_out: float = 0.2, threads: int = 1) -> dict:
     torch.set_num_threads(threads)
     started = time.monotonic()
-    world = default_world()
-    tokenizer = build_tokenizer(world.vocabulary())
-    train_q, eval_q = split_questions(world, pretrain_cfg.seed, held_out)
-    corpus = build_corpus(world, train_q, samples_per_question, rates, pretrain_cfg.seed)
+    gold = load_task(task)
+    tokenizer = build_tokenizer(gold.vocabulary)
+    train_q, eval_q = gold.split_prompts(pretrain_cfg.seed, held_out)
+    corpus = gold.answers(train_q, samples_per_question, pretrain_cfg.seed, "pretrain")
     model = init_policy(tokenizer, policy_cfg, pretrain_cfg.seed)
     losses = pretrain(model, tokenizer, corpus, pretrain_cfg)
-    meta = {"world_seed": world.seed, "num_entities": len(world.entities), "flaw_rates": asdict(rates),
+    meta = {"task": task, **gold.meta,
             "samples_per_question": samples_per_question, "held_out": held_out, "corpus_size": len(corpus),
             **config_dicts(policy_cfg, pretrain_cfg),
             "final_loss": sum(losses[-50:]) / len(losses[-50:]), "seconds": round(time.monotonic() - started, 1)}
@@ -65,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=PretrainConfig.steps)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--task", default=DEFAULT_TASK, help="gold world, module:function (see training/sim/task.py)")
     args = parser.parse_args(argv)
-    meta = build(args.out, PretrainConfig(steps=args.steps, seed=args.seed), threads=args.threads)
+    meta = build(args.out, PretrainConfig(steps=args.steps, seed=args.seed), task=args.task, threads=args.threads)
     print(json.dumps(meta, indent=2))
     return 0

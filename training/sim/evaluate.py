@@ -14,7 +14,7 @@ import torch
 
 from training.data import Formatter
 from training.generate import HFGenerator, strip_eos
-from training.sim.world import default_world, gold_score
+from training.sim.task import DEFAULT_TASK, DIAGNOSTIC_CLASSES, load_task
 
 
 @dataclass(frozen=True)
@@ -47,10 +47,10 @@ def sample_answers(model_dir: str, prompts: Sequence[str], samples: int = 1, see
 
 
 def gold_eval(model_dir: str, prompts: Sequence[str], samples: int = 1, seed: int = 0,
-              max_new_tokens: int = 32) -> GoldEval:
+              max_new_tokens: int = 32, task: str = DEFAULT_TASK) -> GoldEval:
     repeated, texts = sample_answers(model_dir, prompts, samples, seed, max_new_tokens)
-    world = default_world()
-    return GoldEval(repeated, texts, [gold_score(world, p, r) for p, r in zip(repeated, texts, strict=True)])
+    gold = load_task(task)
+    return GoldEval(repeated, texts, [gold.gold_score(p, r) for p, r in zip(repeated, texts, strict=True)])
 
 
 def win_rate(scores: Sequence[float], reference: Sequence[float]) -> float:
@@ -62,22 +62,24 @@ def win_rate(scores: Sequence[float], reference: Sequence[float]) -> float:
 
 @torch.no_grad()
 def gold_token_agreement(rm_dir: str, prompts: Sequence[str], responses: Sequence[str],
-                         batch_size: int = 64) -> dict[str, float]:
+                         batch_size: int = 64, task: str = DEFAULT_TASK) -> dict[str, float]:
     """How well a token reward model's r_t agrees with the gold word rewards on (prompt, response) rows:
-    AUROC of r_t separating gold-positive from gold-negative words, and pairwise accuracy on the value
-    words alone (correct vs wrong facts), which isolates factual knowledge from filler detection."""
+    AUROC of r_t separating gold-positive from gold-negative words; AUROC on the value words alone
+    (correct vs wrong), which isolates factual knowledge from filler detection; and the mean r_t of each
+    gold class (`DIAGNOSTIC_CLASSES`, the EOS split by whether the answer was complete) — the diagnostic
+    to read before trusting a PPO run on this reward."""
     from transformers import AutoTokenizer
 
     from training.data import collate_rows
     from training.evaluate import auroc
     from training.models import RewardModel, token_rewards
-    from training.sim.world import gold_word_rewards, parse_response
 
-    world = default_world()
+    gold = load_task(task)
     tokenizer = AutoTokenizer.from_pretrained(rm_dir)
     model = RewardModel.from_pretrained(rm_dir).eval()
     fmt = Formatter(tokenizer, max_length=128, max_prompt_length=64)
-    pos, neg, right_values, wrong_values = [], [], [], []
+    pos, neg = [], []
+    by_class: dict[str, list[float]] = {c: [] for c in DIAGNOSTIC_CLASSES}
     for start in range(0, len(prompts), batch_size):
         chunk = list(zip(prompts[start : start + batch_size], responses[start : start + batch_size], strict=True))
         rows = [fmt.row(fmt.prompt_ids(p), fmt.response_ids(r)) for p, r in chunk]
@@ -85,13 +87,18 @@ def gold_token_agreement(rm_dir: str, prompts: Sequence[str], responses: Sequenc
         r = token_rewards(model(batch["input_ids"], batch["attention_mask"]), model.head_kind)
         for i, (prompt, response) in enumerate(chunk):
             words = response.split()
-            rewards = r[i][batch["response_mask"][i]].tolist()[: len(words)]  # one token per word, then EOS
-            question = world.parse_prompt(prompt)
-            for reward, gold in zip(rewards, gold_word_rewards(world, question, words), strict=False):
-                (pos if gold > 0 else neg if gold < 0 else []).append(reward)
-            for span in parse_response(question, words):
-                if span.kind == "fact" and span.value_index < len(rewards):
-                    correct = words[span.value_index] == world.facts[question.entity][span.attribute]
-                    (right_values if correct else wrong_values).append(rewards[span.value_index])
-    return {"gold_token_auroc": auroc(pos, neg), "gold_value_auroc": auroc(right_values, wrong_values),
-            "gold_positive_tokens": float(len(pos)), "gold_negative_tokens": float(len(neg))}
+            rewards = r[i][batch["response_mask"][i]].tolist()  # one token per word, then EOS
+            for reward, g in zip(rewards, gold.word_rewards(prompt, words), strict=False):
+                (pos if g > 0 else neg if g < 0 else []).append(reward)
+            for reward, cls in zip(rewards, gold.word_classes(prompt, words), strict=False):
+                if cls:
+                    by_class[cls].append(reward)
+            if rows[i].has_eos:
+                by_class[gold.eos_class(prompt, words)].append(rewards[len(words)])
+    out = {"gold_token_auroc": auroc(pos, neg),
+           "gold_value_auroc": auroc(by_class[DIAGNOSTIC_CLASSES[0]], by_class[DIAGNOSTIC_CLASSES[1]]),
+           "gold_positive_tokens": float(len(pos)), "gold_negative_tokens": float(len(neg))}
+    for cls, values in by_class.items():
+        out[f"class_mean/{cls}"] = sum(values) / len(values) if values else float("nan")
+        out[f"class_count/{cls}"] = float(len(values))
+    return out

@@ -56,6 +56,13 @@ class FigaTrainer(PolicyTrainer):
     kind = "figa"
     cfg: FigaConfig
 
+    @property
+    def outcomes(self) -> tuple[str, ...]:
+        return OUTCOMES_WITH_GOOD_RESPONSE if self.cfg.include_unchanged else ("edited",)
+
+    def keep_pair(self, pair: EditPair) -> bool:
+        return self.cfg.include_unchanged or pair.original != pair.edited
+
     def collate(self, items: list[EncodedPair]) -> dict[str, Tensor]:
         return collate_pairs(items, self.fmt.pad_id)  # revised rows R, then initial rows I
 
@@ -65,7 +72,7 @@ class FigaTrainer(PolicyTrainer):
         good = (codes == losses.INSERT) | (codes == losses.REPLACE) | batch["is_eos"]
         if self.cfg.gamma:
             good = good | (codes == losses.KEEP)
-        bad = ((codes == losses.DELETE) | (codes == losses.REPLACE)) & ~batch["is_eos"]
+        bad = (codes == losses.DELETE) | (codes == losses.REPLACE)  # y0's EOS too, when labelled replace
         return batch["response_mask"] & torch.where(revised, good, bad)
 
     def figa(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
@@ -74,7 +81,7 @@ class FigaTrainer(PolicyTrainer):
         logp, _ = model(batch["input_ids"], batch["attention_mask"], positions)
         ce = -logp
         weights = losses.figa_weights(batch["codes"], batch["is_eos"], batch["is_revised"], ce,
-                                      cfg.alpha, cfg.beta, cfg.gamma, cfg.tau) * positions
+                                      cfg.alpha, cfg.beta, cfg.gamma, cfg.tau, cfg.tau_upper) * positions
         loss = losses.figa_loss(ce, weights, positions, cfg.normalize)
         negative = positions & ~batch["is_revised"]
         return loss, {

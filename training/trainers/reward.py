@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from training import losses
 from training.config import SeqRMConfig, TokenRMConfig
-from training.data import EncodedPair, collate_pairs, edit_masks, shared_prefix_length
+from training.data import EncodedPair, collate_pairs, edit_masks, keep_mask, shared_prefix_length
 from training.evaluate import pair_metrics
 from training.models import RewardModel, last_index, token_rewards
 from training.trainers.base import Trainer
@@ -45,6 +45,15 @@ class TokenRMTrainer(RewardTrainer):
         self.head_kind = "tlcr" if cfg.loss == "tlcr" else "token"
         super().__init__(cfg)
 
+    def build_model(self, resume_from: Path | None) -> nn.Module:
+        model = super().build_model(resume_from)
+        if resume_from is None and self.cfg.head_init == "zero":
+            # Every r_t starts at 0: a random head on a large hidden state starts the span sums far from
+            # 0 (on SmolLM2 about −17 to −58), deep in the saturated part of the BT loss.
+            nn.init.zeros_(model.head.weight)
+            nn.init.zeros_(model.head.bias)
+        return model
+
     def compute_loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         cfg = self.cfg
         out = model(batch["input_ids"], batch["attention_mask"], shared_prefix=shared_prefix_length(batch))
@@ -56,12 +65,12 @@ class TokenRMTrainer(RewardTrainer):
             targets = losses.tlcr_targets(batch["codes"], batch["is_revised"])
             loss = losses.tlcr_loss(out, targets, response)
         else:
-            loss = cfg.edit_span_weight * losses.edit_span_bt(r[:n], r[n:], u1, u0)
+            loss = cfg.edit_span_weight * losses.edit_span_bt(r[:n], r[n:], u1, u0, cfg.span_reduce)
         if cfg.full_seq_weight:
-            loss = loss + cfg.full_seq_weight * losses.full_seq_bt(r[:n], r[n:], response[:n], response[n:])
+            loss = loss + cfg.full_seq_weight * losses.full_seq_bt(r[:n], r[n:], response[:n], response[n:],
+                                                                   cfg.span_reduce)
         if cfg.keep_l2_weight:
-            keep = response & (batch["codes"] == losses.KEEP) & ~batch["is_eos"]
-            loss = loss + cfg.keep_l2_weight * losses.keep_l2(r, keep)
+            loss = loss + cfg.keep_l2_weight * losses.keep_l2(r, keep_mask(batch))
         span_margin = losses.masked_sum(r[:n], u1, -1) - losses.masked_sum(r[n:], u0, -1)
         chosen = losses.masked_sum(r[:n], response[:n], -1)
         rejected = losses.masked_sum(r[n:], response[n:], -1)

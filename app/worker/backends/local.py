@@ -17,7 +17,7 @@ from app.worker.command import Placement, launch_command
 PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent(parent_pid: int) -> None:
+def die_with_parent(parent_pid: int) -> None:
     """Runs in the child before exec: SIGTERM it when the worker dies, even by SIGKILL (Linux)."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -36,7 +36,7 @@ def start_process(argv: Sequence[str], log: IO[bytes]) -> subprocess.Popen[bytes
         stderr=subprocess.STDOUT,
         env=env,
         start_new_session=True,
-        preexec_fn=lambda: _die_with_parent(parent),
+        preexec_fn=lambda: die_with_parent(parent),
     )
 
 
