@@ -21,6 +21,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy import text as sql_text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -415,7 +416,12 @@ class Suggestion(Base):
     """An editor's precomputed edit of an item, offered to the people who annotate it."""
 
     __tablename__ = "suggestions"
-    __table_args__ = (UniqueConstraint("item_id", "editor_id", name="uq_suggestions_item_editor"),)
+    __table_args__ = (
+        UniqueConstraint("item_id", "editor_id", name="uq_suggestions_item_editor"),
+        # An imported source (no editor) suggests once per item too (app.services.edit_import).
+        Index("uq_suggestions_item_source", "item_id", "source", unique=True,
+              postgresql_where=sql_text("editor_id IS NULL"), sqlite_where=sql_text("editor_id IS NULL")),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"))
