@@ -60,7 +60,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.database = SessionDatabase()
         yield  # no driver pool, no login cache: the hot routes use Sessions, every request checks its login
         return
-    dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    dsn = driver.conninfo(engine)
     async with contextlib.AsyncExitStack() as stack:
         pool = await driver.open_pool(dsn, get_settings().web_threads)
         stack.push_async_callback(pool.close)

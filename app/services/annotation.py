@@ -104,6 +104,25 @@ def analyse(tokenizer: str, original: str, edited: str) -> EditAnalysis:
     return analyse_edit(original, edited, load_tokenizer(tokenizer))
 
 
+@dataclass(frozen=True)
+class Analysed:
+    """An edit this process analysed already with `analyse` (a model editor's minimality guard does, before
+    it submits): what it was computed from, and the result."""
+
+    tokenizer: str
+    original: str
+    edited: str
+    analysis: EditAnalysis
+
+
+def analysed(tokenizer: str, original: str, edited: str, known: Analysed | None) -> EditAnalysis:
+    """`analyse`, unless `known` is that very computation (the same tokenizer, original and text as the
+    submit read and decided): the server's own result either way, never one a client sent."""
+    if known is not None and (known.tokenizer, known.original, known.edited) == (tokenizer, original, edited):
+        return known.analysis
+    return analyse(tokenizer, original, edited)
+
+
 def preload_tokenizers(session: Session) -> list[str]:
     """Load the active projects' tokenizers now; returns the names loaded. A load takes about 0.2 s and
     holds the interpreter, so a web process does this at startup instead of making its first submits wait
@@ -233,7 +252,7 @@ _INSERT_EDIT = insert(_EDITS).from_select(
 
 
 def _locking(lease_id: int, user: User, outcome: Outcome, text: str, metrics: EditorMetrics,
-             skip_reason: str, provenance: Provenance = HUMAN) -> Steps[Edit]:
+             skip_reason: str, provenance: Provenance = HUMAN, known: Analysed | None = None) -> Steps[Edit]:
     now = utcnow()
     row = yield LOCKED_TASK, {"lease_id": lease_id, "user_id": user.id, "now": now}
     if row is None:
@@ -247,7 +266,7 @@ def _locking(lease_id: int, user: User, outcome: Outcome, text: str, metrics: Ed
     if outcome == Outcome.SKIPPED and not skip_reason:
         raise DomainError("Say why you skip this item.")
     outcome, text = decide_outcome(outcome, text, item.original)
-    analysis = analyse(project.tokenizer, item.original, text) if outcome != Outcome.SKIPPED else None
+    analysis = analysed(project.tokenizer, item.original, text, known) if outcome != Outcome.SKIPPED else None
     values = _edit_values(lease.id, lease.annotator_id, item.id, project.minimality_budget, outcome, text, analysis,
                           metrics, skip_reason, provenance)
     counted = None
@@ -339,7 +358,7 @@ _AT_ONCE = _build_at_once()
 
 
 def _at_once(lease_id: int, user: User, outcome: Outcome, text: str, metrics: EditorMetrics,
-             provenance: Provenance = HUMAN) -> Steps[Edit | None]:
+             provenance: Provenance = HUMAN, known: Analysed | None = None) -> Steps[Edit | None]:
     """The one-statement submit, as steps: read the task unlocked, compute the labels, then the statement;
     None when it does not apply or did nothing (the caller takes the locking path)."""
     now = utcnow()
@@ -349,7 +368,8 @@ def _at_once(lease_id: int, user: User, outcome: Outcome, text: str, metrics: Ed
         return None
     outcome, text = decide_outcome(outcome, text, read.items_original)
     values = _edit_values(lease_id, user.id, read.items_id, read.projects_minimality_budget, outcome, text,
-                          analyse(read.projects_tokenizer, read.items_original, text), metrics, "", provenance)
+                          analysed(read.projects_tokenizer, read.items_original, text, known), metrics, "",
+                          provenance)
     submitted, completed = _events(read.items_id, read.items_project_id, values)
     subscriptions = read.hooks or []
     stored = yield _AT_ONCE, {
@@ -364,20 +384,24 @@ def _at_once(lease_id: int, user: User, outcome: Outcome, text: str, metrics: Ed
 async def submit(
     db: Database, lease_id: int, user: User, outcome: Outcome, text: str = "", *,
     metrics: EditorMetrics = EditorMetrics(), skip_reason: str = "", provenance: Provenance = HUMAN,
+    known: Analysed | None = None,
 ) -> Edit:
     """Store the annotator's decision on their leased item: labels, diff and statistics recomputed from
     `text`, the item's count, the lease closed, webhook deliveries queued; the edit (not attached to any
     session). A double submit returns the first edit. `provenance`: a model editor's, or the suggestion
-    used. Runs on whichever `Database` the caller has (a web
-    request's, a worker's, or `SessionDatabase(session)` inside the caller's own unit of work).
+    used. `known`: this process's own analysis of `text`, used if it is of the stored original with the
+    project's tokenizer. Runs on whichever `Database` the caller has (a web request's, a worker's, or
+    `SessionDatabase(session)` inside the caller's own unit of work).
 
     On Postgres a completed annotation under a live lease is one statement; every other case (skips,
     expired leases, double submits, errors, SQLite) takes the locking path."""
     metrics, skip_reason = metrics.clamped(), skip_reason.strip()[:2000]
     if (outcome in COMPLETED_OUTCOMES and db.dialect == "postgresql"
-            and (edit := await db.run(_at_once(lease_id, user, outcome, text, metrics, provenance))) is not None):
+            and (edit := await db.run(_at_once(lease_id, user, outcome, text, metrics, provenance, known)))
+            is not None):
         return edit
-    return await db.run(_locking(lease_id, user, outcome, text, metrics, skip_reason, provenance), transaction=True)
+    return await db.run(_locking(lease_id, user, outcome, text, metrics, skip_reason, provenance, known),
+                        transaction=True)
 
 
 def submit_in(session: Session, lease_id: int, user: User, outcome: Outcome, text: str = "", *,
