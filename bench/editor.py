@@ -14,9 +14,12 @@ budget is set high so the guard never asks twice: both sides then send exactly o
   exit: edits/s = items / that wall. Its start-up (interpreter, imports, tokenizer) is a fixed cost per
   job, reported apart (`startup_s`, `startup_cpu_s`), as the plain script's own is left out.
 - cpu_ms_per_edit: CPU of Redline's own processes (the job process and its Postgres backends; the
-  model server excluded) per edit over the same span, also split into the two. Backends are found in
-  pg_stat_activity and their CPU read from /proc while the job runs. For scale, `plain_cpu_ms_per_request`
-  is the plain script's own CPU per request: the `openai` client's share, which Redline's figure includes.
+  model server excluded) per edit, from its first reported edit to its end, also split into the two. The
+  first edit carries one-off costs (the first statements compiled, the first connection to the endpoint,
+  modules imported on first use), reported apart as `first_edits_cpu_s` (with the edits reported with it).
+  Backends are found in pg_stat_activity and their CPU read from /proc while the job runs. For scale,
+  `plain_cpu_ms_per_request` is the plain script's own CPU per request (its first requests included): the
+  `openai` client's share, which Redline's figure includes.
 - mean_in_flight / plain_mean_in_flight: requests in flight on average (time-weighted) on each side: how
   busy each kept the endpoint, at most C.
 
@@ -75,6 +78,14 @@ def _cpu_s(pid: int) -> float | None:
     except OSError:
         return None
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
+
+
+def _step(output: Path) -> int | None:
+    """Items the job has reported done or failed; None before it is ready (or mid-write)."""
+    try:
+        return int(json.loads((output / "progress.json").read_text())["step"])
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def _setup(url: str) -> int:
@@ -175,7 +186,8 @@ def redline(url: str, database: str, config: dict, workdir: Path) -> dict[str, f
     output = workdir / "out"
     env = {**os.environ, "DATABASE_URL": url, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
     backends = _Backends(url, database)
-    ready: tuple[float, float, float] | None = None  # (time, job's cpu, backends' cpu) when it was ready to work
+    ready: tuple[float, float] | None = None  # (time, job's and backends' cpu) when it was ready to work
+    first: tuple[float, float, int] | None = None  # (job's cpu, backends' cpu, items) at its first reported edit
     started = time.perf_counter()
     with (workdir / "job.log").open("wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "app.editors.bulk", "--config", str(config_path),
@@ -186,23 +198,29 @@ def redline(url: str, database: str, config: dict, workdir: Path) -> dict[str, f
             if pid:
                 ended = time.perf_counter()
                 break
-            backend_cpu = backends.read()
-            if ready is None and (output / "progress.json").exists() and (cpu := _cpu_s(proc.pid)) is not None:
-                ready = (time.perf_counter(), cpu, backend_cpu)
+            backend_cpu, job_cpu = backends.read(), _cpu_s(proc.pid)
+            if first is None and job_cpu is not None and (step := _step(output)) is not None:
+                if ready is None:
+                    ready = (time.perf_counter(), job_cpu + backend_cpu)
+                if step >= 1:
+                    first = (job_cpu, backend_cpu, step)
             time.sleep(POLL_S)
     finally:
         backends.close()
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"the editor job failed ({proc.returncode}): {(workdir / 'job.log').read_text()[-3000:]}")
-    assert ready is not None, "the job never reported that it was ready"
-    job_ms = 1000 * (usage.ru_utime + usage.ru_stime - ready[1]) / ITEMS
-    database_ms = 1000 * (sum(backends.cpu.values()) - ready[2]) / ITEMS
+    assert ready is not None and first is not None, "the job never reported that it was ready, or no edit"
+    job_cpu, backend_cpu, steady_items = usage.ru_utime + usage.ru_stime, sum(backends.cpu.values()), ITEMS - first[2]
+    job_ms = 1000 * (job_cpu - first[0]) / steady_items
+    database_ms = 1000 * (backend_cpu - first[1]) / steady_items
     last = json.loads((output / "metrics.jsonl").read_text().splitlines()[-1])
-    return {"wall_s": ended - ready[0], "startup_s": ready[0] - started, "startup_cpu_s": ready[1] + ready[2],
-            "cpu_ms_per_edit": job_ms + database_ms, "job_cpu_ms_per_edit": job_ms,
-            "database_cpu_ms_per_edit": database_ms, "done": last["done"], "failed": last["failed"],
-            "mean_in_flight": last["mean_in_flight"], "unused_answers": last["unused_answers"]}
+    return {"wall_s": ended - ready[0], "startup_s": ready[0] - started, "startup_cpu_s": ready[1],
+            "first_edits_cpu_s": first[0] + first[1] - ready[1], "cpu_ms_per_edit": job_ms + database_ms,
+            "job_cpu_ms_per_edit": job_ms, "database_cpu_ms_per_edit": database_ms, "done": last["done"],
+            "failed": last["failed"],
+            "mean_in_flight": last["mean_in_flight"], "unused_answers": last["unused_answers"],
+            "model_calls": last["model_calls"]}
 
 
 def main() -> None:
@@ -222,8 +240,10 @@ def main() -> None:
         "database_cpu_ms_per_edit": ours["database_cpu_ms_per_edit"],
         "plain_cpu_ms_per_request": 1000 * theirs["cpu_s"] / ITEMS,
         "mean_in_flight": ours["mean_in_flight"], "plain_mean_in_flight": theirs["mean_in_flight"],
-        "startup_s": ours["startup_s"], "startup_cpu_s": ours["startup_cpu_s"], "done": ours["done"],
-        "failed": ours["failed"], "unused_answers": ours["unused_answers"], "items": ITEMS, "concurrency": CONCURRENCY,
+        "startup_s": ours["startup_s"], "startup_cpu_s": ours["startup_cpu_s"],
+        "first_edits_cpu_s": ours["first_edits_cpu_s"], "done": ours["done"],
+        "failed": ours["failed"], "unused_answers": ours["unused_answers"], "model_calls": ours["model_calls"],
+        "items": ITEMS, "concurrency": CONCURRENCY,
         "max_tokens": MAX_TOKENS, "load_avg_1m": load,
     }, notes={"server": "transformers serve (answers one request at a time), SmolLM2-135M-Instruct, CPU",
               "order": "plain first, then Redline, on the warmed-up server",

@@ -44,12 +44,13 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from app.db import session_scope
-from app.driver import Database, Steps, process_database
+from app.driver import Database, Steps, model_default, process_database
 from app.editors import service
 from app.editors.client import EditorClient, EditorFailure
 from app.editors.prompts import PromptTemplate
 from app.editors.propose import Proposal, Target, propose
 from app.errors import DomainError, NotFound
+from app.heap import freeze_startup_heap
 from app.models import (
     Edit,
     EditorJobItem,
@@ -130,9 +131,14 @@ _JOB_ITEMS = EditorJobItem.__table__
 
 
 def _new_row(insert: Callable, table: Any, names: tuple[str, ...]) -> Any:
-    """An INSERT of `names`, each bound as `new_<name>` (a parameter named like its column would be read as
-    a value for it), for the driver to run compiled once."""
-    return insert(table).values({name: bindparam(f"new_{name}", type_=table.c[name].type) for name in names})
+    """An INSERT that names every column, for the driver to run compiled once (SQLAlchemy's per-execution
+    defaults never run there): `names` each bound as `new_<name>` (a parameter named like its column would be
+    read as a value for it), the others but the key at their model default."""
+    return insert(table).values({
+        column.name: bindparam(f"new_{column.name}", type_=column.type) if column.name in names
+        else model_default(column)
+        for column in table.c if column.name in names or not column.primary_key
+    })
 
 
 def _upserting_record(insert: Callable) -> Any:
@@ -399,6 +405,7 @@ async def run_job(config: dict[str, Any], output: Path) -> Tally:
     if ctx.limit is not None:
         total = min(total, ctx.limit)
     load_tokenizer(ctx.project.tokenizer)  # the guard's: a missing one stops the job before any model call
+    freeze_startup_heap()
     # Annotate mode runs its statements one after the other, on one connection; suggest mode stores answers
     # as they come.
     pool_size = 0 if mode == "annotate" else min(endpoint.max_concurrency, SUGGEST_CONNECTIONS)

@@ -27,6 +27,7 @@ BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 30.0
 RETRY_AFTER_MAX_S = 120.0
 DEFAULT_ATTEMPTS = 4
+CHAT_COMPLETIONS = "/chat/completions"  # the OpenAI-compatible endpoint, below the base URL
 
 
 @dataclass(frozen=True)
@@ -163,10 +164,13 @@ class EditorClient:
             await self.pacer.wait()
             self.calls += 1
             with self.in_flight:
-                response = await self.openai.chat.completions.create(
-                    model=self.config.model, messages=[{"role": "user", "content": prompt}],
-                    temperature=self.config.temperature, max_tokens=self.config.max_tokens,
-                )
+                # The client's request for `chat.completions.create`, less the typed method's transform of its
+                # arguments: that walks the type hints of its forty-odd parameters at every call, a third of
+                # the call's CPU (about 2,300 Python calls of 6,800), for a body it would send unchanged.
+                response = await self.openai.post(CHAT_COMPLETIONS, cast_to=ChatCompletion, body={
+                    "model": self.config.model, "messages": [{"role": "user", "content": prompt}],
+                    "temperature": self.config.temperature, "max_tokens": self.config.max_tokens,
+                })
         if not isinstance(response, ChatCompletion):  # e.g. a proxy's HTML error page with status 200
             raise MalformedAnswer(f"the endpoint's answer is not a chat completion: {str(response)[:100]!r}")
         if not response.choices:
