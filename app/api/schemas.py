@@ -123,10 +123,18 @@ class ItemsImport(BaseModel):
         description="Objects with `prompt` and `response` (or the columns named in `mapping`); preference "
         "records (`prompt, chosen, rejected`) put `rejected` up for editing. Other keys go to the item's source.",
     )
-    mapping: dict[Literal["prompt", "response", "chosen"], str] | None = Field(
+    mapping: dict[Literal["prompt", "response", "chosen", "edited"], str] | None = Field(
         default=None, description='Which record keys hold the texts, e.g. {"prompt": "question"}.'
     )
     filename: str = Field(default="api", max_length=500, description="Recorded with the import batch.")
+    edits_from: str | None = Field(
+        default=None, max_length=48,
+        description="The records' `edited` texts are edits by this source: import them (else such records are "
+        "refused).",
+    )
+    edits_as: Literal["edits", "suggestions"] = Field(
+        default="edits", description="Completed edits by the account `import-SOURCE`, or suggestions."
+    )
 
 
 class ImportOut(BaseModel):
@@ -134,6 +142,8 @@ class ImportOut(BaseModel):
     imported: int
     duplicates: int
     rows: int
+    edits: int = Field(description="Edits (or suggestions) stored from the records' `edited` texts.")
+    edit_duplicates: int = Field(description="Edits this source had given before.")
 
 
 class RowProblem(BaseModel):

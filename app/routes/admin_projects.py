@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from app.deps import get_db, require_roles
 from app.errors import NotFound
 from app.models import ImportBatch, Item, Project, Role, User
+from app.services import edit_import
 from app.services import projects as project_service
 from app.services.import_formats import FORMATS, FormatError, import_file
 from app.services.importer import ImportRejected
@@ -98,6 +99,7 @@ def _detail_page(request: Request, db: Session, project: Project, *, status_code
     return render(
         request, "admin/project.html", status_code=status_code, title=project.name, project=project,
         people=people, members=project_service.member_ids(db, project.id), batches=batches, formats=FORMATS,
+        edit_modes=edit_import.MODES, source_pattern=edit_import.NAME_PATTERN,
         max_upload_mb=get_settings().max_upload_mb, page_url=f"/admin/projects/{project.id}", **context,
     )
 
@@ -162,6 +164,9 @@ def upload(
     map_prompt: str = Form(""),
     map_response: str = Form(""),
     map_chosen: str = Form(""),
+    map_edited: str = Form(""),
+    edits_from: str = Form(""),
+    edits_as: str = Form(edit_import.EDITS),
     admin: User = Depends(admin_only),
     db: Session = Depends(get_db),
 ) -> Response:
@@ -171,14 +176,15 @@ def upload(
         return _detail_page(request, db, project, status_code=413, flash_kind="error",
                             flash=f"The file is larger than the {get_settings().max_upload_mb} MB upload limit.")
     mapping = {k: v.strip() for k, v in (("prompt", map_prompt), ("response", map_response),
-                                          ("chosen", map_chosen)) if v.strip()}
+                                          ("chosen", map_chosen), ("edited", map_edited)) if v.strip()}
+    edits = edit_import.EditSource(edits_from.strip(), edits_as) if edits_from.strip() else None
     try:
         result = import_file(db, project, file.file, filename=file.filename or "upload", fmt=fmt or None,
-                             mapping=mapping, actor=admin)
-    except (ImportRejected, FormatError) as exc:
+                             mapping=mapping, actor=admin, edits=edits)
+    except (ImportRejected, FormatError, edit_import.EditSourceError) as exc:
         db.rollback()
         return _detail_page(request, db, project, status_code=exc.status_code, flash=str(exc), flash_kind="error",
                             import_errors=getattr(exc, "errors", None))
     db.commit()
-    message = f"Imported {result.imported} item(s); {result.duplicates} duplicate(s) skipped"
+    message = f"Imported {result.imported} item(s); {result.duplicates} duplicate(s) skipped{result.edits_note}"
     return RedirectResponse(f"/admin/projects/{project_id}?done={message}", status_code=303)

@@ -33,7 +33,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import ReturningUpdate
 
-from app.driver import Database, Steps, entity, labelled, model_default
+from app.driver import Database, Steps, entity, labelled, lock_for_write, model_default, run
 from app.errors import Conflict, DomainError, NotFound
 from app.models import (
     COMPLETED_OUTCOMES,
@@ -411,6 +411,14 @@ async def submit(
         return edit
     return await db.run(_locking(lease_id, user, outcome, text, metrics, skip_reason, provenance, suggestion_id),
                         transaction=True)
+
+
+def submit_in(session: Session, lease_id: int, user: User, outcome: Outcome, text: str = "", *,
+              provenance: Provenance = HUMAN) -> Edit:
+    """`submit`'s locking path inside the caller's own unit of work, for synchronous callers that store
+    many edits in one transaction (an import of edits: all of them or none). The same steps as any submit."""
+    lock_for_write(session)
+    return run(session, _locking(lease_id, user, outcome, text, EditorMetrics(), "", provenance))
 
 
 # --- the live diff --------------------------------------------------------------------------------
