@@ -80,7 +80,8 @@ class EditorMetrics:
 @dataclass(frozen=True)
 class Provenance:
     """Where an edit came from beyond its annotator: the model editor that wrote it (model, prompt
-    version), or the suggestion a person started from and how far (edit rate) they moved from it."""
+    version), or whose suggestion a person started from (the same three) and how far (edit rate) they
+    moved from it."""
 
     editor_id: int | None = None
     editor_model: str = ""
@@ -243,14 +244,16 @@ _INSERT_EDIT = insert(_EDITS).from_select(
 
 def _from_suggestion(provenance: Provenance, suggestion_id: int | None, item_id: int, tokenizer: str,
                      text: str) -> Steps[Provenance]:
-    """`provenance`, and if the edit started from the item's suggestion `suggestion_id`: that it was used,
-    and the person's edit rate relative to it (the stored text against the suggestion's, by the label
-    engine with the project's tokenizer, as every edit rate)."""
+    """`provenance`, and if the edit started from the item's suggestion `suggestion_id`: the suggestion's
+    editor, model and prompt version, that it was used, and the person's edit rate relative to it (the
+    stored text against the suggestion's, by the label engine with the project's tokenizer, as every edit
+    rate)."""
     if suggestion_id is None:
         return provenance
-    suggested = yield from suggestions.suggested_text(suggestion_id, item_id)
-    rate = analyse(tokenizer, suggested.replace("\r\n", "\n"), text).stats.edit_rate
-    return replace(provenance, suggestion_used=True, human_vs_suggestion_rate=rate)
+    suggestion = yield from suggestions.suggestion_of_item(suggestion_id, item_id)
+    rate = analyse(tokenizer, suggestion.text.replace("\r\n", "\n"), text).stats.edit_rate
+    return replace(provenance, editor_id=suggestion.editor_id, editor_model=suggestion.editor_model,
+                   prompt_version=suggestion.prompt_version, suggestion_used=True, human_vs_suggestion_rate=rate)
 
 
 def _locking(lease_id: int, user: User, outcome: Outcome, text: str, metrics: EditorMetrics,

@@ -48,14 +48,15 @@ def offering(item_id: int) -> Steps[Offered | None]:
     return None if row is None else Offered(entity(Suggestion, row), row.editor_name, row.offered)
 
 
-_TEXT = select(Suggestion.text).where(Suggestion.id == bindparam("suggestion_id"),
-                                      Suggestion.item_id == bindparam("item_id"))
+_SUGGESTION = labelled(select(Suggestion.__table__)).where(Suggestion.id == bindparam("suggestion_id"),
+                                                           Suggestion.item_id == bindparam("item_id"))
 
 
-def suggested_text(suggestion_id: int, item_id: int) -> Steps[str]:
-    """The text of the item's suggestion `suggestion_id`; a clear error if it is no suggestion of the item."""
+def suggestion_of_item(suggestion_id: int, item_id: int) -> Steps[Suggestion]:
+    """The item's suggestion `suggestion_id`; a clear error if it is no suggestion of the item."""
     # Beyond a 64-bit key there is no such row, and SQLite could not even bind the number.
-    row = (yield _TEXT, {"suggestion_id": suggestion_id, "item_id": item_id}) if 0 < suggestion_id < 2**63 else None
+    found = 0 < suggestion_id < 2**63
+    row = (yield _SUGGESTION, {"suggestion_id": suggestion_id, "item_id": item_id}) if found else None
     if row is None:
         raise DomainError(f"suggestion_id: {suggestion_id} is not a suggestion for this item.")
-    return row.text
+    return entity(Suggestion, row)

@@ -15,7 +15,18 @@ from sqlalchemy import select, update
 from app import driver
 from app.db import get_engine, session_scope
 from app.errors import Conflict, DomainError
-from app.models import Edit, Item, ItemStatus, Lease, LeaseState, Outcome, Suggestion, WebhookDelivery, utcnow
+from app.models import (
+    Edit,
+    Item,
+    ItemStatus,
+    Lease,
+    LeaseState,
+    ModelEditor,
+    Outcome,
+    Suggestion,
+    WebhookDelivery,
+    utcnow,
+)
 from app.services import annotation, queue, webhooks
 
 PG = pytest.mark.postgres
@@ -131,8 +142,12 @@ def test_suggestion_used_the_persons_edit_rate_relative_to_the_suggestion(runner
     project = make_project(n=1, members=[ann])
     first, second = add_items(project, [("P1", "Teh capital of France is Lyon."), ("P2", "Another answer.")])
     with session_scope() as session:
-        ours = Suggestion(item_id=first, text="The capital of France is Lyon.", editor_model="m", prompt_version="v")
-        theirs = Suggestion(item_id=second, text="Another answer!", editor_model="m", prompt_version="v")
+        editor_id = session.scalar(select(ModelEditor.id).where(
+            ModelEditor.user_id == make_model_account(session, project.id).id))
+        ours = Suggestion(item_id=first, editor_id=editor_id, text="The capital of France is Lyon.",
+                          editor_model="m-135m", prompt_version="v1")
+        theirs = Suggestion(item_id=second, editor_id=editor_id, text="Another answer!", editor_model="m-135m",
+                            prompt_version="v1")
         session.add_all([ours, theirs])
     task = _lease(runner, project, ann, path)
     assert task.item.id == first
@@ -144,7 +159,9 @@ def test_suggestion_used_the_persons_edit_rate_relative_to_the_suggestion(runner
     with session_scope() as session:
         stored = session.get(Edit, edit.id)
         assert (stored.suggestion_used, stored.human_vs_suggestion_rate) == (True, expected)
-        assert (stored.editor_id, stored.editor_model) == (None, "")  # a person's edit, not the model's
+        # A person's edit that carries the suggestion's editor, model and prompt version.
+        assert (stored.annotator_id, stored.editor_id, stored.editor_model, stored.prompt_version) == (
+            ann.id, editor_id, "m-135m", "v1")
 
 
 @every_runner

@@ -99,7 +99,10 @@ def test_the_editor_opens_with_the_newest_suggestion_and_the_submit_measures_aga
         edits = {e.item_id: e for e in session.scalars(select(Edit))}
     expected = annotation.analyse(project.tokenizer, NEWER, fixed).stats.edit_rate
     assert (edits[first].suggestion_used, edits[first].human_vs_suggestion_rate) == (True, expected) and expected > 0
+    assert (edits[first].editor_id, edits[first].editor_model, edits[first].prompt_version) == (
+        tiny, "smol-135m", "abc123def456")  # the suggestion's
     assert (edits[second].suggestion_used, edits[second].human_vs_suggestion_rate) == (False, None)
+    assert (edits[second].editor_id, edits[second].editor_model) == (None, "")
     assert third not in edits
 
 

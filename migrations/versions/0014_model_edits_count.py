@@ -3,15 +3,15 @@
 On by default, as before: a model editor's completed edit counts toward the item's N like a person's.
 Off, model edits come on top of N people's (and imports') edits.
 
-Revision ID: 0012
-Revises: 0011
+Revision ID: 0014
+Revises: 0013
 Create Date: 2026-12-04
 """
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0012'
-down_revision = '0011'
+revision = '0014'
+down_revision = '0013'
 branch_labels = None
 depends_on = None
 
