@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    true,
 )
 from sqlalchemy import text as sql_text
 from sqlalchemy.dialects.postgresql import JSONB
@@ -110,6 +111,13 @@ class AnnotatorKind(enum.StrEnum):
     HUMAN = "human"
     MODEL = "model"
     IMPORT = "import"
+
+
+def counted_kinds(model_edits_count: bool) -> tuple[AnnotatorKind, ...]:
+    """THE rule of whose completed edits count toward a project's N (`Project.model_edits_count`): people's
+    and imported ones always; a model editor's only where the project says so, else they come on top."""
+    everyone = tuple(AnnotatorKind)
+    return everyone if model_edits_count else tuple(kind for kind in everyone if kind != AnnotatorKind.MODEL)
 
 
 class PromptKind(enum.StrEnum):
@@ -216,6 +224,8 @@ class Project(Base):
     archived: Mapped[bool] = mapped_column(Boolean, default=False)
     # A rejected edit goes back to its annotator to revise (or give back), instead of the item to the queue.
     return_rejected: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Whether a model editor's edits count toward N (`counted_kinds`), or come on top of N people's edits.
+    model_edits_count: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
 
 
 class ProjectMember(Base):

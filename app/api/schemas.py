@@ -19,7 +19,8 @@ class ProjectProgress(BaseModel):
     items_complete: int
     items_open: int
     annotations_needed: int = Field(description="items × annotations per item")
-    annotations_done: int = Field(description="completed annotations (edited, no change, unfixable)")
+    annotations_done: int = Field(description="completed annotations (edited, no change, unfixable) that count "
+                                  "toward N (model edits only where `model_edits_count`)")
     edits_by_outcome: dict[str, int]
     reviews_pending: int
     progress: float = Field(description="annotations_done / annotations_needed, 0..1")
@@ -32,6 +33,8 @@ class ProjectOut(BaseModel):
     tokenizer: str
     annotations_per_item: int
     minimality_budget: float
+    model_edits_count: bool = Field(description="Whether a model editor's edits count toward the item's N (true) "
+                                    "or come on top of N edits by people and imports (false).")
     archived: bool
     created_at: datetime
     progress: ProjectProgress

@@ -296,12 +296,15 @@ def log_tail(session: Session, job_id: int, max_chars: int = 20_000) -> str:
 
 def record_metrics(session: Session, job_id: int, rows: Iterable[Mapping[str, Any]]) -> int:
     """Store numeric values of metrics.jsonl rows (each with "step"); a repeated (name, step) wins last."""
-    values = [
-        {"job_id": job_id, "step": int(row["step"]), "name": name, "value": float(value)}
+    # One row per (name, step), the last: Postgres refuses an upsert that names a row twice, and a job may
+    # write a step twice in one ingest round (an editor job's last progress row and its final one).
+    latest = {
+        (name, int(row["step"])): float(value)
         for row in rows
         for name, value in row.items()
         if name != "step" and isinstance(value, int | float) and not isinstance(value, bool)
-    ]
+    }
+    values = [{"job_id": job_id, "step": step, "name": name, "value": value} for (name, step), value in latest.items()]
     if not values:
         return 0
     dialect = session.get_bind().dialect.name

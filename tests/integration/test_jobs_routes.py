@@ -195,6 +195,10 @@ def test_metrics_endpoint_returns_points_after_a_cursor(web_client, researcher):
         jobs.record_metrics(session, job_id, [{"step": 2, "loss": 1.5}])
     second = web_client.get(f"/jobs/{job_id}/metrics?after={first['cursor']}").json()
     assert second["points"] == [["loss", 2, 1.5]]
+    with session_scope() as session:  # a step written twice in one round (an editor job's final row): the last
+        assert jobs.record_metrics(session, job_id, [{"step": 3, "loss": 1.2}, {"step": 3, "loss": 1.1}]) == 1
+    third = web_client.get(f"/jobs/{job_id}/metrics?after={second['cursor']}").json()
+    assert third["points"] == [["loss", 3, 1.1]]
 
 
 def finished_job_with_files(tmp_path: Path) -> int:
