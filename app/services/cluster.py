@@ -6,12 +6,13 @@ the stored request into `#SBATCH` lines (app/worker/backends/slurm.py).
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from training.config import missing_package
 
 LOCAL = "local"
 SLURM = "slurm"
@@ -162,7 +163,7 @@ def sharding_config(name: str) -> Path:
 def check_sharding(name: str, num_processes: int) -> str:
     """"" when a job may use the strategy `name` ("" for plain data parallel), else what is wrong.
 
-    Looks for the engine's package without importing it (DeepSpeed loads CUDA at import): it comes with
+    Looks for the engine's package without importing it (training.config.missing_package): it comes with
     the `gpu` extra, which machines that only serve the web app or train on CPU never install.
     """
     if not name:
@@ -172,9 +173,7 @@ def check_sharding(name: str, num_processes: int) -> str:
     if num_processes < 2:
         return "sharding needs at least 2 processes"
     package = SHARDING[name]
-    if package and importlib.util.find_spec(package) is None:
-        return f"{package} is not installed: install the gpu extra (pip install 'redline[gpu]') on the workers"
-    return ""
+    return missing_package(package) if package else ""
 
 
 SLURM_FIELDS = ("nodes", "gpus_per_node", "partition", "time_limit", "account", "sbatch")
