@@ -93,7 +93,9 @@ def _free_port() -> int:
 def vllm_weights(lm: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     """The causal LM's whole weights under the names of its Hugging Face checkpoint (what vLLM's
     `load_weights` reads): LoRA adapters merged in, sharded (FSDP2) parameters gathered one at a time.
-    Every rank must iterate it to the end: gathering a sharded parameter is a collective."""
+    Every rank must iterate it to the end: gathering a sharded parameter is a collective. Copy each tensor
+    as it comes (vLLM's `load_weights` does): they are the training weights themselves, with the
+    adapter merged in only until the iteration ends."""
     adapter = hasattr(lm, "merge_adapter")
     if adapter:
         lm.merge_adapter()  # peft adds B·A·scale into each base weight, and takes it out again below
