@@ -20,7 +20,9 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    true,
 )
+from sqlalchemy import text as sql_text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -109,6 +111,13 @@ class AnnotatorKind(enum.StrEnum):
     HUMAN = "human"
     MODEL = "model"
     IMPORT = "import"
+
+
+def counted_kinds(model_edits_count: bool) -> tuple[AnnotatorKind, ...]:
+    """THE rule of whose completed edits count toward a project's N (`Project.model_edits_count`): people's
+    and imported ones always; a model editor's only where the project says so, else they come on top."""
+    everyone = tuple(AnnotatorKind)
+    return everyone if model_edits_count else tuple(kind for kind in everyone if kind != AnnotatorKind.MODEL)
 
 
 class PromptKind(enum.StrEnum):
@@ -215,6 +224,8 @@ class Project(Base):
     archived: Mapped[bool] = mapped_column(Boolean, default=False)
     # A rejected edit goes back to its annotator to revise (or give back), instead of the item to the queue.
     return_rejected: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Whether a model editor's edits count toward N (`counted_kinds`), or come on top of N people's edits.
+    model_edits_count: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
 
 
 class ProjectMember(Base):
@@ -299,6 +310,10 @@ class Edit(Base):
         Index("ix_edits_review_queue", "review_status", "outcome", "id"),
         # The dashboard's outcome counts and edit-rate histogram, from the index alone (migration 0010).
         Index("ix_edits_outcome_rate", "outcome", "edit_rate"),
+        # The dashboard's per-editor suggestion figures, from the edits that started from one (migration 0013;
+        # SQLite's predicate is written as SQLAlchemy writes the test, so its planner matches it).
+        Index("ix_edits_suggestion_used", "id", "editor_id", "human_vs_suggestion_rate", "item_id",
+              postgresql_where=sql_text("suggestion_used"), sqlite_where=sql_text("suggestion_used = 1")),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -415,7 +430,12 @@ class Suggestion(Base):
     """An editor's precomputed edit of an item, offered to the people who annotate it."""
 
     __tablename__ = "suggestions"
-    __table_args__ = (UniqueConstraint("item_id", "editor_id", name="uq_suggestions_item_editor"),)
+    __table_args__ = (
+        UniqueConstraint("item_id", "editor_id", name="uq_suggestions_item_editor"),
+        # An imported source (no editor) suggests once per item too (app.services.edit_import).
+        Index("uq_suggestions_item_source", "item_id", "source", unique=True,
+              postgresql_where=sql_text("editor_id IS NULL"), sqlite_where=sql_text("editor_id IS NULL")),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"))

@@ -98,7 +98,7 @@ def give_back(session: Session, user: User, edit_id: int) -> None:
     if work.edit.review_status != ReviewStatus.RETURNED:
         raise DomainError("Only an edit a reviewer sent back to you can be given back.", 409)
     work.edit.review_status = ReviewStatus.REJECTED
-    reopen_item(session, work.item)
+    reopen_item(session, work.item, work.project, user)
     try:
         session.flush()
     except StaleDataError:
