@@ -143,11 +143,11 @@ class PPOTrainer(TrainingRun):
                                           synced=is_fsdp2(policy) or is_sharded(acc))
         return self._generator
 
-    def sample_prompts(self, iteration: int) -> list[str]:
-        """Deterministic per iteration and process, so a resumed run draws the same prompts."""
+    def sample_prompts(self, iteration: int) -> list[list[int]]:
+        """Prompt ids, deterministic per iteration and process, so a resumed run draws the same prompts."""
         rng = random.Random(self.cfg.seed * 1_000_003 + iteration * 1009 + self.accelerator.process_index)
         pool = self.train_prompts
-        return [pool[rng.randrange(len(pool))] for _ in range(self.cfg.rollout_batch_size)]
+        return [self.fmt.prompt_ids(pool[rng.randrange(len(pool))]) for _ in range(self.cfg.rollout_batch_size)]
 
     def scores(self, batch: dict[str, Tensor], index: Tensor, mask: Tensor, has_eos: Tensor) -> Tensor:
         """s_t on the response grid: token rewards (fine-grained) or R(x, y) on the last token (sequence)."""
@@ -164,12 +164,6 @@ class PPOTrainer(TrainingRun):
             penalty = (~has_eos).float() * self.cfg.missing_eos_penalty
             s = s.scatter_add(1, last, -penalty[:, None])
         return s
-
-    @torch.no_grad()
-    def rollout(self, policy: Policy, value: RewardModel, prompts: list[str]) -> dict[str, Tensor]:
-        prompt_ids = [self.fmt.prompt_ids(p) for p in prompts]
-        responses = self.generator(policy)(prompt_ids)
-        return self.bookkeeping(policy, value, prompt_ids, responses)
 
     @torch.no_grad()
     def bookkeeping(self, policy: Policy, value: RewardModel, prompt_ids: list[list[int]],
@@ -278,7 +272,10 @@ class PPOTrainer(TrainingRun):
         self.run_dir.progress(iteration, cfg.num_iterations)
         while iteration < cfg.num_iterations:
             started = time.perf_counter()
-            data = self.rollout(policy, value, self.sample_prompts(iteration))
+            prompt_ids = self.sample_prompts(iteration)
+            responses = self.generator(policy)(prompt_ids)
+            generation_time = time.perf_counter() - started
+            data = self.bookkeeping(policy, value, prompt_ids, responses)
             logged = self.rollout_stats(data, self.kl.value)
             logged.update(self.update(policy, value, optimizer, params, data))
             if cfg.adaptive_kl:
@@ -287,6 +284,7 @@ class PPOTrainer(TrainingRun):
             bar.update(1)
             self.run_dir.progress(iteration, cfg.num_iterations, every_s=1.0)
             logged.update({"learning_rate": cfg.learning_rate, "iteration_time": time.perf_counter() - started,
+                           "generation_time": generation_time,
                            "episode": iteration * cfg.rollout_batch_size * acc.num_processes})
             if iteration % cfg.logging_steps == 0 or iteration == cfg.num_iterations:
                 self.run_dir.log(iteration, cfg.num_iterations, logged)

@@ -17,6 +17,10 @@ from training.config import missing_package
 LOCAL = "local"
 SLURM = "slurm"
 BACKENDS = (LOCAL, SLURM)
+# Backends whose jobs outlive the worker that started them (a Slurm job runs on without its worker): such
+# a job is never failed for its worker's silence; the next worker that serves the backend follows it.
+# A local job's processes die with their worker.
+OUTLIVE_WORKER = frozenset({SLURM})
 # Sharding strategies a job may ask for: the Accelerate config file under training/accelerate/, and the
 # package it needs beyond the `train` extra (None: torch has it).
 ACCELERATE_CONFIGS = Path(__file__).resolve().parents[2] / "training" / "accelerate"

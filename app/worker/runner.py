@@ -9,18 +9,19 @@ from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from sqlalchemy.orm import Session
 
 from app.models import Job, JobStatus
 from app.services import jobs
+from app.services.cluster import OUTLIVE_WORKER
 from app.services.export import stream_export
 from app.services.job_artifacts import is_resume_state
 from app.settings import Settings
 from app.worker import feed
-from app.worker.backends import Backend, BackendError, Execution, Launch
+from app.worker.backends import Backend, BackendError, Execution, FollowingBackend, Launch
 from app.worker.command import CommandBuilder
 from app.worker.tailer import LogTailer, MetricsTailer
 
@@ -55,8 +56,15 @@ class JobPaths:
         return self.root / "out"
 
 
+SHUTTING_DOWN = "worker shutting down"
+
+
 class JobLost(Exception):
-    """The job is no longer ours: reaped as stale, or ended by someone else."""
+    """The job is no longer ours: reaped as stale, ended by someone else, or adopted by another worker."""
+
+
+class JobReleased(Exception):
+    """This worker is stopping and left a job that outlives it to the next worker of its backend."""
 
 
 class JobRunner:
@@ -110,7 +118,7 @@ class JobRunner:
     # --- the run --------------------------------------------------------------------------------
 
     def run(self, job: Job) -> JobStatus | None:
-        """Run the job; returns its final status, or None when it was taken from us."""
+        """Run the job; returns its final status, or None when it was taken from us or left running."""
         paths = JobPaths.for_job(self.settings.artifacts_dir, job.id)
         try:
             self.prepare(job, paths)
@@ -121,7 +129,23 @@ class JobRunner:
         with self.session_factory() as session:
             jobs.set_run_paths(session, job.id, output_dir=str(paths.output), log_path=str(paths.log), pid=None)
         log_tail = LogTailer(paths.log, paths.log.stat().st_size if paths.log.exists() else 0)
-        launch = Launch(
+        launch = self._launch(job, paths)
+        return self._carry_out(job, launch, paths, lambda: self._run_step(job.backend, launch, paths.output, log_tail),
+                               log_tail)
+
+    def adopt(self, job: Job) -> JobStatus | None:
+        """Follow a running job whose worker is gone (jobs.adopt_orphaned_job) to its end: its step goes on
+        on the engine under its stored handle, its log is read on from where the last worker stored it."""
+        paths = JobPaths.for_job(self.settings.artifacts_dir, job.id)
+        log_tail = LogTailer(paths.log, job.log_offset)
+        launch = self._launch(job, paths)
+        # Adopted jobs are of backends that outlive their worker, with a stored handle (adopt_orphaned_job).
+        execution = cast(FollowingBackend, self.backends[job.backend]).follow(str(job.external_id))
+        return self._carry_out(job, launch, paths, lambda: self._watch_step(launch, execution, paths.output, log_tail),
+                               log_tail)
+
+    def _launch(self, job: Job, paths: JobPaths) -> Launch:
+        return Launch(
             job_id=job.id,
             program=self.command_for(job.kind, paths.config, paths.output),
             processes=job.num_processes,
@@ -129,18 +153,26 @@ class JobRunner:
             log=paths.log,
             slurm=jobs.slurm_request(job),
             sharding=jobs.worker_options(job).get("sharding", ""),
+            backend=job.backend,
         )
+
+    def _carry_out(self, job: Job, launch: Launch, paths: JobPaths, step_of: Callable[[], StepResult],
+                   log_tail: LogTailer) -> JobStatus | None:
+        """Run (or follow) the job's step, then a generate job's import, and record the end."""
         try:
-            step = self._run_step(job.backend, launch, paths.output, log_tail)
+            step = step_of()
             if step.ok and feed.requested(job):
                 step = self._feed(job, launch, paths, log_tail)
         except JobLost:
-            log.warning("job %s was taken from worker %s; its process was stopped", job.id, self.worker_id)
+            log.warning("job %s is no longer worker %s's", job.id, self.worker_id)
+            return None
+        except JobReleased:
+            log.info("job %s left running for the next %s worker", job.id, job.backend)
             return None
         return self._conclude(job.id, step, paths)
 
     def _run_step(self, backend_name: str, launch: Launch, output: Path, log_tail: LogTailer) -> StepResult:
-        """Run one training CLI step to its end (or until stopped); raises JobLost."""
+        """Start one training CLI step and watch it to its end (or until stopped); raises JobLost."""
         backend = self.backends.get(backend_name)
         if backend is None:  # claimed by backend, so only a job changed under us gets here
             return StepResult(None, "", f"this worker does not run {backend_name!r} jobs")
@@ -151,11 +183,23 @@ class JobRunner:
             return StepResult(None, "", f"could not start the {launch.step_name} step: {exc}")
         with self.session_factory() as session:
             jobs.set_handle(session, launch.job_id, backend_name, execution.handle)
+        return self._watch_step(launch, execution, output, log_tail)
+
+    def _watch_step(self, launch: Launch, execution: Execution, output: Path, log_tail: LogTailer) -> StepResult:
+        """Watch a started step to its end; raises JobLost, or JobReleased when this worker stops and the
+        step outlives it."""
         watch = _Watch(log_tail, MetricsTailer(output / "metrics.jsonl"))
+        outlives = launch.backend in OUTLIVE_WORKER
         try:
-            stop_reason = self._monitor(launch.job_id, execution, output, watch)
+            stop_reason = self._monitor(launch.job_id, execution, output, watch, release=outlives)
         except JobLost:
-            execution.kill()
+            if not (outlives and self._followed_elsewhere(launch.job_id)):
+                execution.kill()
+            raise
+        except JobReleased:
+            self._note(launch.job_id, execution)
+            self._ingest(launch.job_id, output, watch)
+            self._release(launch, execution)
             raise
         self._note(launch.job_id, execution)
         self._ingest(launch.job_id, output, watch, final=True)
@@ -188,8 +232,9 @@ class JobRunner:
         self._append_log(job.id, f"[redline] {summary}\n")
         return StepResult(0, "")
 
-    def _monitor(self, job_id: int, execution: Execution, output: Path, watch: _Watch) -> str:
-        """Watch until the step ends; returns why we stopped it ("" when it ended by itself)."""
+    def _monitor(self, job_id: int, execution: Execution, output: Path, watch: _Watch, *, release: bool) -> str:
+        """Watch until the step ends; returns why we stopped it ("" when it ended by itself). With
+        `release`, a worker shutting down leaves the step running (raises JobReleased) instead."""
         stop_reason, kill_at = "", None
         next_beat = 0.0
         while execution.poll() is None:
@@ -202,6 +247,8 @@ class JobRunner:
                 self.tick()
                 if not stop_reason:
                     stop_reason = self._stop_reason(job)
+                    if stop_reason == SHUTTING_DOWN and release:
+                        raise JobReleased(job_id)
                     if stop_reason:
                         self._append_log(job_id, f"\n[redline] {stop_reason}: {execution.terminate_note}\n")
                         execution.terminate()
@@ -217,7 +264,7 @@ class JobRunner:
         if job.cancel_requested:
             return "cancel requested"
         if self.should_stop():
-            return "worker shutting down"
+            return SHUTTING_DOWN
         return ""
 
     def _conclude(self, job_id: int, step: StepResult, paths: JobPaths) -> JobStatus | None:
@@ -255,8 +302,24 @@ class JobRunner:
         if not text and not rows:
             return
         with self.session_factory() as session:
+            # The offset and the text it covers commit together, so a worker that adopts the job stores no
+            # line twice. The UPDATE comes first: on SQLite it opens the transaction, which append_log's
+            # savepoint would otherwise open and, released, commit on its own.
+            jobs.set_log_offset(session, job_id, watch.log.offset)
             jobs.append_log(session, job_id, text)
             jobs.record_metrics(session, job_id, rows)
+
+    def _release(self, launch: Launch, execution: Execution) -> None:
+        note = (f"worker {self.worker_id} stopped; {launch.backend} job {execution.handle} goes on, and the next "
+                f"{launch.backend} worker follows it")
+        with self.session_factory() as session:
+            jobs.release_job(session, launch.job_id, self.worker_id, note)
+
+    def _followed_elsewhere(self, job_id: int) -> bool:
+        """Whether another worker has adopted the job (it is still running, under another worker)."""
+        with self.session_factory() as session:
+            job = session.get(Job, job_id)
+            return job is not None and job.status == JobStatus.RUNNING and job.worker_id != self.worker_id
 
     def _note(self, job_id: int, execution: Execution) -> None:
         notes = execution.notes()

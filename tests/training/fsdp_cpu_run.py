@@ -74,8 +74,10 @@ def ppo(model_dir: str, data: str, out: Path) -> None:
     optimizer = adamw(params, cfg.learning_rate, 0.0)
     # Each rank samples its own prompts, so responses end at different lengths: generation must keep
     # every rank stepping (a sharded forward is a collective).
-    data_ = trainer.rollout(models.policy, models.value, trainer.sample_prompts(0))
-    stats = trainer.update(models.policy, models.value, optimizer, params, data_)
+    prompt_ids = trainer.sample_prompts(0)
+    responses = trainer.generator(models.policy)(prompt_ids)
+    rollout = trainer.bookkeeping(models.policy, models.value, prompt_ids, responses)
+    stats = trainer.update(models.policy, models.value, optimizer, params, rollout)
     print(f"[fsdp] ppo update: loss/value_avg {stats['loss/value_avg']:.4f}", flush=True)
     trainer._checkpoint(models, optimizer, 1)
     reference(models.value, out / "reference-value.pt", trainer.accelerator.is_main_process)
