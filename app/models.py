@@ -524,6 +524,8 @@ class Job(Base):
     artifacts: Mapped[list[Any]] = mapped_column(default=list)
     eval: Mapped[dict[str, Any] | None] = mapped_column(Json)
     error: Mapped[str] = mapped_column(Text, default="")
+    # A job that runs as a chain (app/services/pipeline.py): each stage's name, status, detail and data.
+    stages: Mapped[list[Any]] = mapped_column(default=list, server_default="[]")
 
 
 class JobMetric(Base):

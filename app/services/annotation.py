@@ -251,9 +251,15 @@ def _from_suggestion(provenance: Provenance, suggestion_id: int | None, item_id:
     if suggestion_id is None:
         return provenance
     suggestion = yield from suggestions.suggestion_of_item(suggestion_id, item_id)
-    rate = analyse(tokenizer, suggestion.text.replace("\r\n", "\n"), text).stats.edit_rate
     return replace(provenance, editor_id=suggestion.editor_id, editor_model=suggestion.editor_model,
-                   prompt_version=suggestion.prompt_version, suggestion_used=True, human_vs_suggestion_rate=rate)
+                   prompt_version=suggestion.prompt_version, suggestion_used=True,
+                   human_vs_suggestion_rate=rate_on_suggestion(tokenizer, suggestion.text, text))
+
+
+def rate_on_suggestion(tokenizer: str, suggested: str, text: str) -> float:
+    """A person's edit rate relative to the suggestion they started from: their stored text measured
+    against the suggestion's, as any edit against its original."""
+    return analyse(tokenizer, suggested.replace("\r\n", "\n"), text).stats.edit_rate
 
 
 def _locking(lease_id: int, user: User, outcome: Outcome, text: str, metrics: EditorMetrics,

@@ -111,12 +111,12 @@ class EditImporter:
             item = queue.lock_item(self.session, item_id)
         else:
             item = self.session.get(Item, item_id)
-        lease_id = queue.lease_item(self.session, item, self.project, account)
-        if lease_id is None:
+        lease = queue.lease_item(self.session, item, self.project, account)
+        if lease is None:
             return (f"the item already has its {self.project.annotations_per_item} annotation(s), "
                     "or they are leased; nothing more can be added to it")
         try:
-            annotation.submit_in(self.session, lease_id, account, Outcome.EDITED, text)
+            annotation.submit_in(self.session, lease.id, account, Outcome.EDITED, text)
         except DomainError as exc:
             return str(exc)
         self.stored += 1

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from app.errors import Conflict
 from app.models import Job, JobLogChunk, JobMetric, JobStatus, User, as_utc, utcnow
+from app.services import audit, pipeline
 from app.services.cluster import LOCAL, OUTLIVE_WORKER, SlurmRequest
 
 FINISHED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
@@ -72,6 +73,7 @@ def create_job(session: Session, spec: JobSpec, actor: User | None) -> Job:
         backend=spec.backend,
         status=JobStatus.QUEUED,
         created_by_id=actor.id if actor else None,
+        stages=pipeline.initial_stages(spec.kind, options),
     )
     session.add(job)
     session.flush()
@@ -112,6 +114,27 @@ def request_cancel(session: Session, job_id: int) -> str:
     raise JobError(f"job {job_id} is already {job.status}")
 
 
+def resume_job(session: Session, job: Job, actor: User | None) -> None:
+    """Queue a failed or cancelled chain again (app/services/pipeline.py); its finished stages are kept and
+    the worker skips them."""
+    if not job.stages:
+        raise JobError(f"job {job.id} is a single run: start it again instead")
+    if job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
+        raise JobError(f"job {job.id} is {job.status}: only a failed or cancelled chain can be resumed")
+    stages = [entry if entry["status"] == pipeline.DONE else {**entry, "status": pipeline.PENDING}
+              for entry in job.stages]
+    queued = session.execute(
+        update(Job).where(Job.id == job.id, Job.status.in_([JobStatus.FAILED, JobStatus.CANCELLED]))
+        .values(status=JobStatus.QUEUED, stages=stages, cancel_requested=False, error="", finished_at=None,
+                worker_id=None, pid=None, external_id=None, heartbeat_at=None)
+    ).rowcount
+    if not queued:
+        raise JobError(f"job {job.id} changed meanwhile; reload the page")
+    kept = [entry["name"] for entry in stages if entry["status"] == pipeline.DONE]
+    audit.record(session, actor, "job.resume", "job", job.id, after={"kept": kept})
+    append_log(session, job.id, f"\n[redline] resumed; kept: {', '.join(kept) or 'nothing'}\n")
+
+
 def claim_next_job(session: Session, worker_id: str, backends: Iterable[str] = (LOCAL,)) -> Job | None:
     """Atomically take the oldest queued job of `backends` for `worker_id`; None when there is none.
 
@@ -148,8 +171,9 @@ def claim_next_job(session: Session, worker_id: str, backends: Iterable[str] = (
 def adopt_orphaned_job(
     session: Session, worker_id: str, backends: Iterable[str], stale_after_s: float
 ) -> Job | None:
-    """Take over the oldest running job of `backends` (those whose jobs outlive their worker) that has lost
-    its worker: released by a worker that stopped, or silent for `stale_after_s`. None when there is none.
+    """Take over the oldest running job of `backends` that outlives its worker (`outlives_worker`, with its
+    engine's handle stored) and has lost that worker: released by a worker that stopped, or silent for
+    `stale_after_s`. None when there is none.
 
     Like a claim, a conditional UPDATE on the worker seen, so two workers never adopt the same job, and
     the old worker, should it wake, finds the job no longer its own at its next heartbeat.
@@ -157,22 +181,16 @@ def adopt_orphaned_job(
     followed = [name for name in backends if name in OUTLIVE_WORKER]
     if not followed:
         return None
-    is_postgres = session.get_bind().dialect.name == "postgresql"
     cutoff = utcnow() - timedelta(seconds=stale_after_s)
     orphaned = (Job.worker_id.is_(None)) | (Job.heartbeat_at < cutoff)
-    while True:
-        query = (
-            select(Job.id, Job.worker_id)
-            .where(Job.status == JobStatus.RUNNING, Job.backend.in_(followed), Job.external_id.is_not(None), orphaned)
-            .order_by(Job.id)
-            .limit(1)
-        )
-        if is_postgres:
-            query = query.with_for_update(skip_locked=True)
-        found = session.execute(query).first()
-        if found is None:
-            return None
-        job_id, previous = found
+    candidates = session.execute(
+        select(Job.id, Job.worker_id, Job.stages)
+        .where(Job.status == JobStatus.RUNNING, Job.backend.in_(followed), Job.external_id.is_not(None), orphaned)
+        .order_by(Job.id)
+    ).all()
+    for job_id, previous, stages in candidates:
+        if stages:
+            continue  # a job of stages ends with its worker (outlives_worker)
         same_worker = Job.worker_id.is_(None) if previous is None else Job.worker_id == previous
         adopted = session.execute(
             update(Job)
@@ -186,6 +204,7 @@ def adopt_orphaned_job(
             job = session.get(Job, job_id)
             session.refresh(job)
             return job
+    return None
 
 
 def release_job(session: Session, job_id: int, worker_id: str, note: str) -> bool:
@@ -258,25 +277,30 @@ def finish_job(
     )
 
 
+def outlives_worker(job: Job) -> bool:
+    """Whether the job's process runs on without its worker, for another worker to follow: a job of one
+    step on a backend of cluster.OUTLIVE_WORKER (a Slurm job). A job of stages is driven stage by stage
+    by its worker, so it ends with it."""
+    return job.backend in OUTLIVE_WORKER and not job.stages
+
+
 def fail_stale_jobs(session: Session, stale_after_s: float) -> list[Job]:
-    """Mark failed every running job whose worker stopped heartbeating; returns them. Jobs that outlive
-    their worker (a submitted Slurm job) are left for a worker of their backend to adopt instead."""
+    """Mark failed every running job whose worker stopped heartbeating; returns them. A submitted job that
+    outlives its worker (`outlives_worker`) is left for a worker of its backend to adopt instead."""
     cutoff = utcnow() - timedelta(seconds=stale_after_s)
-    followable = Job.backend.in_(list(OUTLIVE_WORKER)) & Job.external_id.is_not(None)
     stale = session.execute(
-        select(Job.id, Job.worker_id, Job.heartbeat_at)
-        .where(Job.status == JobStatus.RUNNING, Job.heartbeat_at < cutoff, ~followable)
-        .order_by(Job.id)
-    ).all()
+        select(Job).where(Job.status == JobStatus.RUNNING, Job.heartbeat_at < cutoff).order_by(Job.id)
+    ).scalars().all()
     reaped = []
-    for job_id, worker_id, beat in stale:
+    for job_id, worker_id, beat in [(j.id, j.worker_id, j.heartbeat_at) for j in stale
+                                    if not (outlives_worker(j) and j.external_id)]:
         message = (
             f"worker {worker_id} stopped heartbeating (last heartbeat {beat:%Y-%m-%d %H:%M:%S} UTC, "
             f"more than {stale_after_s:g} s ago); the job's process was lost"
         )
         updated = session.execute(
             update(Job)
-            .where(Job.id == job_id, Job.status == JobStatus.RUNNING, Job.heartbeat_at < cutoff, ~followable)
+            .where(Job.id == job_id, Job.status == JobStatus.RUNNING, Job.heartbeat_at < cutoff)
             .values(status=JobStatus.FAILED, finished_at=utcnow(), error=message, pid=None)
         ).rowcount
         if updated:
@@ -335,12 +359,15 @@ def log_tail(session: Session, job_id: int, max_chars: int = 20_000) -> str:
 
 def record_metrics(session: Session, job_id: int, rows: Iterable[Mapping[str, Any]]) -> int:
     """Store numeric values of metrics.jsonl rows (each with "step"); a repeated (name, step) wins last."""
-    values = [
-        {"job_id": job_id, "step": int(row["step"]), "name": name, "value": float(value)}
+    # One row per (name, step), the last: Postgres refuses an upsert that names a row twice, and a job may
+    # write a step twice in one ingest round (an editor job's last progress row and its final one).
+    latest = {
+        (name, int(row["step"])): float(value)
         for row in rows
         for name, value in row.items()
         if name != "step" and isinstance(value, int | float) and not isinstance(value, bool)
-    ]
+    }
+    values = [{"job_id": job_id, "step": step, "name": name, "value": value} for (name, step), value in latest.items()]
     if not values:
         return 0
     dialect = session.get_bind().dialect.name

@@ -260,11 +260,11 @@ def _next(project_id: int, user: User, now: datetime) -> Steps[tuple[Project | N
     return project, None
 
 
-def lease_item(session: Session, item: Item, project: Project, user: User) -> int | None:
+def lease_item(session: Session, item: Item, project: Project, user: User) -> Lease | None:
     """Lease a chosen item to `user` with the queue's own statement (a free slot, re-counted), for a caller
-    that brings its edit for a known item (an import of edits) instead of asking for the next one. The
-    item must be locked (`lock_item`) or not yet visible to others; `user` must never have held it. Returns
-    the lease's id, or None when the item is not open or has no free slot."""
+    that works on known items (an import of edits, a pipeline's editor on its import) instead of asking
+    for the next one. The item must be locked (`lock_item`) or not yet visible to others; `user` must
+    never have held it. Returns the lease, or None when the item is not open or has no free slot."""
     if item.status != ItemStatus.OPEN:
         return None
     now = utcnow()
@@ -272,7 +272,7 @@ def lease_item(session: Session, item: Item, project: Project, user: User) -> in
               "expires_at": now + timedelta(seconds=project.lease_seconds)}
     row = session.execute(_LEASE_IF_SLOT_FREE, {
         **values, "now": now, "free_slots": project.annotations_per_item - item.completed_count}).first()
-    return None if row is None else row.id
+    return None if row is None else Lease(id=row.id, **values)
 
 
 async def next_task(db: Database, project_id: int, user: User) -> tuple[Project | None, Task | None]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import Integer, bindparam, func, select
 
 from app.driver import Steps, entity, labelled
 from app.errors import DomainError
@@ -60,3 +60,19 @@ def suggestion_of_item(suggestion_id: int, item_id: int) -> Steps[Suggestion]:
     if row is None:
         raise DomainError(f"suggestion_id: {suggestion_id} is not a suggestion for this item.")
     return entity(Suggestion, row)
+
+
+_STARTED_FROM = (
+    select(Suggestion.text)
+    .where(Suggestion.item_id == bindparam("item_id"),
+           Suggestion.editor_id.is_not_distinct_from(bindparam("editor_id", type_=Integer)))
+    .order_by(Suggestion.created_at.desc(), Suggestion.id.desc())
+    .limit(1)
+)
+
+
+def started_from(item_id: int, editor_id: int | None) -> Steps[str | None]:
+    """The text of the suggestion an edit of the item started from, by the editor the edit names (editor
+    None: the newest imported suggestion); None if it is gone (its editor was deleted)."""
+    row = yield _STARTED_FROM, {"item_id": item_id, "editor_id": editor_id}
+    return None if row is None else row.text

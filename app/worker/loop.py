@@ -77,6 +77,11 @@ class Worker:
         with self.session() as session:
             for job in jobs.fail_stale_jobs(session, self.settings.worker_stale_after_s):
                 log.warning("job %s failed: its worker stopped heartbeating", job.id)
+                backend = self.backends.get(job.backend)
+                if job.external_id and backend is not None:
+                    # A stage of a chain on Slurm outlives its worker but nobody follows it: stop it.
+                    backend.abandon(job.external_id)
+                    jobs.append_log(session, job.id, f"[redline] cancelled {job.backend} job {job.external_id}\n")
         webhooks.deliver_due(self.session)
 
     def run_once(self) -> bool:

@@ -129,3 +129,24 @@ def test_a_suggestion_accepted_as_it_is_moves_zero_and_one_of_no_change_says_so(
         "edited", True, 0.0)
     assert (edits[second].outcome, edits[second].suggestion_used, edits[second].human_vs_suggestion_rate) == (
         "no_change_needed", True, 0.0)
+
+
+def test_a_revised_edit_is_measured_against_its_suggestion_again(web_client, make_user, make_project, add_items,
+                                                                 login_as):
+    ann = make_user("ann")
+    project = make_project(n=1, members=[ann])
+    [item] = add_items(project, [("Capital?", ORIGINAL)])
+    suggestion = _suggest(item, _editor("smol"), OLDER, age_s=1)
+    csrf = login_as(web_client, "ann")
+    page = _next(web_client, csrf, project.id)
+    web_client.post(f"/annotate/task/{_lease_of(page)}/submit", data={
+        "csrf_token": csrf, "outcome": "edited", "text": OLDER + " Paris.", "suggestion_id": str(suggestion)})
+    with session_scope() as session:
+        edit = session.scalars(select(Edit)).one()
+    assert edit.human_vs_suggestion_rate == annotation.rate_on_suggestion(project.tokenizer, OLDER, OLDER + " Paris.")
+    revised = web_client.post(f"/my-work/{edit.id}", follow_redirects=False,
+                              data={"csrf_token": csrf, "text": OLDER, "version": str(edit.version)})
+    assert revised.status_code == 303, revised.text
+    with session_scope() as session:
+        edit = session.get(Edit, edit.id)
+    assert (edit.edited_text, edit.suggestion_used, edit.human_vs_suggestion_rate) == (OLDER, True, 0.0)

@@ -70,6 +70,9 @@ class Backend(Protocol):
     def start(self, launch: Launch) -> Execution:
         """Start the step; raises OSError (or BackendError) when it cannot be started."""
 
+    def abandon(self, handle: str) -> None:
+        """Stop a step whose worker was lost (its job was reaped as stale)."""
+
 
 class FollowingBackend(Backend, Protocol):
     """A backend whose steps outlive their worker (cluster.OUTLIVE_WORKER)."""

@@ -88,3 +88,6 @@ class LocalBackend:
         argv = launch_command(launch.program, placement)
         with launch.log.open("ab") as log_file:
             return LocalExecution(start_process(argv, log_file), argv)
+
+    def abandon(self, handle: str) -> None:
+        """Nothing to do: the process died with its worker (PR_SET_PDEATHSIG)."""

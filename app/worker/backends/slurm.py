@@ -241,3 +241,6 @@ class SlurmBackend:
     def follow(self, handle: str) -> SlurmExecution:
         return SlurmExecution(handle, self.settings.slurm_poll_s, f"following Slurm job {handle}")
 
+    def abandon(self, handle: str) -> None:
+        _run(["scancel", handle])
+

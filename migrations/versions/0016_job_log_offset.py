@@ -3,15 +3,15 @@
 A Slurm job outlives the worker that submitted it; the worker that adopts it goes on reading its log
 from this byte offset (stored in the same transaction as the log text), so no line is stored twice.
 
-Revision ID: 0015
-Revises: 0014
+Revision ID: 0016
+Revises: 0015
 Create Date: 2026-12-07
 """
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0015'
-down_revision = '0014'
+revision = '0016'
+down_revision = '0015'
 branch_labels = None
 depends_on = None
 
