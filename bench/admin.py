@@ -1,23 +1,25 @@
 """Benchmark `admin`: the admin pages at a million edits over a million items, on Postgres.
 
 Setup (not timed): a Postgres database (REDLINE_BENCH_ADMIN_PG_URL, default
-postgresql://postgres@127.0.0.1:5432/redline_bench_admin), migrated, filled once inside Postgres with
-generate_series and kept for later runs (dataset versions, jobs and sessions are cleared before each run): 1,000,000 items whose prompts are unique ("… (case 123456)") and whose responses are a
+postgresql://postgres@127.0.0.1:5432/redline_bench_admin), migrated and filled inside Postgres with
+generate_series: 1,000,000 items whose prompts are unique ("… (case 123456)") and whose responses are a
 few hundred real model-written responses reused round-robin, and one edit each (the `export`
 benchmark's analysed pairs: real labels, diffs and stats; outcomes, annotators and review states vary).
-The full-text index is built once after the load, as a restore would. The app then runs under uvicorn
+The full-text index is built once after the load, as a restore would. The filled database is kept for
+later runs (about 12 minutes to fill here); each run first clears what the last one added (dataset
+versions, jobs, sessions, audit events). The app then runs under uvicorn
 in a subprocess and is asked over HTTP by a logged-in admin, one request at a time:
 
 - dashboard: `GET /admin/dashboard`;
 - search: `GET /items?q=PHRASE` for phrases that pick one item, and with the edit filters
   (annotator, outcome, edit-rate range, review) on their own and combined with a phrase;
 - history: `GET /items/{id}` for random items;
-- freeze: a dataset version of all edits through `create_version` (rows/s).
+- freeze: a dataset version of all edits, as its job freezes it (`bench.common.timed_freeze`; rows/s).
 
 Goal (issue #18): dashboard, search and history p95 under 300 ms. JSON keys: dashboard_p95_ms,
 search_p95_ms, history_p95_ms, freeze_rows_per_s (and medians). Environment: REDLINE_BENCH_ADMIN_PG_URL,
 REDLINE_BENCH_ADMIN_ITEMS (default 1000000), REDLINE_BENCH_ADMIN_REQUESTS (default 40 per page kind),
-REDLINE_BENCH_ADMIN_FREEZE_ROWS (default 0: all edits; freezing is synchronous and slow, see the README).
+REDLINE_BENCH_ADMIN_FREEZE_ROWS (default 0: all edits), REDLINE_FREEZE_CONNECTIONS (the app's setting).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import httpx
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from bench.common import write_results
+from bench.common import timed_freeze, write_results
 from bench.export import PAIRS, START, _setup, analysed_pairs
 from bench.server import _ensure_database, _free_port, _start_server, _stop_server
 
@@ -203,18 +205,13 @@ def measure(url: str, figures: dict[str, float], notes: dict[str, str]) -> None:
                          f"{len(filters)} filters), {len(history)} history; one at a time, keep-alive")
 
 
-def freeze(url: str) -> tuple[int, float]:
-    from app.db import engine_for, session_scope
-    from app.services.datasets import DatasetFilter, create_version
-
+def freeze(url: str) -> tuple[int, float, str]:
     # Edit g was created at START + g seconds: the first FREEZE_ROWS edits are those created before that.
     until = START + timedelta(seconds=FREEZE_ROWS + 1) if FREEZE_ROWS else None
-    began = time.perf_counter()
-    with session_scope(engine_for(url)) as session:
-        version = create_version(session, DatasetFilter(
-            outcomes=["edited", "no_change_needed", "unfixable"], review_statuses=["accepted", "pending", "rejected"],
-            created_before=until), "all edits", None)
-    return version.row_count, time.perf_counter() - began
+    _, rows, seconds, how = timed_freeze(url, {
+        "outcomes": ["edited", "no_change_needed", "unfixable"], "review_statuses": ["accepted", "pending", "rejected"],
+        "created_before": until}, "all edits")
+    return rows, seconds, how
 
 
 def main() -> None:
@@ -231,9 +228,9 @@ def main() -> None:
     notes["setup"] = seed(url)
     reset(url)
     measure(url, figures, notes)
-    rows, freeze_s = freeze(url)
+    rows, freeze_s, how = freeze(url)
     figures["freeze_rows_per_s"] = rows / freeze_s
-    notes["freeze"] = f"{rows} rows in {freeze_s:.1f} s (synchronous create_version)"
+    notes["freeze"] = f"{rows} rows in {freeze_s:.1f} s ({how})"
     notes["machine"] = (f"{os.cpu_count()} cpus shared with other work; Postgres on the same host; 1-min load "
                         f"average {load_before:.1f} at start, {os.getloadavg()[0]:.1f} at end")
     write_results("admin", figures, notes)
