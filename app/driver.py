@@ -13,7 +13,10 @@ Why the second: on "Next" and submit, SQLAlchemy's own work per statement (cache
 processing) and the hop to the thread pool and back cost more than everything else the request does;
 measured with the same prebuilt statements, SQLAlchemy's async engine spent 7.4-8.4 ms of CPU per Next and
 submit against 4.2-5.1 ms here. The statements stay SQLAlchemy expressions, compiled once for the psycopg
-dialect, so each is written in one place and runs the same SQL either way.
+dialect, so each is written in one place and runs the same SQL either way. They are compiled with `$n`
+placeholders and sent on psycopg's raw cursor, which passes them through as they are: psycopg re-parses a
+`%(name)s` query at every execution once it has more than 50 parameters (a submit has more), and that
+parse alone cost a tenth of the server's CPU per cycle.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Protocol, TypeVar
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, AsyncRawCursor
 from psycopg.rows import namedtuple_row
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import (
@@ -51,7 +54,7 @@ Row = Any  # a row whose columns are attributes: SQLAlchemy's Row, psycopg's nam
 Step = tuple[Statement, dict[str, Any]]
 Steps = Generator[Step, Row | None, T]
 
-DIALECT = PGDialect_psycopg()
+DIALECT = PGDialect_psycopg(paramstyle="numeric_dollar")  # `$n`: the raw cursor's placeholders
 
 
 class Database(Protocol):
@@ -142,32 +145,34 @@ async def run_on_driver(conn: AsyncConnection, steps: Steps[T]) -> T:
         while True:
             statement, params = steps.send(row)
             compiled = compiled_for_driver(_statement_for(statement, DIALECT.name))
-            row = await (await conn.execute(compiled.sql, compiled.bind(params))).fetchone()
+            row = await (await AsyncRawCursor(conn).execute(compiled.sql, compiled.bind(params))).fetchone()
     except StopIteration as done:
         return done.value
 
 
 @dataclass(frozen=True)
 class DriverStatement:
-    """A statement's SQL for psycopg, the values of its constants, and its parameters' type conversions
-    (JSON, for instance): what SQLAlchemy would do at each execution, worked out once."""
+    """A statement's SQL for psycopg (`$n` placeholders), the parameter name of each placeholder, the values
+    of its constants, and its parameters' type conversions (JSON, for instance): what SQLAlchemy would do at
+    each execution, worked out once."""
 
     sql: str
+    order: tuple[str, ...]
     constants: dict[str, Any]
     processors: dict[str, Callable[[Any], Any]]
 
-    def bind(self, params: dict[str, Any]) -> dict[str, Any]:
+    def bind(self, params: dict[str, Any]) -> list[Any]:
         values = {**self.constants, **params}
         for name, process in self.processors.items():
             values[name] = process(values[name])
-        return values
+        return [values[name] for name in self.order]
 
 
 @lru_cache(maxsize=128)  # the hot statements are module constants: compiled once per process
 def compiled_for_driver(statement: Executable) -> DriverStatement:
-    """Only SQLAlchemy's public compiler API (`binds`, a bind's `expanding`, `literal_execute`, `required`,
-    `effective_value`, a type's `bind_processor`); tests/integration/test_driver.py checks that the SQL is
-    what SQLAlchemy itself sends."""
+    """Only SQLAlchemy's public compiler API (`binds`, `positiontup`, a bind's `expanding`, `literal_execute`,
+    `required`, `effective_value`, a type's `bind_processor`); tests/integration/test_driver.py checks that
+    the SQL is what SQLAlchemy itself sends, placeholders aside."""
     compiled = statement.compile(dialect=DIALECT)
     binds = compiled.binds  # by the name the SQL uses
     if any(bind.expanding or bind.literal_execute for bind in binds.values()):
@@ -176,7 +181,7 @@ def compiled_for_driver(statement: Executable) -> DriverStatement:
                   if (process := bind.type.dialect_impl(DIALECT).bind_processor(DIALECT)) is not None}
     constants = {name: bind.effective_value for name, bind in binds.items() if not bind.required}
     return DriverStatement(
-        compiled.string,
+        compiled.string, tuple(compiled.positiontup or ()),
         {name: processors.pop(name)(value) if name in processors else value for name, value in constants.items()},
         processors,
     )

@@ -21,7 +21,9 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    true,
 )
+from sqlalchemy import text as sql_text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -110,6 +112,13 @@ class AnnotatorKind(enum.StrEnum):
     HUMAN = "human"
     MODEL = "model"
     IMPORT = "import"
+
+
+def counted_kinds(model_edits_count: bool) -> tuple[AnnotatorKind, ...]:
+    """THE rule of whose completed edits count toward a project's N (`Project.model_edits_count`): people's
+    and imported ones always; a model editor's only where the project says so, else they come on top."""
+    everyone = tuple(AnnotatorKind)
+    return everyone if model_edits_count else tuple(kind for kind in everyone if kind != AnnotatorKind.MODEL)
 
 
 class PromptKind(enum.StrEnum):
@@ -224,6 +233,8 @@ class Project(Base):
     archived: Mapped[bool] = mapped_column(Boolean, default=False)
     # A rejected edit goes back to its annotator to revise (or give back), instead of the item to the queue.
     return_rejected: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Whether a model editor's edits count toward N (`counted_kinds`), or come on top of N people's edits.
+    model_edits_count: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
 
 
 class ProjectMember(Base):
@@ -308,6 +319,10 @@ class Edit(Base):
         Index("ix_edits_review_queue", "review_status", "outcome", "id"),
         # The dashboard's outcome counts and edit-rate histogram, from the index alone (migration 0010).
         Index("ix_edits_outcome_rate", "outcome", "edit_rate"),
+        # The dashboard's per-editor suggestion figures, from the edits that started from one (migration 0013;
+        # SQLite's predicate is written as SQLAlchemy writes the test, so its planner matches it).
+        Index("ix_edits_suggestion_used", "id", "editor_id", "human_vs_suggestion_rate", "item_id",
+              postgresql_where=sql_text("suggestion_used"), sqlite_where=sql_text("suggestion_used = 1")),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -424,7 +439,12 @@ class Suggestion(Base):
     """An editor's precomputed edit of an item, offered to the people who annotate it."""
 
     __tablename__ = "suggestions"
-    __table_args__ = (UniqueConstraint("item_id", "editor_id", name="uq_suggestions_item_editor"),)
+    __table_args__ = (
+        UniqueConstraint("item_id", "editor_id", name="uq_suggestions_item_editor"),
+        # An imported source (no editor) suggests once per item too (app.services.edit_import).
+        Index("uq_suggestions_item_source", "item_id", "source", unique=True,
+              postgresql_where=sql_text("editor_id IS NULL"), sqlite_where=sql_text("editor_id IS NULL")),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"))
@@ -471,7 +491,7 @@ class DatasetRow(Base):
 
     __tablename__ = "dataset_rows"
 
-    # No foreign keys (migration 0012): rows are written only by the freeze, in bulk, for a version it made and
+    # No foreign keys (migration 0016): rows are written only by the freeze, in bulk, for a version it made and
     # deletes them with (app/services/freeze.py). Keys cost a trigger per row, the version's locked its row once
     # per row from every writing connection, and edit_id's made deleting an edit scan all frozen rows.
     dataset_version_id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -479,7 +499,7 @@ class DatasetRow(Base):
     edit_id: Mapped[int | None] = mapped_column(BigId)  # the edit it was frozen from (it may be gone since)
     # The row's JSON text exactly as exported (one pairs-jsonl line), as `text`: it is built by Postgres
     # itself when freezing (app/services/freeze.py), so `json`'s parse on the way in would only re-check it.
-    # On Postgres the column is lz4-compressed and kept in the table's own pages (STORAGE MAIN, migration 0012).
+    # On Postgres the column is lz4-compressed and kept in the table's own pages (STORAGE MAIN, migration 0016).
     data: Mapped[str] = mapped_column(Text)
 
 
@@ -522,6 +542,8 @@ class Job(Base):
     artifacts: Mapped[list[Any]] = mapped_column(default=list)
     eval: Mapped[dict[str, Any] | None] = mapped_column(Json)
     error: Mapped[str] = mapped_column(Text, default="")
+    # A job that runs as a chain (app/services/pipeline.py): each stage's name, status, detail and data.
+    stages: Mapped[list[Any]] = mapped_column(default=list, server_default="[]")
 
 
 class JobMetric(Base):

@@ -1,4 +1,5 @@
-"""/api/v1/projects/{id}/items: import items, all or nothing, with every bad row reported."""
+"""/api/v1/projects/{id}/items: import items (and the edits they hold), all or nothing, with every bad row
+reported."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from app.api.schemas import ImportOut, ImportProblem, ItemsImport, Problem
 from app.deps import get_db
 from app.models import Project
 from app.services.datasets import MAX_ID
+from app.services.edit_import import EditSource
 from app.services.import_formats import map_row
 from app.services.importer import ImportRejected, import_records
 
@@ -34,9 +36,10 @@ def import_items(
     project = get_or_404(db, Project, project_id, "project")
     mapping = dict(body.mapping or {})
     records = (map_row(record, line, mapping) for line, record in enumerate(body.records, start=1))
+    edits = EditSource(body.edits_from, body.edits_as) if body.edits_from is not None else None
     try:
         result = import_records(db, project, records, filename=body.filename, fmt="records", mapping=mapping,
-                                actor=caller.user)
+                                actor=caller.user, edits=edits)
     except ImportRejected as exc:
         db.rollback()
         problem = ImportProblem(
@@ -46,4 +49,4 @@ def import_items(
         return JSONResponse(problem.model_dump(), status_code=422)
     db.commit()
     return ImportOut(batch_id=result.batch_id, imported=result.imported, duplicates=result.duplicates,
-                     rows=result.rows)
+                     rows=result.rows, edits=result.edits, edit_duplicates=result.edit_duplicates)

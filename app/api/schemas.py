@@ -19,7 +19,8 @@ class ProjectProgress(BaseModel):
     items_complete: int
     items_open: int
     annotations_needed: int = Field(description="items × annotations per item")
-    annotations_done: int = Field(description="completed annotations (edited, no change, unfixable)")
+    annotations_done: int = Field(description="completed annotations (edited, no change, unfixable) that count "
+                                  "toward N (model edits only where `model_edits_count`)")
     edits_by_outcome: dict[str, int]
     reviews_pending: int
     progress: float = Field(description="annotations_done / annotations_needed, 0..1")
@@ -32,6 +33,8 @@ class ProjectOut(BaseModel):
     tokenizer: str
     annotations_per_item: int
     minimality_budget: float
+    model_edits_count: bool = Field(description="Whether a model editor's edits count toward the item's N (true) "
+                                    "or come on top of N edits by people and imports (false).")
     archived: bool
     created_at: datetime
     progress: ProjectProgress
@@ -127,10 +130,18 @@ class ItemsImport(BaseModel):
         description="Objects with `prompt` and `response` (or the columns named in `mapping`); preference "
         "records (`prompt, chosen, rejected`) put `rejected` up for editing. Other keys go to the item's source.",
     )
-    mapping: dict[Literal["prompt", "response", "chosen"], str] | None = Field(
+    mapping: dict[Literal["prompt", "response", "chosen", "edited"], str] | None = Field(
         default=None, description='Which record keys hold the texts, e.g. {"prompt": "question"}.'
     )
     filename: str = Field(default="api", max_length=500, description="Recorded with the import batch.")
+    edits_from: str | None = Field(
+        default=None, max_length=48,
+        description="The records' `edited` texts are edits by this source: import them (else such records are "
+        "refused).",
+    )
+    edits_as: Literal["edits", "suggestions"] = Field(
+        default="edits", description="Completed edits by the account `import-SOURCE`, or suggestions."
+    )
 
 
 class ImportOut(BaseModel):
@@ -138,6 +149,8 @@ class ImportOut(BaseModel):
     imported: int
     duplicates: int
     rows: int
+    edits: int = Field(description="Edits (or suggestions) stored from the records' `edited` texts.")
+    edit_duplicates: int = Field(description="Edits this source had given before.")
 
 
 class RowProblem(BaseModel):

@@ -12,6 +12,10 @@ meanwhile is dropped unused. A lease this account still holds from a killed run 
 after a crash nothing is lost, and the queue never offers an item twice to one account, so nothing is
 edited twice.
 
+With `batch_id` (the FIGA pipeline's revise stage) the job works only the items of that import batch:
+it leases each of them with the queue's own leasing statement (`queue.lease_item`, on the locked item)
+instead of "Next", which would hand out the project's other items too; everything else is the same.
+
 An answer the model gets wrong for good (empty, cut off) fails only its item: the account skips it with
 the reason, as a person would. An endpoint that keeps failing after the retries (down, timing out,
 refusing) stops the job instead, before it burns through the queue; the lease in hand is kept, and the
@@ -123,15 +127,34 @@ def _target(item: Item, project: Project) -> Target:
     return Target(item.prompt, item.original, project.tokenizer, project.minimality_budget, project.guidelines_md)
 
 
-def _upcoming(session: Session, project: Project, account_id: int, skip: set[int], limit: int) -> list[Item]:
+def _in_scope(query, project_id: int, batch_id: int | None):
+    """The job's items: the project's, or only those of one import batch."""
+    query = query.where(Item.project_id == project_id)
+    return query if batch_id is None else query.where(Item.import_batch_id == batch_id)
+
+
+def _upcoming(session: Session, project: Project, account_id: int, skip: set[int], limit: int,
+              batch_id: int | None = None) -> list[Item]:
     """The items the queue is likely to hand this account next (the queue itself decides)."""
     held = select(Lease.item_id).where(Lease.annotator_id == account_id)
-    query = (
-        select(Item).where(Item.project_id == project.id, Item.status == ItemStatus.OPEN,
-                           Item.completed_count < project.annotations_per_item, Item.id.not_in(held))
-        .order_by(Item.id).limit(limit + len(skip))
-    )
+    query = _in_scope(
+        select(Item).where(Item.status == ItemStatus.OPEN, Item.completed_count < project.annotations_per_item,
+                           Item.id.not_in(held)),
+        project.id, batch_id,
+    ).order_by(Item.id).limit(limit + len(skip))
     return [item for item in session.scalars(query) if item.id not in skip][:limit]
+
+
+def _lease_in_batch(session: Session, project: Project, account: User, batch_id: int) -> queue.Task | None:
+    """The next item of the batch this account never held, leased to it (None when none is left)."""
+    tried: set[int] = set()
+    while candidates := _upcoming(session, project, account.id, tried, queue.CANDIDATE_TRIES, batch_id):
+        for candidate in candidates:
+            tried.add(candidate.id)
+            item = queue.lock_item(session, candidate.id)
+            if (lease := queue.lease_item(session, item, project, account)) is not None:
+                return queue.Task(lease, item, project)
+    return None
 
 
 def _left_behind(session: Session, project_id: int, account_id: int) -> list[queue.Task]:
@@ -146,13 +169,13 @@ def _left_behind(session: Session, project_id: int, account_id: int) -> list[que
     return [queue.Task(*row) for row in rows]
 
 
-def _remaining(session: Session, project: Project, account_id: int) -> int:
+def _remaining(session: Session, project: Project, account_id: int, batch_id: int | None = None) -> int:
     held = select(Lease.item_id).where(Lease.annotator_id == account_id, Lease.state.in_(
         (LeaseState.SUBMITTED, LeaseState.SKIPPED)))
-    return session.scalar(
-        select(func.count()).select_from(Item)
-        .where(Item.project_id == project.id, Item.status == ItemStatus.OPEN, Item.id.not_in(held))
-    ) or 0
+    return session.scalar(_in_scope(
+        select(func.count()).select_from(Item).where(Item.status == ItemStatus.OPEN, Item.id.not_in(held)),
+        project.id, batch_id,
+    )) or 0
 
 
 @dataclass(frozen=True)
@@ -163,6 +186,7 @@ class JobContext:
     project: Project
     template: PromptTemplate
     limit: int | None
+    batch_id: int | None = None  # only this import batch's items (the FIGA pipeline's revise stage)
 
     def provenance(self, proposal: Proposal) -> Provenance:
         return Provenance(editor_id=self.editor.id, editor_model=proposal.model,
@@ -196,7 +220,7 @@ class Annotator:
         want = 2 * self.client.config.max_concurrency - len(self.ahead)
         if want <= 0:
             return
-        items = await _db(_upcoming, self.ctx.project, self.ctx.account.id, set(self.ahead), want)
+        items = await _db(_upcoming, self.ctx.project, self.ctx.account.id, set(self.ahead), want, self.ctx.batch_id)
         for item in items:
             self.ahead[item.id] = self._ask(item)
 
@@ -237,9 +261,22 @@ class Annotator:
             self.report.tally.done += 1
 
     async def _lease(self) -> queue.Task | None:
+        if self.ctx.batch_id is not None:
+            return await _db(_lease_in_batch, self.ctx.project, self.ctx.account, self.ctx.batch_id)
         return (await queue.next_task(self.db, self.ctx.project.id, self.ctx.account))[1]
 
     async def run(self) -> None:
+        try:
+            await self._work()
+        finally:
+            # Answers asked ahead and not used: cancelled and collected, also when the endpoint went down
+            # (else each failed one ends the process with a "never retrieved" traceback after the reason).
+            for pending in self.ahead.values():
+                pending.cancel()
+            await asyncio.gather(*self.ahead.values(), return_exceptions=True)
+            self.report.tally.unused += len(self.ahead)
+
+    async def _work(self) -> None:
         for task in await _db(_left_behind, self.ctx.project.id, self.ctx.account.id):
             self.report.log(f"item {task.item.id}: resuming the lease a previous run left")
             await self._finish(task)
@@ -253,9 +290,6 @@ class Annotator:
                 break
             await self._finish(task)
             self.report.counted()
-        for pending in self.ahead.values():
-            pending.cancel()
-        self.report.tally.unused += len(self.ahead)
 
 
 # --- suggest mode ---------------------------------------------------------------------------------
@@ -315,9 +349,12 @@ def load_context(session: Session, config: dict[str, Any]) -> JobContext:
     project = session.get(Project, int(config["project_id"]))
     if project is None:
         raise NotFound(f"project {config['project_id']} does not exist")
-    limit = config.get("limit")
+    limit, batch_id = config.get("limit"), config.get("batch_id")
+    if batch_id is not None and config.get("mode", "annotate") != "annotate":
+        raise SystemExit("config: batch_id works in annotate mode only")
     return JobContext(int(config["job_id"]), editor, session.get(User, editor.user_id), project,
-                      service.template(editor), int(limit) if limit else None)
+                      service.template(editor), int(limit) if limit else None,
+                      int(batch_id) if batch_id is not None else None)
 
 
 async def run_job(config: dict[str, Any], output: Path) -> Tally:
@@ -328,7 +365,7 @@ async def run_job(config: dict[str, Any], output: Path) -> Tally:
         ctx = load_context(session, config)
         endpoint = service.endpoint(ctx.editor)
         items = _unsuggested(session, ctx.project.id, ctx.editor.id, ctx.limit) if mode == "suggest" else []
-        total = len(items) if mode == "suggest" else _remaining(session, ctx.project, ctx.account.id)
+        total = len(items) if mode == "suggest" else _remaining(session, ctx.project, ctx.account.id, ctx.batch_id)
     if ctx.limit is not None:
         total = min(total, ctx.limit)
     client = EditorClient(endpoint)

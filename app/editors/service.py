@@ -27,10 +27,10 @@ from app.models import (
     Project,
     ProjectMember,
     PromptKind,
-    Role,
     User,
 )
 from app.services import audit, jobs
+from app.services.users import create_service_account
 from app.settings import get_settings
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{2,48}$")
@@ -109,11 +109,7 @@ def create_editor(session: Session, settings: EditorSettings, actor: User | None
     account = ACCOUNT_PREFIX + name
     if session.scalar(select(User.id).where(User.username == account)):
         raise EditorError(f"name: the account {account!r} exists already; choose another name")
-    # No usable password: "!" is no argon2 hash, so nobody can log in as the editor.
-    user = User(username=account, display_name=f"Model editor {name}", role=Role.ANNOTATOR.value,
-                kind=AnnotatorKind.MODEL.value, password_hash="!", is_active=True)
-    session.add(user)
-    session.flush()
+    user = create_service_account(session, account, f"Model editor {name}", AnnotatorKind.MODEL)
     editor = ModelEditor(user_id=user.id, created_by_id=actor.id if actor else None)
     _apply(editor, settings)
     session.add(editor)

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from app.deps import get_db, require_roles
 from app.errors import NotFound
 from app.models import ImportBatch, Item, Project, Role, User
+from app.services import edit_import
 from app.services import projects as project_service
 from app.services.import_formats import FORMATS, FormatError, import_file
 from app.services.importer import ImportRejected
@@ -23,12 +24,12 @@ admin_only = require_roles(Role.ADMIN)
 
 def _settings_from_form(
     name: str, tokenizer: str, annotations_per_item: int, minimality_budget: float, lease_minutes: float | None,
-    guidelines_md: str, description: str, return_rejected: bool = False,
+    guidelines_md: str, description: str, return_rejected: bool = False, model_edits_count: bool = True,
 ) -> project_service.ProjectSettings:
     settings = project_service.ProjectSettings(
         name=name, tokenizer=tokenizer, annotations_per_item=annotations_per_item,
         minimality_budget=minimality_budget, guidelines_md=guidelines_md, description=description,
-        return_rejected=return_rejected,
+        return_rejected=return_rejected, model_edits_count=model_edits_count,
     )
     if lease_minutes is not None:  # else the deployment's default (REDLINE_LEASE_SECONDS_DEFAULT)
         settings.lease_seconds = round(lease_minutes * 60)
@@ -48,10 +49,12 @@ class ProjectForm:
         guidelines_md: str = Form(""),
         description: str = Form(""),
         return_rejected: bool = Form(False),
+        # A select, not a checkbox: a form without the field keeps the default instead of turning it off.
+        model_edits_count: bool = Form(True),
     ) -> None:
         self.settings = _settings_from_form(
             name, tokenizer, annotations_per_item, minimality_budget, lease_minutes, guidelines_md, description,
-            return_rejected,
+            return_rejected, model_edits_count,
         )
 
 
@@ -96,6 +99,7 @@ def _detail_page(request: Request, db: Session, project: Project, *, status_code
     return render(
         request, "admin/project.html", status_code=status_code, title=project.name, project=project,
         people=people, members=project_service.member_ids(db, project.id), batches=batches, formats=FORMATS,
+        edit_modes=edit_import.MODES, source_pattern=edit_import.NAME_PATTERN,
         max_upload_mb=get_settings().max_upload_mb, page_url=f"/admin/projects/{project.id}", **context,
     )
 
@@ -160,6 +164,9 @@ def upload(
     map_prompt: str = Form(""),
     map_response: str = Form(""),
     map_chosen: str = Form(""),
+    map_edited: str = Form(""),
+    edits_from: str = Form(""),
+    edits_as: str = Form(edit_import.EDITS),
     admin: User = Depends(admin_only),
     db: Session = Depends(get_db),
 ) -> Response:
@@ -169,14 +176,15 @@ def upload(
         return _detail_page(request, db, project, status_code=413, flash_kind="error",
                             flash=f"The file is larger than the {get_settings().max_upload_mb} MB upload limit.")
     mapping = {k: v.strip() for k, v in (("prompt", map_prompt), ("response", map_response),
-                                          ("chosen", map_chosen)) if v.strip()}
+                                          ("chosen", map_chosen), ("edited", map_edited)) if v.strip()}
+    edits = edit_import.EditSource(edits_from.strip(), edits_as) if edits_from.strip() else None
     try:
         result = import_file(db, project, file.file, filename=file.filename or "upload", fmt=fmt or None,
-                             mapping=mapping, actor=admin)
-    except (ImportRejected, FormatError) as exc:
+                             mapping=mapping, actor=admin, edits=edits)
+    except (ImportRejected, FormatError, edit_import.EditSourceError) as exc:
         db.rollback()
         return _detail_page(request, db, project, status_code=exc.status_code, flash=str(exc), flash_kind="error",
                             import_errors=getattr(exc, "errors", None))
     db.commit()
-    message = f"Imported {result.imported} item(s); {result.duplicates} duplicate(s) skipped"
+    message = f"Imported {result.imported} item(s); {result.duplicates} duplicate(s) skipped{result.edits_note}"
     return RedirectResponse(f"/admin/projects/{project_id}?done={message}", status_code=303)

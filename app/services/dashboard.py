@@ -1,6 +1,6 @@
 """Figures for the admin dashboard: progress, per-annotator effort, throughput, edit rates, agreement,
-queue health and recent audit events. Heavy figures look at a bounded recent window, so the page stays
-fast on large projects."""
+the quality of each model editor, queue health and recent audit events. Heavy figures look at a bounded
+recent window, so the page stays fast on large projects."""
 
 from __future__ import annotations
 
@@ -10,17 +10,19 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from itertools import combinations
 
-from sqlalchemy import case, func, select
+from sqlalchemy import case, exists, func, select
 from sqlalchemy.orm import Session
 
 from app.models import (
     COMPLETED_OUTCOMES,
+    AnnotatorKind,
     AuditEvent,
     Edit,
     Item,
     ItemStatus,
     Lease,
     LeaseState,
+    ModelEditor,
     Outcome,
     Project,
     ReviewStatus,
@@ -34,6 +36,7 @@ RECENT_EDITS = 50_000  # window for per-annotator medians
 AGREEMENT_ITEMS = 500  # most recent multiply-annotated items (among the RECENT_EDITS) compared
 RATE_BINS = [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.75, 1.0]
 DONE = [o.value for o in COMPLETED_OUTCOMES]
+COMPARED = [Outcome.EDITED.value, Outcome.NO_CHANGE_NEEDED.value]  # outcomes whose token labels are compared
 
 
 @dataclass
@@ -188,6 +191,32 @@ def _kappa(table: Counter) -> float | None:
     return 1.0 if expected == 1 else (observed - expected) / (1 - expected)
 
 
+@dataclass
+class EditorQuality:
+    """How one model editor's work compares with people's (docs/editors.md, "Quality on the dashboard")."""
+
+    name: str
+    model: str
+    shared: Agreement = field(default_factory=lambda: Agreement(0, 0, None, None))  # its edits vs people's
+    suggested: int = 0  # people's edits that started from its suggestion
+    unchanged: float | None = None  # share of those that kept the suggestion as it was
+    mean_rate_on_suggestion: float | None = None  # people's mean edit rate on top of its suggestion
+
+
+def _pooled(pairs: list[tuple[list[int], list[int]]], items: int) -> Agreement:
+    """Token-label agreement pooled over (a, b) label lists of the same original, and Cohen's kappa of
+    "changed vs kept"; pairs labelled with different tokenizers are not comparable and left out."""
+    same = total = compared = 0
+    table: Counter = Counter()
+    for a, b in pairs:
+        if len(a) != len(b):
+            continue
+        s, n, changed = _pair_agreement(a, b)
+        same, total, compared = same + s, total + n, compared + 1
+        table += changed
+    return Agreement(compared, items, same / total if total else None, _kappa(table))
+
+
 def agreement(session: Session, project_id: int | None) -> Agreement:
     """Token-label agreement between annotators on the original tokens of the same item."""
     # Among the latest RECENT_EDITS edits only: grouping every edit ever made by item cost seconds at a million.
@@ -206,16 +235,83 @@ def agreement(session: Session, project_id: int | None) -> Agreement:
     )
     for item_id, labels in rows:
         by_item[item_id].append(labels.get("original_labels", []))
-    same = total = pairs = 0
-    table: Counter = Counter()
-    for label_sets in by_item.values():
-        for a, b in combinations(label_sets, 2):
-            if len(a) != len(b):
-                continue  # labelled with different tokenizers: not comparable
-            s, n, changed = _pair_agreement(a, b)
-            same, total, pairs = same + s, total + n, pairs + 1
-            table += changed
-    return Agreement(pairs, len(by_item), same / total if total else None, _kappa(table))
+    return _pooled([pair for label_sets in by_item.values() for pair in combinations(label_sets, 2)], len(by_item))
+
+
+def _suggestion_figures(session: Session, project_id: int | None, rows: dict[int | None, EditorQuality]) -> None:
+    """Per editor, aggregated in the database over the latest RECENT_EDITS edits that started from a
+    suggestion (a partial index holds just those): how many, the share kept unchanged, the mean edit rate."""
+    recent = _scoped_via_item(
+        select(Edit.editor_id, Edit.human_vs_suggestion_rate.label("rate"))
+        .where(Edit.suggestion_used, Edit.human_vs_suggestion_rate.is_not(None))
+        .order_by(Edit.id.desc()).limit(RECENT_EDITS),
+        Edit.item_id, project_id,
+    ).subquery()
+    figures = session.execute(
+        select(recent.c.editor_id, func.count(), func.sum(case((recent.c.rate == 0, 1), else_=0)),
+               func.avg(recent.c.rate))
+        .group_by(recent.c.editor_id)
+    )
+    for editor_id, count, unchanged, mean in figures:
+        if editor_id in rows:  # None: suggestions imported from a named source, not an editor's
+            row = rows[editor_id]
+            row.suggested, row.unchanged, row.mean_rate_on_suggestion = count, unchanged / count, float(mean)
+
+
+def _shared_figures(session: Session, project_id: int | None, accounts: dict[int, EditorQuality]) -> None:
+    """Per editor, its edits against people's independent edits (not started from a suggestion) of the same
+    item: the latest AGREEMENT_ITEMS such items among the latest RECENT_EDITS edits, found in the
+    database; their stored original-token labels compared here."""
+    recent = _scoped_via_item(
+        select(Edit.id, Edit.item_id, Edit.annotator_id, (User.kind == AnnotatorKind.HUMAN.value).label("human"),
+               Edit.suggestion_used)
+        .join(User, User.id == Edit.annotator_id).where(Edit.outcome.in_(COMPARED))
+        .order_by(Edit.id.desc()).limit(RECENT_EDITS),
+        Edit.item_id, project_id,
+    ).cte("recent")
+    person = recent.alias("person")
+    independent = (person.c.human, ~person.c.suggestion_used)
+    shared = session.execute(
+        select(recent.c.annotator_id, recent.c.item_id)
+        .where(recent.c.annotator_id.in_(list(accounts)),
+               exists().where(person.c.item_id == recent.c.item_id, *independent))
+        .order_by(recent.c.id.desc())
+    )
+    items: dict[int, list[int]] = defaultdict(list)
+    for account, item_id in shared:
+        if len(items[account]) < AGREEMENT_ITEMS:
+            items[account].append(item_id)
+    if not items:
+        return
+    labels = session.execute(
+        select(Edit.item_id, Edit.annotator_id, User.kind, Edit.token_labels["original_labels"])
+        .join(User, User.id == Edit.annotator_id)
+        .where(Edit.item_id.in_({i for ids in items.values() for i in ids}), Edit.outcome.in_(COMPARED),
+               ((User.kind == AnnotatorKind.HUMAN.value) & ~Edit.suggestion_used) | Edit.annotator_id.in_(list(items)))
+    )
+    people: dict[int, list[list[int]]] = defaultdict(list)
+    models: dict[tuple[int, int], list[int]] = {}
+    for item_id, annotator_id, kind, original_labels in labels:
+        if annotator_id in items:
+            models[(annotator_id, item_id)] = original_labels or []
+        elif kind == AnnotatorKind.HUMAN:
+            people[item_id].append(original_labels or [])
+    for account, ids in items.items():
+        pairs = [(models[(account, i)], theirs) for i in ids if (account, i) in models for theirs in people[i]]
+        accounts[account].shared = _pooled(pairs, len(ids))
+
+
+def editor_quality(session: Session, project_id: int | None) -> list[EditorQuality]:
+    """For each model editor: agreement of its edits with people's on the same items, and how people
+    used its suggestions (accepted unchanged, edit rate on top)."""
+    editors = session.execute(
+        select(ModelEditor.id, ModelEditor.user_id, ModelEditor.name, ModelEditor.model).order_by(ModelEditor.name)
+    ).all()
+    rows = {editor_id: EditorQuality(name, model) for editor_id, _, name, model in editors}
+    if rows:
+        _suggestion_figures(session, project_id, rows)
+        _shared_figures(session, project_id, {account: rows[editor_id] for editor_id, account, _, _ in editors})
+    return list(rows.values())
 
 
 def queue_health(session: Session, project_id: int | None) -> QueueHealth:

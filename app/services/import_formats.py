@@ -2,7 +2,8 @@
 
 A mapping names the file's columns: `{"prompt": "question", "response": "answer"}`. Without one the
 usual names are recognised. Preference files (`prompt, chosen, rejected`) put `rejected` up for editing
-and keep `chosen` in the item's source. Every other column is kept in `source` too. Rows are read one
+and keep `chosen` in the item's source. An `edited` column (or the one mapped to `edited`) holds edits
+the file already has (app.services.edit_import). Every other column is kept in `source` too. Rows are read one
 at a time (Parquet: one record batch at a time), so files of any size import in flat memory.
 """
 
@@ -21,11 +22,14 @@ from sqlalchemy.orm import Session
 
 from app.errors import DomainError
 from app.models import ImportBatch, Project, User
+from app.services.edit_import import EditSource
 from app.services.importer import ImportResult, import_records
 
 FORMATS = ("jsonl", "csv", "parquet")
 PROMPT_NAMES = ("prompt", "instruction", "question", "input")
 RESPONSE_NAMES = ("response", "completion", "output", "answer")
+EDITED_NAME = "edited"
+MAPPABLE = ("prompt", "response", "chosen", "edited")
 
 
 class FormatError(DomainError):
@@ -52,8 +56,9 @@ def parse_mapping(pairs: list[str] | str | None) -> dict[str, str]:
     mapping = {}
     for item in (i.strip() for i in items if i.strip()):
         key, sep, column = item.partition("=")
-        if not sep or key.strip() not in ("prompt", "response", "chosen") or not column.strip():
-            raise FormatError(f"mapping entry {item!r}: write prompt=COLUMN, response=COLUMN or chosen=COLUMN")
+        if not sep or key.strip() not in MAPPABLE or not column.strip():
+            raise FormatError(f"mapping entry {item!r}: write prompt=COLUMN, response=COLUMN, chosen=COLUMN "
+                              "or edited=COLUMN")
         mapping[key.strip()] = column.strip()
     return mapping
 
@@ -65,13 +70,14 @@ def _pick(columns: list[str], mapping: dict[str, str], key: str, names: tuple[st
 
 
 def resolve_columns(columns: list[str], mapping: dict[str, str]) -> dict[str, str | None]:
-    """Which file column feeds prompt, response and chosen."""
+    """Which file column feeds prompt, response, chosen and edited."""
     preference = "rejected" in columns and "response" not in mapping
     response = "rejected" if preference else _pick(columns, mapping, "response", RESPONSE_NAMES)
     return {
         "prompt": _pick(columns, mapping, "prompt", PROMPT_NAMES),
         "response": response,
         "chosen": mapping.get("chosen") or ("chosen" if preference else None),
+        "edited": mapping.get("edited") or (EDITED_NAME if EDITED_NAME in columns else None),
     }
 
 
@@ -82,13 +88,18 @@ def map_row(row: dict[str, Any], line: int, mapping: dict[str, str]) -> dict[str
               "; set a field mapping")
         for key in ("prompt", "response") if columns[key] is None or columns[key] not in row
     ]
+    if "edited" in mapping and mapping["edited"] not in row:
+        missing.append(("edited", f"no column {mapping['edited']}; check the field mapping"))
     if missing:
         return {"_line": line, "_error": missing}
     used = {c for c in columns.values() if c}
     source = {k: v for k, v in row.items() if k not in used and v not in (None, "")}
     if columns["chosen"]:
         source["chosen"] = row.get(columns["chosen"])
-    return {"_line": line, "prompt": row[columns["prompt"]], "response": row[columns["response"]], "source": source}
+    record = {"_line": line, "prompt": row[columns["prompt"]], "response": row[columns["response"]], "source": source}
+    if columns["edited"]:
+        record["edited"] = row[columns["edited"]]
+    return record
 
 
 # Bytes that are not UTF-8 are decoded to lone surrogates (U+DC80-U+DCFF) so the row can still be
@@ -195,15 +206,16 @@ def file_sha256(stream: BinaryIO) -> str:
 
 def import_file(
     session: Session, project: Project, stream: BinaryIO, *, filename: str, fmt: str | None = None,
-    mapping: dict[str, str] | None = None, actor: User | None = None,
+    mapping: dict[str, str] | None = None, actor: User | None = None, edits: EditSource | None = None,
 ) -> ImportResult:
-    """Import a seekable binary file in the caller's transaction (raises ImportRejected / FormatError)."""
+    """Import a seekable binary file in the caller's transaction (raises ImportRejected / FormatError);
+    with `edits`, the edits of its `edited` column too."""
     fmt = detect_format(filename, fmt)
     mapping = mapping or {}
     digest = file_sha256(stream)
     result = import_records(
         session, project, read_records(stream, fmt, mapping), filename=filename, fmt=fmt, mapping=mapping,
-        actor=actor,
+        actor=actor, edits=edits,
     )
     session.get(ImportBatch, result.batch_id).file_sha256 = digest
     return result

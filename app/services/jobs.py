@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from app.errors import Conflict
 from app.models import Job, JobLogChunk, JobMetric, JobStatus, User, as_utc, utcnow
+from app.services import audit, pipeline
 from app.services.cluster import LOCAL, SlurmRequest
 
 FINISHED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
@@ -72,6 +73,7 @@ def create_job(session: Session, spec: JobSpec, actor: User | None) -> Job:
         backend=spec.backend,
         status=JobStatus.QUEUED,
         created_by_id=actor.id if actor else None,
+        stages=pipeline.initial_stages(spec.kind, options),
     )
     session.add(job)
     session.flush()
@@ -110,6 +112,27 @@ def request_cancel(session: Session, job_id: int) -> str:
     if job is None:
         raise JobError(f"job {job_id} does not exist")
     raise JobError(f"job {job_id} is already {job.status}")
+
+
+def resume_job(session: Session, job: Job, actor: User | None) -> None:
+    """Queue a failed or cancelled chain again (app/services/pipeline.py); its finished stages are kept and
+    the worker skips them."""
+    if not job.stages:
+        raise JobError(f"job {job.id} is a single run: start it again instead")
+    if job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
+        raise JobError(f"job {job.id} is {job.status}: only a failed or cancelled chain can be resumed")
+    stages = [entry if entry["status"] == pipeline.DONE else {**entry, "status": pipeline.PENDING}
+              for entry in job.stages]
+    queued = session.execute(
+        update(Job).where(Job.id == job.id, Job.status.in_([JobStatus.FAILED, JobStatus.CANCELLED]))
+        .values(status=JobStatus.QUEUED, stages=stages, cancel_requested=False, error="", finished_at=None,
+                worker_id=None, pid=None, external_id=None, heartbeat_at=None)
+    ).rowcount
+    if not queued:
+        raise JobError(f"job {job.id} changed meanwhile; reload the page")
+    kept = [entry["name"] for entry in stages if entry["status"] == pipeline.DONE]
+    audit.record(session, actor, "job.resume", "job", job.id, after={"kept": kept})
+    append_log(session, job.id, f"\n[redline] resumed; kept: {', '.join(kept) or 'nothing'}\n")
 
 
 def claim_next_job(session: Session, worker_id: str, backends: Iterable[str] = (LOCAL,)) -> Job | None:
@@ -273,12 +296,15 @@ def log_tail(session: Session, job_id: int, max_chars: int = 20_000) -> str:
 
 def record_metrics(session: Session, job_id: int, rows: Iterable[Mapping[str, Any]]) -> int:
     """Store numeric values of metrics.jsonl rows (each with "step"); a repeated (name, step) wins last."""
-    values = [
-        {"job_id": job_id, "step": int(row["step"]), "name": name, "value": float(value)}
+    # One row per (name, step), the last: Postgres refuses an upsert that names a row twice, and a job may
+    # write a step twice in one ingest round (an editor job's last progress row and its final one).
+    latest = {
+        (name, int(row["step"])): float(value)
         for row in rows
         for name, value in row.items()
         if name != "step" and isinstance(value, int | float) and not isinstance(value, bool)
-    ]
+    }
+    values = [{"job_id": job_id, "step": step, "name": name, "value": value} for (name, step), value in latest.items()]
     if not values:
         return 0
     dialect = session.get_bind().dialect.name

@@ -260,6 +260,21 @@ def _next(project_id: int, user: User, now: datetime) -> Steps[tuple[Project | N
     return project, None
 
 
+def lease_item(session: Session, item: Item, project: Project, user: User) -> Lease | None:
+    """Lease a chosen item to `user` with the queue's own statement (a free slot, re-counted), for a caller
+    that works on known items (an import of edits, a pipeline's editor on its import) instead of asking
+    for the next one. The item must be locked (`lock_item`) or not yet visible to others; `user` must
+    never have held it. Returns the lease, or None when the item is not open or has no free slot."""
+    if item.status != ItemStatus.OPEN:
+        return None
+    now = utcnow()
+    values = {"item_id": item.id, "annotator_id": user.id, "state": LeaseState.ACTIVE.value, "leased_at": now,
+              "expires_at": now + timedelta(seconds=project.lease_seconds)}
+    row = session.execute(_LEASE_IF_SLOT_FREE, {
+        **values, "now": now, "free_slots": project.annotations_per_item - item.completed_count}).first()
+    return None if row is None else Lease(id=row.id, **values)
+
+
 async def next_task(db: Database, project_id: int, user: User) -> tuple[Project | None, Task | None]:
     """"Next": lease the next item of the project to `user`, or give back their current task there.
     Returns (None, None) if `user` does not work in the project (admins: any active one), else the project

@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.errors import DomainError
-from app.models import LoginAttempt, Role, User, utcnow
+from app.models import AnnotatorKind, LoginAttempt, Role, User, utcnow
 from app.security import (
     end_all_sessions,
     hash_password,
@@ -68,6 +68,16 @@ def create_user(
     session.add(user)
     session.flush()
     audit.record(session, actor, "user.create", "user", user.id, after=_user_snapshot(user))
+    return user
+
+
+def create_service_account(session: Session, username: str, display_name: str, kind: AnnotatorKind) -> User:
+    """An annotator account that no person logs in as (a model editor's, an import source's): its edits go
+    through the same lease and submit code as a person's. "!" is no argon2 hash, so no password opens it."""
+    user = User(username=username, display_name=display_name, role=Role.ANNOTATOR.value, kind=kind.value,
+                password_hash="!", is_active=True)
+    session.add(user)
+    session.flush()
     return user
 
 

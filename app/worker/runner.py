@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +15,13 @@ import yaml
 from sqlalchemy.orm import Session
 
 from app.models import Job, JobStatus
-from app.services import jobs
+from app.services import jobs, pipeline
 from app.services.export import stream_export
 from app.services.job_artifacts import is_resume_state
 from app.settings import Settings
-from app.worker import feed
 from app.worker.backends import Backend, BackendError, Execution, Launch
 from app.worker.command import CommandBuilder
+from app.worker.stages import Chain, StepOutcome
 from app.worker.tailer import LogTailer, MetricsTailer
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ class JobRunner:
         log_tail = LogTailer(paths.log, paths.log.stat().st_size if paths.log.exists() else 0)
         launch = Launch(
             job_id=job.id,
-            program=self.command_for(job.kind, paths.config, paths.output),
+            program=self.command_for(pipeline.training_kind(job.kind), paths.config, paths.output),
             processes=job.num_processes,
             folder=paths.root,
             log=paths.log,
@@ -131,16 +131,19 @@ class JobRunner:
             sharding=jobs.worker_options(job).get("sharding", ""),
         )
         try:
-            step = self._run_step(job.backend, launch, paths.output, log_tail)
-            if step.ok and feed.requested(job):
-                step = self._feed(job, launch, paths, log_tail)
+            if job.stages:
+                step = self._run_chain(job, launch, paths, log_tail)
+            else:
+                step = self._run_step(job.backend, launch, paths.output, log_tail)
         except JobLost:
             log.warning("job %s was taken from worker %s; its process was stopped", job.id, self.worker_id)
             return None
         return self._conclude(job.id, step, paths)
 
-    def _run_step(self, backend_name: str, launch: Launch, output: Path, log_tail: LogTailer) -> StepResult:
-        """Run one training CLI step to its end (or until stopped); raises JobLost."""
+    def _run_step(self, backend_name: str, launch: Launch, output: Path, log_tail: LogTailer,
+                  span: tuple[float, float] = (0.0, 1.0)) -> StepResult:
+        """Run one process of the job to its end (or until stopped); raises JobLost. Its progress fills
+        `span` (start, width) of the job's progress bar."""
         backend = self.backends.get(backend_name)
         if backend is None:  # claimed by backend, so only a job changed under us gets here
             return StepResult(None, "", f"this worker does not run {backend_name!r} jobs")
@@ -151,7 +154,7 @@ class JobRunner:
             return StepResult(None, "", f"could not start the {launch.step_name} step: {exc}")
         with self.session_factory() as session:
             jobs.set_handle(session, launch.job_id, backend_name, execution.handle)
-        watch = _Watch(log_tail, MetricsTailer(output / "metrics.jsonl"))
+        watch = _Watch(log_tail, MetricsTailer(output / "metrics.jsonl"), span=span)
         try:
             stop_reason = self._monitor(launch.job_id, execution, output, watch)
         except JobLost:
@@ -161,32 +164,20 @@ class JobRunner:
         self._ingest(launch.job_id, output, watch, final=True)
         return StepResult(execution.poll(), stop_reason, execution.failure())
 
-    def _feed(self, job: Job, launch: Launch, paths: JobPaths, log_tail: LogTailer) -> StepResult:
-        """A generate job's second half: optionally score the responses, then import them into the project."""
-        options = jobs.worker_options(job)
-        scores = None
-        if options.get("score_model"):
-            score_dir = paths.root / "score"
-            score_config = paths.root / "score.yaml"
-            score_config.write_text(yaml.safe_dump(feed.score_config(options, paths.output)))
-            score = replace(
-                launch,
-                program=self.command_for("score", score_config, score_dir),
-                processes=1,
-                sharding="",
-                step_name="score",
-            )
-            step = self._run_step(job.backend, score, score_dir, log_tail)
-            if not step.ok:
-                return step
-            scores = feed.read_scores(score_dir)
-        try:
-            with self.session_factory() as session:
-                summary = feed.import_responses(session, job, paths.output, scores)
-        except feed.FeedError as exc:
-            return StepResult(0, "", f"could not import the responses: {exc}")
-        self._append_log(job.id, f"[redline] {summary}\n")
-        return StepResult(0, "")
+    def _run_chain(self, job: Job, launch: Launch, paths: JobPaths, log_tail: LogTailer) -> StepResult:
+        """A job of stages (app/worker/stages.py), each process of it run by `_run_step`."""
+        def run_step(step_launch: Launch, output: Path, span: tuple[float, float]) -> StepOutcome:
+            step = self._run_step(job.backend, step_launch, output, log_tail, span)
+            if step.ok or step.stop_reason:
+                return StepOutcome(stop_reason=step.stop_reason)
+            return StepOutcome(error=step.error or f"exited with code {step.returncode}: {_last_line(paths.log)}")
+
+        def stop_reason(progress: float) -> str:
+            return self._stop_reason(self._heartbeat(job.id, progress))
+
+        outcome = Chain(job, launch, paths.root, paths.output, self.session_factory, self.command_for, run_step,
+                        lambda text: self._append_log(job.id, text), stop_reason).run()
+        return StepResult(0 if outcome.ok else 1, outcome.stop_reason, outcome.error)
 
     def _monitor(self, job_id: int, execution: Execution, output: Path, watch: _Watch) -> str:
         """Watch until the step ends; returns why we stopped it ("" when it ended by itself)."""
@@ -198,7 +189,7 @@ class JobRunner:
             now = time.monotonic()
             if now >= next_beat:
                 next_beat = now + self.settings.worker_heartbeat_s
-                job = self._heartbeat(job_id, watch.progress)
+                job = self._heartbeat(job_id, watch.overall)
                 self.tick()
                 if not stop_reason:
                     stop_reason = self._stop_reason(job)
@@ -292,7 +283,18 @@ class StepResult:
 class _Watch:
     log: LogTailer
     metrics: MetricsTailer
-    progress: float | None = None
+    progress: float | None = None  # of this process
+    span: tuple[float, float] = (0.0, 1.0)  # the part of the job's progress this process fills
+
+    @property
+    def overall(self) -> float | None:
+        return None if self.progress is None else self.span[0] + self.span[1] * self.progress
+
+
+def _last_line(log: Path) -> str:
+    """The last line a failed process wrote (its error, as a rule), for the reason a stage failed."""
+    lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()] if log.exists() else []
+    return lines[-1].strip()[:500] if lines else "no output"
 
 
 def read_progress(output_dir: Path, previous: float | None) -> float | None:

@@ -9,15 +9,15 @@ version it made, and deletes them with it; the keys cost a trigger per row writt
 version's row once per row, from every connection writing), and edit_id's made deleting an edit scan every
 frozen row, which no index covered. The versions there are get their card's counts (`summary`), counted here once.
 
-Revision ID: 0012
-Revises: 0011
+Revision ID: 0016
+Revises: 0015
 Create Date: 2026-12-05
 """
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0012'
-down_revision = '0011'
+revision = '0016'
+down_revision = '0015'
 branch_labels = None
 depends_on = None
 
