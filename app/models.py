@@ -539,6 +539,8 @@ class Job(Base):
     finished_at: Mapped[datetime | None]
     output_dir: Mapped[str] = mapped_column(String(1000), default="")
     log_path: Mapped[str] = mapped_column(String(1000), default="")
+    # Bytes of the log file stored so far: where a worker that adopts the job goes on reading.
+    log_offset: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     artifacts: Mapped[list[Any]] = mapped_column(default=list)
     eval: Mapped[dict[str, Any] | None] = mapped_column(Json)
     error: Mapped[str] = mapped_column(Text, default="")

@@ -51,7 +51,7 @@ async def _editor_page(request: Request, db: Database, task: queue.Task,
         return render(request, "error.html", status_code=410, title="Task closed",
                       message=f"This task is {lease.state}. Press Next for another one.")
     expires_in_s = max(0, int((as_utc(lease.expires_at) - utcnow()).total_seconds()))
-    offered = await db.run(suggestions.offering(task.item.id))
+    offered = await db.run(suggestions.offering(task.item.id)) if task.suggested else None
     # The editor opens with the suggestion, if the item has one, and its diff against the original; else
     # nothing changed yet, and the first keystroke brings the live diff.
     diff = annotation.diff_view(task.project, task.item.original, offered.suggestion.text) if offered else None

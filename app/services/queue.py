@@ -15,17 +15,17 @@ live lease), and one INSERT … SELECT that re-counts and leases at once. It is 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from sqlalchemy import BigInteger, ColumnElement, Select, all_, and_, bindparam, func, insert, select, update
+from sqlalchemy import BigInteger, ColumnElement, Select, all_, and_, bindparam, exists, func, insert, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.orm.util import AliasedClass
 from sqlalchemy.sql.dml import ReturningUpdate
 
 from app.driver import Database, Steps, entity, labelled, lock_for_write
-from app.models import Item, ItemStatus, Lease, LeaseState, Project, Role, User, utcnow
+from app.models import Item, ItemStatus, Lease, LeaseState, Project, Role, Suggestion, User, utcnow
 from app.services import projects
 
 CANDIDATE_TRIES = 8  # rows re-checked per request before reporting the queue as empty
@@ -43,6 +43,12 @@ class Task:
     lease: Lease
     item: Item
     project: Project
+    suggested: bool = False  # the item has a suggestion for the editor to open with (app.services.suggestions)
+
+
+def _suggested(item: type[Item] | AliasedClass[Item]) -> ColumnElement[bool]:
+    # Read with the task, so the editor page looks a suggestion up only for the items that have one.
+    return exists().where(Suggestion.item_id == item.id).label("suggested")
 
 
 def holds_slot(at: ColumnElement | datetime) -> ColumnElement[bool]:
@@ -90,10 +96,13 @@ def task_of(row) -> Task:
     return Task(entity(Lease, row), entity(Item, row), entity(Project, row))
 
 
+_FOUND_TASK = _TASK.add_columns(_suggested(Item))
+
+
 def finding_task(lease_id: int, user: User) -> Steps[Task | None]:
     """The annotator's lease with its item and project, in one query; None if it is not theirs."""
-    row = yield _TASK, {"lease_id": lease_id, "user_id": user.id}
-    return None if row is None else task_of(row)
+    row = yield _FOUND_TASK, {"lease_id": lease_id, "user_id": user.id}
+    return None if row is None else replace(task_of(row), suggested=row.suggested)
 
 
 # The task with its item's and lease's rows locked, freshly read (a concurrent submit of the same item or
@@ -145,7 +154,7 @@ def _live_lease_here(item: type[Item] | AliasedClass[Item]) -> tuple:
 
 
 _CURRENT_TASK = (
-    labelled(select(Lease.__table__, Item.__table__))
+    labelled(select(Lease.__table__, Item.__table__)).add_columns(_suggested(Item))
     .join_from(Lease, Item, Item.id == Lease.item_id)
     .where(*_live_lease_here(Item))
     .order_by(Lease.id)
@@ -170,7 +179,7 @@ def _candidate_query(not_tried) -> Select:
     """The first open item this annotator never held that has a free slot (parameters project_id, user_id,
     now, n, tried); none while the annotator holds a live lease in this project."""
     return (
-        labelled(select(Item.__table__))
+        labelled(select(Item.__table__)).add_columns(_suggested(Item))
         .where(
             Item.project_id == bindparam("project_id"),
             Item.status == ItemStatus.OPEN,
@@ -247,15 +256,16 @@ def _next(project_id: int, user: User, now: datetime) -> Steps[tuple[Project | N
                   "tried": tried}
         if (row := (yield _CANDIDATE, params)) is None:  # their live lease here, or nothing left for them
             row = yield _CURRENT_TASK, {"user_id": user.id, "now": now, "project_id": project.id}
-            return project, None if row is None else Task(entity(Lease, row), entity(Item, row), project)
-        item = entity(Item, row)
+            return project, None if row is None else Task(entity(Lease, row), entity(Item, row), project,
+                                                          row.suggested)
+        item, suggested = entity(Item, row), row.suggested
         values = {
             "item_id": item.id, "annotator_id": user.id, "state": LeaseState.ACTIVE.value, "leased_at": now,
             "expires_at": now + timedelta(seconds=project.lease_seconds),
         }
         free_slots = project.annotations_per_item - item.completed_count
         if (row := (yield _LEASE_IF_SLOT_FREE, {**values, "now": now, "free_slots": free_slots})) is not None:
-            return project, Task(Lease(id=row.id, **values), item, project)
+            return project, Task(Lease(id=row.id, **values), item, project, suggested)
         tried.append(item.id)
     return project, None
 

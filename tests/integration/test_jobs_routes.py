@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import importlib.util
 import io
 import json
 import re
@@ -102,6 +103,24 @@ def test_invalid_values_get_one_message_per_field_and_no_job(web_client, researc
     assert 'value="fast"' in response.text  # the submitted values are kept
     with session_scope() as session:
         assert session.scalars(select(Job)).all() == []
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
+def test_vllm_rollouts_without_the_gpu_extra_are_refused_on_the_form(web_client, researcher, dataset_id):
+    fields = web_client.get("/jobs/new/fields?kind=ppo").text
+    assert 'name="generator"' in fields and '<option value="hf" selected>' in fields
+    assert '<option value="vllm" >' in fields
+    ppo = form(researcher, kind="ppo", dataset_version_id=str(dataset_id), reward_model="runs/rm/model")
+    response = web_client.post("/jobs", data={**ppo, "generator": "vllm", "vllm_gpu_memory_utilization": "0.5"})
+    assert response.status_code == 422
+    assert errors_of(response.text)["generator"] == (
+        "vllm is not installed: install the gpu extra (pip install 'redline[gpu]')")
+    with session_scope() as session:
+        assert session.scalars(select(Job)).all() == []
+    response = web_client.post("/jobs", data={**ppo, "generator": "hf"}, follow_redirects=False)
+    assert response.status_code == 303
+    with session_scope() as session:
+        assert session.scalars(select(Job)).one().config["generator"] == "hf"
 
 
 def test_a_job_needs_a_dataset_version(web_client, researcher):

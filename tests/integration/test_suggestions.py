@@ -35,8 +35,11 @@ def _suggest(item_id: int, editor_id: int, text: str, age_s: int) -> int:
         return suggestion.id
 
 
-def _next(client, csrf: str, project_id: int) -> str:
-    page = client.post(f"/annotate/{project_id}/next", data={"csrf_token": csrf})
+def _next(client, csrf: str, project_id: int, htmx: bool = False) -> str:
+    """The editor after "Next": as the button sends it (htmx: the editor comes in Next's own response, from
+    the lease it just took) or as a plain form (a redirect to the task's page)."""
+    page = client.post(f"/annotate/{project_id}/next", data={"csrf_token": csrf},
+                       headers={"HX-Request": "true"} if htmx else {})
     assert page.status_code == 200, page.text
     return page.text
 
@@ -85,13 +88,13 @@ def test_the_editor_opens_with_the_newest_suggestion_and_the_submit_measures_aga
         follow_redirects=False)
     assert done.status_code in (200, 303)
     # The next item's suggestion; the person resets to the original and submits without it.
-    page = _next(web_client, csrf, project.id)
+    page = _next(web_client, csrf, project.id, htmx=True)
     assert f'value="{other}"' in page and "model editor smol" in page and "suggestions" not in re.search(
         r'<div class="suggestion-note".*?</div>', page, re.S).group(0)
     web_client.post(f"/annotate/task/{_lease_of(page)}/submit", data={
         "csrf_token": csrf, "outcome": "edited", "text": "2 + 2 = 4!"})
     # An item without a suggestion: the plain editor, prefilled with the original.
-    page = _next(web_client, csrf, project.id)
+    page = _next(web_client, csrf, project.id, htmx=True)
     assert 'id="suggestion"' not in page and 'name="suggestion_id"' not in page
     assert re.search(r'<textarea dir="auto" id="editor"[^>]*>Green.</textarea>', page)
 
