@@ -491,7 +491,7 @@ class DatasetRow(Base):
 
     __tablename__ = "dataset_rows"
 
-    # No foreign keys (migration 0016): rows are written only by the freeze, in bulk, for a version it made and
+    # No foreign keys (migration 0017): rows are written only by the freeze, in bulk, for a version it made and
     # deletes them with (app/services/freeze.py). Keys cost a trigger per row, the version's locked its row once
     # per row from every writing connection, and edit_id's made deleting an edit scan all frozen rows.
     dataset_version_id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -499,7 +499,7 @@ class DatasetRow(Base):
     edit_id: Mapped[int | None] = mapped_column(BigId)  # the edit it was frozen from (it may be gone since)
     # The row's JSON text exactly as exported (one pairs-jsonl line), as `text`: it is built by Postgres
     # itself when freezing (app/services/freeze.py), so `json`'s parse on the way in would only re-check it.
-    # On Postgres the column is lz4-compressed and kept in the table's own pages (STORAGE MAIN, migration 0016).
+    # On Postgres the column is lz4-compressed and kept in the table's own pages (STORAGE MAIN, migration 0017).
     data: Mapped[str] = mapped_column(Text)
 
 

@@ -308,14 +308,14 @@ def test_the_cards_counts_are_made_while_freezing(db_url, settings_env):
 
 
 def test_versions_frozen_before_stay_ready_with_their_hash_and_get_their_counts(db_url, settings_env):
-    """Migration 0016 on a database holding a version frozen the old way (canonical rows, hash of the file)."""
+    """Migration 0017 on a database holding a version frozen the old way (canonical rows, hash of the file)."""
     from app import migrate
 
     rows = [{"id": "edit-1", "outcome": "edited", "review": None, "prompt": "p"},
             {"id": "edit-2", "outcome": "no_change_needed", "review": {"verdict": "accept"}, "prompt": "é"}]
     lines = [json.dumps(row, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode() for row in rows]
     digest = hashlib.sha256(b"".join(line + b"\n" for line in lines)).hexdigest()
-    migrate.downgrade(db_url, "0015")
+    migrate.downgrade(db_url, "0016")
     engine = engine_for(db_url)
     with engine.begin() as conn:
         version_id = conn.execute(text(

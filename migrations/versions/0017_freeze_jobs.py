@@ -9,15 +9,15 @@ version it made, and deletes them with it; the keys cost a trigger per row writt
 version's row once per row, from every connection writing), and edit_id's made deleting an edit scan every
 frozen row, which no index covered. The versions there are get their card's counts (`summary`), counted here once.
 
-Revision ID: 0016
-Revises: 0015
+Revision ID: 0017
+Revises: 0016
 Create Date: 2026-12-05
 """
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0016'
-down_revision = '0015'
+revision = '0017'
+down_revision = '0016'
 branch_labels = None
 depends_on = None
 
