@@ -17,6 +17,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    SmallInteger,
     String,
     Text,
     UniqueConstraint,
@@ -124,6 +125,14 @@ class PromptKind(enum.StrEnum):
     ONE_STAGE = "one_stage"
     TWO_STAGE = "two_stage"
     CUSTOM = "custom"
+
+
+class DatasetState(enum.StrEnum):
+    """A dataset version is usable (exported, trained on) only when ready; its freeze job fills it."""
+
+    FREEZING = "freezing"
+    READY = "ready"
+    FAILED = "failed"  # its rows were removed; `error` says why
 
 
 class JobStatus(enum.StrEnum):
@@ -453,16 +462,26 @@ class Suggestion(Base):
 
 
 class DatasetVersion(Base):
-    """An immutable snapshot: the filter, and the frozen rows it selected (DatasetRow)."""
+    """An immutable snapshot: the filter, and the frozen rows it selected (DatasetRow), filled by a freeze job."""
 
     __tablename__ = "dataset_versions"
+    __table_args__ = (CheckConstraint(f"state IN ({_values(DatasetState)})", name="state"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     project_id: Mapped[int | None] = mapped_column(ForeignKey("projects.id", ondelete="SET NULL"), index=True)
     filter: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    state: Mapped[str] = mapped_column(String(16), default=DatasetState.FREEZING)
+    error: Mapped[str] = mapped_column(Text, default="")
+    # The job that freezes it (jobs also point at the version they train on: the constraint is added last).
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL", use_alter=True))
     row_count: Mapped[int] = mapped_column(Integer, default=0)
     content_hash: Mapped[str] = mapped_column(String(64), index=True)
+    # How content_hash is computed (app.services.freeze.content_hash): 1, over the pairs-jsonl file (versions
+    # frozen before freezing moved into the database); 2, over the SHA-256 of each row.
+    hash_format: Mapped[int] = mapped_column(SmallInteger, default=2)
+    # {"outcomes": {outcome: rows}, "reviewed": rows}, counted while freezing (the dataset card); None until ready.
+    summary: Mapped[dict[str, Any] | None] = mapped_column(Json)
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -472,15 +491,16 @@ class DatasetRow(Base):
 
     __tablename__ = "dataset_rows"
 
-    dataset_version_id: Mapped[int] = mapped_column(
-        ForeignKey("dataset_versions.id", ondelete="CASCADE"), primary_key=True
-    )
+    # No foreign keys (migration 0017): rows are written only by the freeze, in bulk, for a version it made and
+    # deletes them with (app/services/freeze.py). Keys cost a trigger per row, the version's locked its row once
+    # per row from every writing connection, and edit_id's made deleting an edit scan all frozen rows.
+    dataset_version_id: Mapped[int] = mapped_column(Integer, primary_key=True)
     seq: Mapped[int] = mapped_column(Integer, primary_key=True)
-    edit_id: Mapped[int | None] = mapped_column(ForeignKey("edits.id", ondelete="SET NULL"))
-    # Plain `json`, not JSONB, on Postgres: a frozen row is written once and streamed whole, and `json`
-    # keeps the canonical text verbatim, so exports skip JSONB's per-number conversion (about 5x faster
-    # on rows full of token ids) and the pairs-jsonl file hashes to the version's content hash.
-    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    edit_id: Mapped[int | None] = mapped_column(BigId)  # the edit it was frozen from (it may be gone since)
+    # The row's JSON text exactly as exported (one pairs-jsonl line), as `text`: it is built by Postgres
+    # itself when freezing (app/services/freeze.py), so `json`'s parse on the way in would only re-check it.
+    # On Postgres the column is lz4-compressed and kept in the table's own pages (STORAGE MAIN, migration 0017).
+    data: Mapped[str] = mapped_column(Text)
 
 
 # --- jobs ----------------------------------------------------------------------------------------

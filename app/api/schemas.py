@@ -75,11 +75,18 @@ class DatasetOut(BaseModel):
     name: str
     project_id: int | None
     filter: dict[str, Any]
+    state: Literal["freezing", "ready", "failed"] = Field(
+        description="Exports and training take ready versions only; a failed one has no rows (see `error`).")
+    error: str = Field(description="Why the freeze failed (state failed).")
+    progress: float = Field(description="0..1 while freezing (as its job last reported), 1 when ready.")
+    job_id: int | None = Field(description="The job that freezes it (its log: /jobs/{job_id}).")
     row_count: int
-    content_hash: str
+    content_hash: str = Field(description="SHA-256 over the rows (see hash_format); empty until ready.")
+    hash_format: int = Field(description="2: SHA-256 of the rows' SHA-256 digests in order; 1: of the pairs-jsonl "
+                                         "file (versions frozen before hash format 2).")
     created_by_id: int | None
     created_at: datetime
-    downloads: dict[str, str] = Field(description="Format name → download URL.")
+    downloads: dict[str, str] = Field(description="Format name → download URL (ready versions).")
 
 
 class WebhookCreate(BaseModel):

@@ -22,7 +22,7 @@ from app.deps import get_db, require_roles
 from app.editors import service as editor_service
 from app.errors import NotFound
 from app.models import DatasetVersion, Job, JobStatus, ModelEditor, Project, Role, User
-from app.services import audit, job_artifacts, job_config, jobs, pipeline
+from app.services import audit, datasets, job_artifacts, job_config, jobs, pipeline
 from app.services.job_form import FEEDING_KINDS, JobForm, parse_job_form
 from app.settings import get_settings
 from app.templating import is_htmx, render
@@ -42,7 +42,7 @@ def _job_or_404(session: Session, job_id: int) -> Job:
 def _form_choices(session: Session) -> dict[str, Any]:
     return {
         "kinds": job_config.kinds(),
-        "datasets": list(session.scalars(select(DatasetVersion).order_by(DatasetVersion.id.desc()).limit(200))),
+        "datasets": list(session.scalars(datasets.ready_versions().limit(200))),
         "projects": list(
             session.scalars(select(Project).where(Project.archived.is_(False)).order_by(Project.name))
         ),
@@ -199,6 +199,7 @@ def job_page(
         "jobs/detail.html",
         title=f"Job #{job.id}",
         dataset=dataset,
+        frozen=session.scalars(select(DatasetVersion).where(DatasetVersion.job_id == job.id)).first(),
         project=project,
         training_config=jobs.training_config(job),
         options=options,

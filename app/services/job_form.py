@@ -20,9 +20,10 @@ from typing import Any
 from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 
-from app.models import DatasetVersion, Job, ModelEditor, Project
+from app.models import Job, ModelEditor, Project
 from app.services import job_config, jobs, pipeline
 from app.services.cluster import PlacementForm, SlurmRequest
+from app.services.datasets import ready_version
 from app.services.jobs import JobSpec
 from app.settings import get_settings
 
@@ -136,9 +137,9 @@ def _check_general(session: Session, form: JobForm) -> None:
     if not form.num_processes.isdigit() or not 1 <= int(form.num_processes) <= MAX_PROCESSES:
         form.errors["num_processes"] = f"a whole number from 1 to {MAX_PROCESSES}"
     if form.dataset_version_id and (
-        not form.dataset_version_id.isdigit() or session.get(DatasetVersion, int(form.dataset_version_id)) is None
+        not form.dataset_version_id.isdigit() or ready_version(session, int(form.dataset_version_id)) is None
     ):
-        form.errors["dataset_version_id"] = "no such dataset version"
+        form.errors["dataset_version_id"] = "no such dataset version ready for training"
 
 
 def _number(form: JobForm, name: str, low: float, high: float | None = None) -> None:

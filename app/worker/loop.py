@@ -15,7 +15,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from app.db import session_scope
-from app.services import jobs, webhooks
+from app.services import freeze, jobs, webhooks
 from app.settings import Settings
 from app.worker.backends.registry import backend_names, make_backend
 from app.worker.command import CommandBuilder, job_command
@@ -82,6 +82,8 @@ class Worker:
                     # A stage of a chain on Slurm outlives its worker but nobody follows it: stop it.
                     backend.abandon(job.external_id)
                     jobs.append_log(session, job.id, f"[redline] cancelled {job.backend} job {job.external_id}\n")
+            for version_id in freeze.discard_abandoned(session):
+                log.warning("dataset version %s failed: its freeze job ended before it was complete", version_id)
         webhooks.deliver_due(self.session)
 
     def run_once(self) -> bool:

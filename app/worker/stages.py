@@ -27,7 +27,8 @@ from app.editors import service as editor_service
 from app.errors import DomainError
 from app.models import EditorJobItem, Job, User, utcnow
 from app.services import jobs, pipeline
-from app.services.datasets import DatasetFilter, create_version
+from app.services.datasets import DatasetFilter
+from app.services.freeze import create_version
 from app.worker import feed
 from app.worker.backends import Launch
 from app.worker.command import CommandBuilder

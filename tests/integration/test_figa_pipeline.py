@@ -92,7 +92,8 @@ def test_the_figa_pipeline_runs_as_one_job(settings_env, db_url, tmp_path, tiny_
         version = session.get(DatasetVersion, job.stages[4]["data"]["dataset_version_id"])
         kept = [e for e in written if e.outcome == "edited" and e.edit_rate <= 50.0]
         assert version.name == "spa pairs" and version.row_count == len(kept) > 0
-        rows = session.scalars(select(DatasetRow.data).where(DatasetRow.dataset_version_id == version.id)).all()
+        rows = [json.loads(text) for text in session.scalars(
+            select(DatasetRow.data).where(DatasetRow.dataset_version_id == version.id))]
         assert sorted(row["edited"] for row in rows) == sorted(e.edited_text for e in kept)
         assert {(row["annotator_kind"], row["editor"]) for row in rows} == {("model", "smol")}
     assert log.count("[redline] stage ") == 5 and "editor smol" in log

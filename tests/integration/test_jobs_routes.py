@@ -21,7 +21,8 @@ from app.db import session_scope
 from app.models import AuditEvent, Job, JobStatus, Project, utcnow
 from app.services import jobs
 from app.services.cluster import SlurmRequest
-from app.services.datasets import DatasetFilter, create_version
+from app.services.datasets import DatasetFilter
+from app.services.freeze import create_version
 from app.worker.runner import list_artifacts
 
 

@@ -24,7 +24,8 @@ from sqlalchemy import select
 from app.db import engine_for, session_scope
 from app.models import Item, Job, JobLogChunk, JobMetric, JobStatus
 from app.services import jobs
-from app.services.datasets import DatasetFilter, create_version
+from app.services.datasets import DatasetFilter
+from app.services.freeze import create_version
 from app.settings import Settings
 from app.worker.command import job_command
 from app.worker.loop import Worker
