@@ -9,12 +9,13 @@ from urllib.parse import quote
 
 import anyio.to_thread
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 
 from app.db import new_session
 from app.driver import Database
-from app.errors import DomainError, Forbidden
+from app.errors import DomainError, Forbidden, error_message
 from app.models import Role, User
 from app.security import AuthContext
 from app.templating import is_htmx, render
@@ -114,6 +115,28 @@ def _refused(request: Request, exc: DomainError) -> Response:
     return render(request, "error.html", status_code=exc.status_code, title=exc.title, message=str(exc))
 
 
+# The part of a request FastAPI names first in an error's location; the field follows it.
+REQUEST_PARTS = frozenset({"body", "query", "path", "header", "cookie"})
+
+
+def _field(loc: tuple[int | str, ...]) -> str:
+    parts = loc[1:] if loc and loc[0] in REQUEST_PARTS else loc
+    return ".".join(map(str, parts)) or str(loc[0] if loc else "request")
+
+
+def _invalid(request: Request, exc: RequestValidationError) -> Response:
+    """A malformed query, path or body (422): each error with its field and the validator's own words, never
+    pydantic's "Value error, " prefix. JSON keeps FastAPI's list (`loc`, `type`) with the field added; a page or
+    fragment shows `field: message` lines."""
+    errors = [{"loc": list(e["loc"]), "field": _field(tuple(e["loc"])), "msg": error_message(e), "type": e["type"]}
+              for e in exc.errors()]
+    accept = request.headers.get("accept", "")
+    if request.url.path.startswith("/api/") or not (is_htmx(request) or "text/html" in accept):
+        return JSONResponse({"detail": errors}, status_code=422)
+    return _refused(request, DomainError("; ".join(f"{e['field']}: {e['msg']}" for e in errors), 422))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(NotAuthenticated, _not_authenticated)
     app.add_exception_handler(DomainError, _refused)
+    app.add_exception_handler(RequestValidationError, _invalid)

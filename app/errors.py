@@ -10,6 +10,9 @@ No web imports here: the command line and the worker raise and catch the same cl
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from pydantic import ValidationError
 
 
@@ -46,12 +49,14 @@ class Conflict(DomainError):
     status_code = 409
 
 
+def error_message(error: Mapping[str, Any]) -> str:
+    """One pydantic error's message in the validator's own words: pydantic prefixes a raised ValueError's message
+    with "Value error, " (the error itself is in the error's context)."""
+    cause = error.get("ctx", {}).get("error") if error["type"] == "value_error" else None
+    return str(cause) if cause is not None else error["msg"]
+
+
 def validation_messages(exc: ValidationError, prefix: str = "") -> list[str]:
-    """A form's or filter's validation errors as `field: message`, in the model's own words (pydantic prefixes a
-    validator's message with "Value error, "; the raised error itself is in the error's context)."""
-    messages = []
-    for error in exc.errors():
-        cause = error.get("ctx", {}).get("error") if error["type"] == "value_error" else None
-        where = prefix + ".".join(str(part) for part in error["loc"]) if error["loc"] else "filter"
-        messages.append(f"{where}: {cause if cause is not None else error['msg']}")
-    return messages
+    """A form's or filter's validation errors as `field: message`, in the model's own words."""
+    return [f"{prefix + '.'.join(map(str, error['loc'])) if error['loc'] else 'filter'}: {error_message(error)}"
+            for error in exc.errors()]

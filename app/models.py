@@ -17,9 +17,11 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    SmallInteger,
     String,
     Text,
     UniqueConstraint,
+    true,
 )
 from sqlalchemy import text as sql_text
 from sqlalchemy.dialects.postgresql import JSONB
@@ -112,10 +114,25 @@ class AnnotatorKind(enum.StrEnum):
     IMPORT = "import"
 
 
+def counted_kinds(model_edits_count: bool) -> tuple[AnnotatorKind, ...]:
+    """THE rule of whose completed edits count toward a project's N (`Project.model_edits_count`): people's
+    and imported ones always; a model editor's only where the project says so, else they come on top."""
+    everyone = tuple(AnnotatorKind)
+    return everyone if model_edits_count else tuple(kind for kind in everyone if kind != AnnotatorKind.MODEL)
+
+
 class PromptKind(enum.StrEnum):
     ONE_STAGE = "one_stage"
     TWO_STAGE = "two_stage"
     CUSTOM = "custom"
+
+
+class DatasetState(enum.StrEnum):
+    """A dataset version is usable (exported, trained on) only when ready; its freeze job fills it."""
+
+    FREEZING = "freezing"
+    READY = "ready"
+    FAILED = "failed"  # its rows were removed; `error` says why
 
 
 class JobStatus(enum.StrEnum):
@@ -216,6 +233,8 @@ class Project(Base):
     archived: Mapped[bool] = mapped_column(Boolean, default=False)
     # A rejected edit goes back to its annotator to revise (or give back), instead of the item to the queue.
     return_rejected: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Whether a model editor's edits count toward N (`counted_kinds`), or come on top of N people's edits.
+    model_edits_count: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
 
 
 class ProjectMember(Base):
@@ -300,6 +319,10 @@ class Edit(Base):
         Index("ix_edits_review_queue", "review_status", "outcome", "id"),
         # The dashboard's outcome counts and edit-rate histogram, from the index alone (migration 0010).
         Index("ix_edits_outcome_rate", "outcome", "edit_rate"),
+        # The dashboard's per-editor suggestion figures, from the edits that started from one (migration 0013;
+        # SQLite's predicate is written as SQLAlchemy writes the test, so its planner matches it).
+        Index("ix_edits_suggestion_used", "id", "editor_id", "human_vs_suggestion_rate", "item_id",
+              postgresql_where=sql_text("suggestion_used"), sqlite_where=sql_text("suggestion_used = 1")),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -439,16 +462,26 @@ class Suggestion(Base):
 
 
 class DatasetVersion(Base):
-    """An immutable snapshot: the filter, and the frozen rows it selected (DatasetRow)."""
+    """An immutable snapshot: the filter, and the frozen rows it selected (DatasetRow), filled by a freeze job."""
 
     __tablename__ = "dataset_versions"
+    __table_args__ = (CheckConstraint(f"state IN ({_values(DatasetState)})", name="state"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     project_id: Mapped[int | None] = mapped_column(ForeignKey("projects.id", ondelete="SET NULL"), index=True)
     filter: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    state: Mapped[str] = mapped_column(String(16), default=DatasetState.FREEZING)
+    error: Mapped[str] = mapped_column(Text, default="")
+    # The job that freezes it (jobs also point at the version they train on: the constraint is added last).
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL", use_alter=True))
     row_count: Mapped[int] = mapped_column(Integer, default=0)
     content_hash: Mapped[str] = mapped_column(String(64), index=True)
+    # How content_hash is computed (app.services.freeze.content_hash): 1, over the pairs-jsonl file (versions
+    # frozen before freezing moved into the database); 2, over the SHA-256 of each row.
+    hash_format: Mapped[int] = mapped_column(SmallInteger, default=2)
+    # {"outcomes": {outcome: rows}, "reviewed": rows}, counted while freezing (the dataset card); None until ready.
+    summary: Mapped[dict[str, Any] | None] = mapped_column(Json)
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -458,15 +491,16 @@ class DatasetRow(Base):
 
     __tablename__ = "dataset_rows"
 
-    dataset_version_id: Mapped[int] = mapped_column(
-        ForeignKey("dataset_versions.id", ondelete="CASCADE"), primary_key=True
-    )
+    # No foreign keys (migration 0017): rows are written only by the freeze, in bulk, for a version it made and
+    # deletes them with (app/services/freeze.py). Keys cost a trigger per row, the version's locked its row once
+    # per row from every writing connection, and edit_id's made deleting an edit scan all frozen rows.
+    dataset_version_id: Mapped[int] = mapped_column(Integer, primary_key=True)
     seq: Mapped[int] = mapped_column(Integer, primary_key=True)
-    edit_id: Mapped[int | None] = mapped_column(ForeignKey("edits.id", ondelete="SET NULL"))
-    # Plain `json`, not JSONB, on Postgres: a frozen row is written once and streamed whole, and `json`
-    # keeps the canonical text verbatim, so exports skip JSONB's per-number conversion (about 5x faster
-    # on rows full of token ids) and the pairs-jsonl file hashes to the version's content hash.
-    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    edit_id: Mapped[int | None] = mapped_column(BigId)  # the edit it was frozen from (it may be gone since)
+    # The row's JSON text exactly as exported (one pairs-jsonl line), as `text`: it is built by Postgres
+    # itself when freezing (app/services/freeze.py), so `json`'s parse on the way in would only re-check it.
+    # On Postgres the column is lz4-compressed and kept in the table's own pages (STORAGE MAIN, migration 0017).
+    data: Mapped[str] = mapped_column(Text)
 
 
 # --- jobs ----------------------------------------------------------------------------------------
@@ -505,9 +539,13 @@ class Job(Base):
     finished_at: Mapped[datetime | None]
     output_dir: Mapped[str] = mapped_column(String(1000), default="")
     log_path: Mapped[str] = mapped_column(String(1000), default="")
+    # Bytes of the log file stored so far: where a worker that adopts the job goes on reading.
+    log_offset: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     artifacts: Mapped[list[Any]] = mapped_column(default=list)
     eval: Mapped[dict[str, Any] | None] = mapped_column(Json)
     error: Mapped[str] = mapped_column(Text, default="")
+    # A job that runs as a chain (app/services/pipeline.py): each stage's name, status, detail and data.
+    stages: Mapped[list[Any]] = mapped_column(default=list, server_default="[]")
 
 
 class JobMetric(Base):

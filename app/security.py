@@ -118,7 +118,8 @@ class AuthContext:
     csrf_token: str
 
 
-_USER_COLUMNS = (User.id, User.username, User.display_name, User.role, User.is_active, User.created_at,
+# `kind` too: a submit decides by it whether the edit counts toward the item's N.
+_USER_COLUMNS = (User.id, User.username, User.display_name, User.role, User.kind, User.is_active, User.created_at,
                  User.last_login_at)
 
 

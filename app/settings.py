@@ -59,8 +59,10 @@ class Settings(BaseSettings):
     # Deliveries that keep failing are retried with exponential backoff (30 s doubling, capped at 1 h)
     # and marked failed after this many attempts.
     webhook_max_attempts: int = 8
-    # Rows per round trip when freezing a dataset version.
-    export_chunk_rows: int = 1000
+    # Freezing a dataset version (app/services/freeze.py): edit ids per range (one INSERT … SELECT each), and
+    # how many database connections write ranges at once on Postgres (1: one transaction, one connection).
+    freeze_span_ids: int = Field(default=20_000, ge=1)
+    freeze_connections: int = Field(default=4, ge=1, le=64)
     pseudonym_salt: str = ""
 
     @field_validator("data_dir")

@@ -1,22 +1,25 @@
 """Benchmark `admin`: the admin pages at a million edits over a million items, on Postgres.
 
-Setup (not timed): a fresh Postgres database (dropped afterwards), migrated, filled inside Postgres with
+Setup (not timed): a Postgres database (REDLINE_BENCH_ADMIN_PG_URL, default
+postgresql://postgres@127.0.0.1:5432/redline_bench_admin), migrated and filled inside Postgres with
 generate_series: 1,000,000 items whose prompts are unique ("… (case 123456)") and whose responses are a
 few hundred real model-written responses reused round-robin, and one edit each (the `export`
 benchmark's analysed pairs: real labels, diffs and stats; outcomes, annotators and review states vary).
-The full-text index is built once after the load, as a restore would. The app then runs under uvicorn
+The full-text index is built once after the load, as a restore would. The filled database is kept for
+later runs (about 12 minutes to fill here); each run first clears what the last one added (dataset
+versions, jobs, sessions, audit events). The app then runs under uvicorn
 in a subprocess and is asked over HTTP by a logged-in admin, one request at a time:
 
 - dashboard: `GET /admin/dashboard`;
 - search: `GET /items?q=PHRASE` for phrases that pick one item, and with the edit filters
   (annotator, outcome, edit-rate range, review) on their own and combined with a phrase;
 - history: `GET /items/{id}` for random items;
-- freeze: a dataset version of all edits through `create_version` (rows/s).
+- freeze: a dataset version of all edits, as its job freezes it (`bench.common.timed_freeze`; rows/s).
 
 Goal (issue #18): dashboard, search and history p95 under 300 ms. JSON keys: dashboard_p95_ms,
-search_p95_ms, history_p95_ms, freeze_rows_per_s (and medians). Environment: REDLINE_TEST_PG_URL,
+search_p95_ms, history_p95_ms, freeze_rows_per_s (and medians). Environment: REDLINE_BENCH_ADMIN_PG_URL,
 REDLINE_BENCH_ADMIN_ITEMS (default 1000000), REDLINE_BENCH_ADMIN_REQUESTS (default 40 per page kind),
-REDLINE_BENCH_ADMIN_FREEZE_ROWS (default 0: all edits; freezing is synchronous and slow, see the README).
+REDLINE_BENCH_ADMIN_FREEZE_ROWS (default 0: all edits), REDLINE_FREEZE_CONNECTIONS (the app's setting).
 """
 
 from __future__ import annotations
@@ -30,10 +33,13 @@ from datetime import timedelta
 
 import httpx
 from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
-from bench.common import scratch_database, write_results
-from bench.export import PAIRS, PG_ADMIN, START, _setup, analysed_pairs
-from bench.server import _free_port, _start_server, _stop_server
+from bench.common import timed_freeze, write_results
+from bench.export import PAIRS, START, _setup, analysed_pairs
+from bench.server import _ensure_database, _free_port, _start_server, _stop_server
+
+PG_URL = os.environ.get("REDLINE_BENCH_ADMIN_PG_URL", "postgresql://postgres@127.0.0.1:5432/redline_bench_admin")
 
 ITEMS = int(os.environ.get("REDLINE_BENCH_ADMIN_ITEMS", "1000000"))
 REQUESTS = int(os.environ.get("REDLINE_BENCH_ADMIN_REQUESTS", "40"))
@@ -100,6 +106,47 @@ def fill(url: str, pairs: int, project_id: int) -> float:
     return time.perf_counter() - began
 
 
+def _urls() -> tuple[str, str]:
+    url = make_url(PG_URL).set(drivername="postgresql+psycopg")
+    return url.render_as_string(hide_password=False), url.set(database="postgres").render_as_string(False)
+
+
+def _seeded(url: str) -> bool:
+    with create_engine(url).connect() as conn:
+        users = conn.scalar(text("SELECT count(*) FROM users WHERE username = 'bench-admin'"))
+        items = conn.scalar(text("SELECT count(*) FROM items"))
+        edits = conn.scalar(text("SELECT count(*) FROM edits"))
+    return users == 1 and items == edits == ITEMS
+
+
+def seed(url: str) -> str:
+    """The database filled for ITEMS (kept between runs; refilled when its size differs); returns a note."""
+    from app.models import Base
+
+    if _seeded(url):
+        return f"{ITEMS} items, {ITEMS} edits, leases and reviews kept from an earlier run"
+    print(f"seeding {ITEMS} items and edits (kept for later runs)", flush=True)
+    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+    with create_engine(url).begin() as conn:
+        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+        conn.execute(text("DROP TABLE IF EXISTS bench_pairs"))
+    pairs = analysed_pairs(PAIRS)
+    with create_engine(url).begin() as conn:
+        project_id = _setup(conn, pairs)
+        conn.execute(text(
+            "INSERT INTO users (username, display_name, role, password_hash, is_active, created_at) "
+            "VALUES ('bench-admin', '', 'admin', 'x', true, now())"))
+    seconds = fill(url, len(pairs), project_id)
+    return f"{ITEMS} items, {ITEMS} edits, leases and reviews loaded and indexed in {seconds:.0f} s"
+
+
+def reset(url: str) -> None:
+    """What an earlier run left besides the seed: dataset versions, freeze jobs, sessions, audit events."""
+    with create_engine(url).begin() as conn:
+        conn.execute(text("TRUNCATE dataset_rows, dataset_versions, jobs, web_sessions, audit_events, "
+                          "webhook_deliveries CASCADE"))
+
+
 def _admin_session(url: str) -> tuple[str, str]:
     from app.models import utcnow
     from app.security import hash_password, new_token, token_digest
@@ -158,18 +205,13 @@ def measure(url: str, figures: dict[str, float], notes: dict[str, str]) -> None:
                          f"{len(filters)} filters), {len(history)} history; one at a time, keep-alive")
 
 
-def freeze(url: str) -> tuple[int, float]:
-    from app.db import engine_for, session_scope
-    from app.services.datasets import DatasetFilter, create_version
-
+def freeze(url: str) -> tuple[int, float, str]:
     # Edit g was created at START + g seconds: the first FREEZE_ROWS edits are those created before that.
     until = START + timedelta(seconds=FREEZE_ROWS + 1) if FREEZE_ROWS else None
-    began = time.perf_counter()
-    with session_scope(engine_for(url)) as session:
-        version = create_version(session, DatasetFilter(
-            outcomes=["edited", "no_change_needed", "unfixable"], review_statuses=["accepted", "pending", "rejected"],
-            created_before=until), "all edits", None)
-    return version.row_count, time.perf_counter() - began
+    _, rows, seconds, how = timed_freeze(url, {
+        "outcomes": ["edited", "no_change_needed", "unfixable"], "review_statuses": ["accepted", "pending", "rejected"],
+        "created_before": until}, "all edits")
+    return rows, seconds, how
 
 
 def main() -> None:
@@ -181,21 +223,16 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     figures: dict[str, float] = {}
     notes: dict[str, str] = {}
-    with scratch_database(PG_ADMIN, "redline_bench_admin") as url:
-        pairs = analysed_pairs(PAIRS)
-        with create_engine(url).begin() as conn:
-            project_id = _setup(conn, pairs)
-            conn.execute(text(
-                "INSERT INTO users (username, display_name, role, password_hash, is_active, created_at) "
-                "VALUES ('bench-admin', '', 'admin', 'x', true, now())"))
-        seconds = fill(url, len(pairs), project_id)
-        notes["setup"] = f"{ITEMS} items, {ITEMS} edits, leases and reviews loaded and indexed in {seconds:.0f} s"
-        measure(url, figures, notes)
-        rows, freeze_s = freeze(url)
-        figures["freeze_rows_per_s"] = rows / freeze_s
-        notes["freeze"] = f"{rows} rows in {freeze_s:.1f} s (synchronous create_version)"
-        notes["machine"] = (f"{os.cpu_count()} cpus shared with other work; Postgres on the same host; 1-min load "
-                            f"average {load_before:.1f} at start, {os.getloadavg()[0]:.1f} at end")
+    url, admin_url = _urls()
+    _ensure_database(url, admin_url)
+    notes["setup"] = seed(url)
+    reset(url)
+    measure(url, figures, notes)
+    rows, freeze_s, how = freeze(url)
+    figures["freeze_rows_per_s"] = rows / freeze_s
+    notes["freeze"] = f"{rows} rows in {freeze_s:.1f} s ({how})"
+    notes["machine"] = (f"{os.cpu_count()} cpus shared with other work; Postgres on the same host; 1-min load "
+                        f"average {load_before:.1f} at start, {os.getloadavg()[0]:.1f} at end")
     write_results("admin", figures, notes)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,6 +27,28 @@ def write_results(name: str, figures: dict[str, float], notes: dict[str, str] | 
         print(f"  # {key}: {value}")
     print(f"  -> {path}")
     return path
+
+
+def timed_freeze(url: str, flt_fields: dict, name: str) -> tuple[int, int, float, str]:
+    """Freeze a dataset version as its job does (app.services.freeze.freeze_requested, on the settings'
+    REDLINE_FREEZE_CONNECTIONS connections); returns (version id, rows, seconds, how)."""
+    from app.db import engine_for, session_scope
+    from app.models import DatasetVersion
+    from app.services import freeze
+    from app.services.datasets import DatasetFilter
+    from app.settings import get_settings
+
+    os.environ["DATABASE_URL"] = url  # the job's connections come from the settings, as in the worker
+    get_settings.cache_clear()
+    engine = engine_for(url)
+    with session_scope(engine) as session:
+        version_id = freeze.request_version(session, DatasetFilter(**flt_fields), name, None).id
+    began = time.perf_counter()
+    freeze.freeze_requested(version_id)
+    seconds = time.perf_counter() - began
+    with session_scope(engine) as session:
+        rows = session.get(DatasetVersion, version_id).row_count
+    return version_id, rows, seconds, f"freeze job's work on {get_settings().freeze_connections} connections"
 
 
 @contextmanager

@@ -2,11 +2,12 @@
 
 Setup (not timed as export): a fresh Postgres database (dropped afterwards) is filled by COPY with
 realistic edits — a few hundred pairs of ~300-token model-written responses (app/demo) with word-level
-edits, analysed by the real label engine, reused round-robin — then a dataset version is frozen through
-`create_version`. Each export then runs in a child process (`python -m bench.export --child …`) that
-streams `stream_export` into a file; it reports rows/s and its own peak RSS (VmHWM).
+edits, analysed by the real label engine, reused round-robin — then a dataset version is frozen as its job
+freezes it (`bench.common.timed_freeze`). Each export then runs in a child process (`python -m bench.export
+--child …`) that streams `stream_export` into a file; it reports rows/s and its own peak RSS (VmHWM).
 
-Goals (issue #5): ≥ 20,000 rows/s to JSONL; peak memory < 300 MB and flat from 100k to 1M rows.
+Goals: ≥ 20,000 rows/s to JSONL (issue #5), ≥ 30,000 rows/s to Parquet at 1M rows (issue #18); peak memory
+< 300 MB and flat from 100k to 1M rows.
 Environment: REDLINE_TEST_PG_URL (admin connection, default postgresql://postgres@127.0.0.1:5432/test),
 REDLINE_BENCH_EXPORT_SIZES (default "100000,1000000"), REDLINE_BENCH_DIR.
 """
@@ -29,7 +30,7 @@ from pathlib import Path
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from bench.common import write_results
+from bench.common import timed_freeze, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN = os.environ.get("REDLINE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -162,13 +163,8 @@ def fill(url: str, start: int, stop: int, pairs: int, project_id: int) -> float:
 
 
 def freeze(url: str, name: str) -> tuple[int, int, float]:
-    from app.db import engine_for, session_scope
-    from app.services.datasets import DatasetFilter, create_version
-
-    began = time.perf_counter()
-    with session_scope(engine_for(url)) as session:
-        version = create_version(session, DatasetFilter(outcomes=["edited", "no_change_needed"]), name, None)
-    return version.id, version.row_count, time.perf_counter() - began
+    version_id, rows, seconds, _ = timed_freeze(url, {"outcomes": ["edited", "no_change_needed"]}, name)
+    return version_id, rows, seconds
 
 
 def export_in_child(url: str, version_id: int, fmt: str) -> dict:

@@ -214,20 +214,7 @@ def _runs_and_equalities(diff: Diff) -> list[tuple[str, str, str]]:
 
 def changed_runs(diff: Diff) -> list[tuple[str, str]]:
     """(deleted, inserted) text of each run of changes between equalities."""
-    runs: list[tuple[str, str]] = []
-    deleted = inserted = ""
-    for op, text in diff:
-        if op == EQUAL:
-            if deleted or inserted:
-                runs.append((deleted, inserted))
-            deleted = inserted = ""
-        elif op == DELETE:
-            deleted += text
-        else:
-            inserted += text
-    if deleted or inserted:
-        runs.append((deleted, inserted))
-    return runs
+    return [(deleted, inserted) for deleted, inserted, _ in _runs_and_equalities(diff) if deleted or inserted]
 
 
 def full_diff(original: str, edited: str) -> Diff:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -18,8 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="full")
     parser.add_argument("--task", default=None,
                         help="gold world as module:function (default: the preset's, training.sim.task:facts_task)")
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="seeds trained side by side in worker processes (each single-threaded; default 1)")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                        help="independent training runs (sweep points, reward-model checks, seeds) side by side "
+                             "in worker processes, each single-threaded (default: one per CPU)")
     parser.add_argument("--out", type=Path, default=None, help="run folder (default var/reproduce/PRESET)")
     parser.add_argument("--docs", type=Path, default=Path("docs"), help="where reproduction.md and plots go")
     parser.add_argument("--bench", type=Path, default=Path("var/bench/reproduce.json"))

@@ -24,8 +24,11 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from difflib import SequenceMatcher
 from itertools import product
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -159,27 +162,37 @@ def validation_prompts(export: Path, val_fraction: float, seed: int) -> list[str
     return split_by_prompt(prompts, lambda p: p, val_fraction, seed)[1]
 
 
-def sweep_stage(preset: Preset, cli: CLI, build_dir: Path, export: Path, out: Path) -> dict[str, Any]:
-    """Each policy method's grid, trained on one seed's training split and scored by mean gold reward
-    on that seed's validation questions; returns every score and the chosen setting per method."""
+def _sweep_point(preset: Preset, kind: str, setting: dict[str, Any], build_dir: Path, export: Path, run: Path,
+                 prompts: list[str], in_process: bool) -> tuple[dict[str, Any], dict[str, float]]:
+    """One grid point: train on the sweep seed's training split, score on its validation questions."""
     from training.sim.evaluate import gold_eval
 
     seed = preset.seeds[0]
-    table: dict[str, Any] = {}
+    cli = CLI(in_process)
+    log(f"sweep {kind} {run.name}")
+    cli(kind, run, model=build_dir / "policy", data=export, seed=seed, **{**getattr(preset, kind), **setting})
+    gold = gold_eval(str(run / "model"), prompts, preset.sweep_samples, 2000 + seed, task=preset.task).mean
+    return {**setting, "gold": gold}, cli.seconds
+
+
+def sweep_stage(preset: Preset, pool: Pool, build_dir: Path, export: Path, out: Path) -> dict[str, Any]:
+    """Each policy method's grid, trained on one seed's training split and scored by mean gold reward
+    on that seed's validation questions; returns every score and the chosen setting per method."""
+    seed = preset.seeds[0]
+    calls, grids = [], {}
     for kind, grid in preset.sweep.items():
-        base = getattr(preset, kind)
-        prompts = validation_prompts(export, base["val_fraction"], seed)
-        rows = []
+        prompts = validation_prompts(export, getattr(preset, kind)["val_fraction"], seed)
+        grids[kind] = (grid, len(prompts))
         for values in product(*grid.values()):
             setting = dict(zip(grid, values, strict=True))
-            name = "-".join(f"{k}={v}" for k, v in setting.items())
-            log(f"sweep {kind} {name}")
-            run = out / "sweep" / kind / name
-            cli(kind, run, model=build_dir / "policy", data=export, seed=seed, **{**base, **setting})
-            gold = gold_eval(str(run / "model"), prompts, preset.sweep_samples, 2000 + seed, task=preset.task).mean
-            rows.append({**setting, "gold": gold})
+            run = out / "sweep" / kind / "-".join(f"{k}={v}" for k, v in setting.items())
+            calls.append((kind, (preset, kind, setting, build_dir, export, run, prompts, pool.in_process)))
+    scored = pool.map(_sweep_point, [args for _, args in calls])
+    table: dict[str, Any] = {}
+    for kind, (grid, validation) in grids.items():
+        rows = [row for (of, _), row in zip(calls, scored, strict=True) if of == kind]
         best = max(rows, key=lambda r: r["gold"])
-        table[kind] = {"rows": rows, "chosen": {k: best[k] for k in grid}, "validation_prompts": len(prompts)}
+        table[kind] = {"rows": rows, "chosen": {k: best[k] for k in grid}, "validation_prompts": validation}
     return table
 
 
@@ -306,7 +319,14 @@ def edit_pairs(preset: Preset, prompts: list[str], level: str, path: Path) -> di
             "mean_edited_words": sum(len(r["original"].split()) + len(r["edited"].split()) for r in rows) / len(rows)}
 
 
-def rm_check_stage(preset: Preset, cli: CLI, build_dir: Path, out: Path) -> dict[str, Any]:
+def _rm_check_run(kind: str, run: Path, keys: dict[str, Any], in_process: bool
+                  ) -> tuple[dict[str, Any], dict[str, float]]:
+    cli = CLI(in_process)
+    log(f"rm-check {run.parent.name}: {run.name}")
+    return cli(kind, run, **keys), cli.seconds
+
+
+def rm_check_stage(preset: Preset, pool: Pool, build_dir: Path, out: Path) -> dict[str, Any]:
     """Token RM (our loss and the paper's) vs sequence RM, identical settings, on light and heavy edits."""
     prompts = [r["prompt"] for r in _head(_read_jsonl(build_dir / "prompts_train.jsonl"),
                                            preset.rm_check.get("prompts", 0))]
@@ -314,60 +334,84 @@ def rm_check_stage(preset: Preset, cli: CLI, build_dir: Path, out: Path) -> dict
     result: dict[str, Any] = {"data": {}, "seeds": {}}
     for level in ("light", "heavy"):
         result["data"][level] = edit_pairs(preset, prompts, level, out / f"pairs-{level}.jsonl")
-    for seed in preset.rm_check["seeds"]:
-        per_seed: dict[str, Any] = {}
-        for level, (name, (kind, extra)) in product(("light", "heavy"), RM_CHECK.items()):
-            log(f"rm-check seed {seed}: {name} on {level} edits")
-            per_seed[f"{name}/{level}"] = cli(kind, out / f"seed-{seed}" / f"{name}-{level}",
-                                              model=build_dir / "policy", data=out / f"pairs-{level}.jsonl",
-                                              seed=seed, **{**preset.rm_check["train"], **extra})
-        result["seeds"][seed] = per_seed
+    runs = [(seed, f"{name}/{level}", (kind, out / f"seed-{seed}" / f"{name}-{level}", {
+        "model": build_dir / "policy", "data": out / f"pairs-{level}.jsonl", "seed": seed,
+        **preset.rm_check["train"], **extra}, pool.in_process))
+        for seed in preset.rm_check["seeds"]
+        for level, (name, (kind, extra)) in product(("light", "heavy"), RM_CHECK.items())]
+    for (seed, key, _), evaluated in zip(runs, pool.map(_rm_check_run, [args for *_, args in runs]), strict=True):
+        result["seeds"].setdefault(seed, {})[key] = evaluated
     return result
 
 
 def seed_stage(preset: Preset, out: Path, seed: int, chosen: dict[str, dict[str, Any]], in_process: bool
-               ) -> tuple[int, dict[str, Any], dict[str, float]]:
-    """Train and evaluate one seed (a worker of `--jobs`): (seed, its results, CLI seconds)."""
+               ) -> tuple[dict[str, Any], dict[str, float]]:
+    """Train and evaluate one seed: its results and CLI seconds."""
     cli = CLI(in_process)
     runs = train_stage(preset, cli, out / "build", out / "export.jsonl", out / "prompts_train.jsonl", seed,
                        out / f"seed-{seed}", chosen)
-    return seed, evaluate_stage(preset, out / "build", runs, seed), cli.seconds
+    return evaluate_stage(preset, out / "build", runs, seed), cli.seconds
+
+
+Work = Callable[..., tuple[Any, dict[str, float]]]  # a stage's unit: (its result, its CLI runs' seconds)
+
+
+class Pool:
+    """A stage's independent units `jobs` at a time in spawned worker processes (each training run is
+    single-threaded, so two cores take two at once), or one by one in this process; keeps the CLI seconds
+    of every run."""
+
+    def __init__(self, jobs: int, in_process: bool) -> None:
+        self.in_process = in_process
+        self.seconds: dict[str, float] = {}
+        self._executor = ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) if jobs > 1 else None
+
+    def completed(self, work: Work, calls: list[tuple]) -> Iterator[tuple[int, Any]]:
+        """(index into `calls`, result) of each unit, as each finishes."""
+        if self._executor is None:
+            outcomes: Iterable[tuple[int, Any]] = ((i, work(*args)) for i, args in enumerate(calls))
+        else:
+            futures = {self._executor.submit(work, *args): i for i, args in enumerate(calls)}
+            outcomes = ((futures[f], f.result()) for f in as_completed(futures))
+        for index, (result, seconds) in outcomes:
+            self.seconds.update(seconds)
+            yield index, result
+
+    def map(self, work: Work, calls: list[tuple]) -> list[Any]:
+        return [result for _, result in sorted(self.completed(work, calls), key=lambda done: done[0])]
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(cancel_futures=True)
 
 
 def run_pipeline(preset: Preset, out: Path, in_process: bool = False, jobs: int = 1) -> dict[str, Any]:
-    """Every stage in order; the seeds run `jobs` at a time in worker processes (each run is single-
-    threaded). results.json is rewritten after each seed, so a run cut short still leaves the seeds it
-    finished (the report says how many)."""
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from multiprocessing import get_context
-
+    """Every stage in order; within the sweep, the reward-model check and the seeds, the independent runs go
+    `jobs` at a time. results.json is rewritten after each seed, so a run cut short still leaves the seeds
+    it finished (the report says how many)."""
     started = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
-    cli = CLI(in_process)
-    build_dir = build_stage(preset, out)
-    responses = generate_stage(preset, cli, build_dir, out)
-    export, annotation = annotate_stage(preset, build_dir, responses, out)
-    sweep = sweep_stage(preset, cli, build_dir, export, out)
-    rm_check = rm_check_stage(preset, cli, build_dir, out / "rm-check")
-    results: dict[str, Any] = {"preset": preset.as_dict(), "build": json.loads((build_dir / "build.json").read_text()),
-                               "annotation": annotation, "sweep": sweep, "rm_check": rm_check, "seeds": {},
-                               "jobs": jobs}
-    chosen = {kind: entry["chosen"] for kind, entry in sweep.items()}
-
-    def record(seed: int, result: dict[str, Any], seconds: dict[str, float]) -> None:
-        results["seeds"][seed] = result
-        results["seeds"] = dict(sorted(results["seeds"].items()))
-        cli.seconds.update(seconds)
-        results.update(cli_seconds=cli.seconds, seconds=round(time.monotonic() - started, 1))
-        (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-
-    if jobs <= 1:
-        for seed in preset.seeds:
-            record(*seed_stage(preset, out, seed, chosen, in_process))
-    else:
-        with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(seed_stage, preset, out, seed, chosen, in_process) for seed in preset.seeds]
-            for future in as_completed(futures):
-                record(*future.result())
+    pool = Pool(jobs, in_process)
+    try:
+        cli = CLI(in_process)
+        build_dir = build_stage(preset, out)
+        responses = generate_stage(preset, cli, build_dir, out)
+        pool.seconds.update(cli.seconds)
+        export, annotation = annotate_stage(preset, build_dir, responses, out)
+        sweep = sweep_stage(preset, pool, build_dir, export, out)
+        rm_check = rm_check_stage(preset, pool, build_dir, out / "rm-check")
+        results: dict[str, Any] = {"preset": preset.as_dict(),
+                                   "build": json.loads((build_dir / "build.json").read_text()),
+                                   "annotation": annotation, "sweep": sweep, "rm_check": rm_check, "seeds": {},
+                                   "jobs": jobs}
+        chosen = {kind: entry["chosen"] for kind, entry in sweep.items()}
+        calls = [(preset, out, seed, chosen, in_process) for seed in preset.seeds]
+        for index, result in pool.completed(seed_stage, calls):
+            results["seeds"][preset.seeds[index]] = result
+            results["seeds"] = dict(sorted(results["seeds"].items()))
+            results.update(cli_seconds=pool.seconds, seconds=round(time.monotonic() - started, 1))
+            (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    finally:
+        pool.close()
     log(f"done in {results['seconds']} s")
     return results

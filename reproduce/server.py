@@ -21,8 +21,9 @@ from app.driver import SessionDatabase
 from app.models import Base, Outcome, Project, Role, User
 from app.security import hash_password
 from app.services.annotation import submit
-from app.services.datasets import DatasetFilter, create_version
+from app.services.datasets import DatasetFilter
 from app.services.export import stream_export
+from app.services.freeze import create_version
 from app.services.importer import import_records
 from app.services.projects import ProjectSettings, create_project, set_members
 from app.services.queue import next_task

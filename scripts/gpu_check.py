@@ -1,6 +1,7 @@
-"""GPU check: a few steps of token-rm, FIGA and fine-grained PPO on the default SmolLM2 in bf16, with
-tokens/s, peak GPU memory and model FLOPs utilisation for each. Nothing comes from a model hub: the
-model is the prepared local folder, the data the demo answers with a one-word minimal edit each.
+"""GPU check: a few steps of token-rm, FIGA and fine-grained PPO (rollouts from Hugging Face `generate`,
+then from a colocated vLLM engine) on the default SmolLM2 in bf16, with tokens/s, peak GPU memory and
+model FLOPs utilisation for each. Nothing comes from a model hub: the model is the prepared local
+folder, the data the demo answers with a one-word minimal edit each.
 
     scripts/gpu-check.sh            # or: python scripts/gpu_check.py [--model DIR] [--out DIR]
 
@@ -8,13 +9,17 @@ MFU = achieved model FLOPs / the GPU's peak dense bf16 FLOPs. Model FLOPs per to
 estimate (Kaplan et al.): 2·N forward, 6·N forward + backward, for N parameters. PPO counts per
 response token: the sampling forward (2N), the rollout's policy, reference, reward and value forwards
 (4·2N), and `ppo_epochs` updates of policy and value (2·6N each). Attention FLOPs are left out (small at
-these lengths), so the figure errs low. Peak FLOPs come from the device name (H100/H200, A100, L40S,
-A10, RTX 4090) or GPU_PEAK_TFLOPS. Writes var/bench/gpu-check.json.
+these lengths), so the figure errs low. PPO also prints the rollout tokens per second of generation
+alone (`generation_time`), where the two engines differ. Peak memory is torch's allocator peak: vLLM's
+KV cache, allocated at its start, is in it for the vLLM run (vllm_gpu_memory_utilization of the card).
+Peak FLOPs come from the device name (H100/H200, A100, L40S, A10, RTX 4090) or GPU_PEAK_TFLOPS.
+Writes var/bench/gpu-check.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import time
@@ -101,13 +106,15 @@ def main() -> int:
     report: dict = {"device": device, "model": str(model), "parameters": n_params, "peak_tflops": peak and peak / 1e12,
                     "runs": {}}
 
-    def record(name: str, tokens_per_s: float, flops_per_token: float, seconds: float, peak_gib: float) -> None:
+    def record(name: str, tokens_per_s: float, flops_per_token: float, seconds: float, peak_gib: float,
+               **extra: float) -> None:
         mfu = flops_per_token * tokens_per_s / peak if peak else None
         report["runs"][name] = {"tokens_per_s": tokens_per_s, "peak_memory_gib": peak_gib, "seconds": seconds,
-                                "mfu": mfu}
+                                "mfu": mfu, **extra}
         mfu_text = f"{100 * mfu:.1f}%" if mfu is not None else "n/a (set GPU_PEAK_TFLOPS)"
+        more = "".join(f"   {key.replace('_', ' ')} {value:,.0f}" for key, value in extra.items())
         print(f"{name:<14} {tokens_per_s:>10,.0f} tokens/s   peak {peak_gib:6.2f} GiB   MFU {mfu_text}   "
-              f"({seconds:.0f} s)", flush=True)
+              f"({seconds:.0f} s){more}", flush=True)
 
     supervised = {**common, "max_steps": args.steps, "batch_size": 16, "val_fraction": 0.1}
     for kind in ("token-rm", "figa"):
@@ -119,15 +126,23 @@ def main() -> int:
 
     ppo = {**common, "reward_model": str(out / "token-rm" / "model"), "num_iterations": max(4, args.steps // 5),
            "rollout_batch_size": 32, "max_new_tokens": 64, "logging_steps": 1, "val_fraction": 0.1}
-    _, seconds, peak_gib, metrics = run("ppo", {**ppo, "output_dir": str(out / "ppo-hf")})
-    rows = [row for row in metrics if "iteration_time" in row][1:] or metrics
-    tokens = [ppo["rollout_batch_size"] * row["objective/response_length"] / row["iteration_time"] for row in rows]
     from training.config import build_config
 
     epochs = build_config("ppo", ppo).ppo_epochs
-    record("ppo (HF)", sum(tokens) / len(tokens), (2 + 4 * 2 + epochs * 2 * 6) * n_params, seconds, peak_gib)
-    report["runs"]["ppo (vLLM)"] = "not run: this build has no vLLM generator yet (docs/jobs.md)"
-    print("ppo (vLLM)     not run: this build has no vLLM generator yet", flush=True)
+    for generator, label in (("hf", "ppo (HF)"), ("vllm", "ppo (vLLM)")):
+        if generator == "vllm" and importlib.util.find_spec("vllm") is None:
+            report["runs"][label] = "not run: vLLM is not installed (the gpu extra)"
+            print(f"{label:<14} not run: vLLM is not installed (pip install 'redline[gpu]')", flush=True)
+            continue
+        _, seconds, peak_gib, metrics = run("ppo", {**ppo, "generator": generator,
+                                                    "output_dir": str(out / f"ppo-{generator}")})
+        rows = [row for row in metrics if "iteration_time" in row][1:] or metrics  # the first holds warm-up
+        tokens = [ppo["rollout_batch_size"] * row["objective/response_length"] for row in rows]
+        per_s = sum(tokens) / sum(row["iteration_time"] for row in rows)
+        generation = sum(tokens) / sum(row["generation_time"] for row in rows)
+        record(label, per_s, (2 + 4 * 2 + epochs * 2 * 6) * n_params, seconds, peak_gib,
+               generation_tokens_per_s=generation, eos_per_rollout=sum(r["val/num_eos_tokens"] for r in rows)
+               / len(rows))
 
     bench = ROOT / "var" / "bench"
     bench.mkdir(parents=True, exist_ok=True)

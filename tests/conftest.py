@@ -3,46 +3,28 @@
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine, text
 
 from app import migrate
 from app.db import engine_for
 from app.models import Base
 from app.settings import get_settings
+from bench.common import scratch_database
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = ROOT / "var" / "models" / "SmolLM2-135M-Instruct"
 PG_URL = os.environ.get("REDLINE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
-def psycopg_url(url: str) -> str:
-    parsed = make_url(url)
-    return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
-
-
 @pytest.fixture(scope="session")
 def pg_database_url() -> Iterator[str]:
     """A fresh, migrated Postgres database for this test run (this xdist worker), dropped afterwards."""
-    admin_url = psycopg_url(PG_URL)
-    name = f"redline_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    migrate.upgrade(url)
-    try:
+    with scratch_database(PG_URL, "redline_test") as url:
         yield url
-    finally:
-        engine_for.cache_clear()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def truncate_all(engine: Engine) -> None:
@@ -143,7 +125,9 @@ def login_as():
 
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory, default_tokenizer_path: Path) -> Path:
-    """A randomly initialised 2-layer Llama (hidden 32) with the real SmolLM2 tokenizer: trains in seconds."""
+    """A randomly initialised 2-layer Llama (hidden 32) with the real SmolLM2 tokenizer: trains in seconds.
+    Seeded, so every run has the same weights (and a test that generates with it, the same text)."""
+    import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     folder = tmp_path_factory.mktemp("tiny-model")
@@ -160,6 +144,7 @@ def tiny_model_path(tmp_path_factory, default_tokenizer_path: Path) -> Path:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
+    torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from sqlalchemy.orm import Session
 
 from app.driver import SessionDatabase
+from app.editors.service import EditorSettings, create_editor, join_project
 from app.models import (
     Edit,
     Item,
@@ -65,6 +66,14 @@ def make_project(session: Session, name: str | None = None, tokenizer: str = DEF
     session.add(project)
     session.flush()
     return project
+
+
+def make_model_account(session: Session, project_id: int, name: str = "smol", model: str = "m") -> User:
+    """A model editor (at an address nobody serves) and its annotator account (kind model), a member of the
+    project: for tests of what the model's edits do, not of the model."""
+    editor = create_editor(session, EditorSettings(name=name, base_url="http://127.0.0.1:9/v1", model=model), None)
+    join_project(session, editor, project_id)
+    return session.get(User, editor.user_id)
 
 
 def make_item(session: Session, project: Project, prompt: str, original: str, **fields) -> Item:

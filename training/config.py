@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import math
 import re
 import typing
@@ -28,6 +29,16 @@ import yaml
 RESUME_STATE_FILE = "trainer_state.pt"
 
 DEFAULT_MODEL = "var/models/SmolLM2-135M-Instruct"
+# The optional extra that brings CUDA-only engines (vLLM, DeepSpeed); CPU machines never install it.
+GPU_EXTRA = "pip install 'redline[gpu]'"
+
+
+def missing_package(package: str) -> str:
+    """"" when `package` is installed here, else what to do about it. Looks without importing: vLLM and
+    DeepSpeed load CUDA at import, and the web app must never import them."""
+    if importlib.util.find_spec(package) is not None:
+        return ""
+    return f"{package} is not installed: install the gpu extra ({GPU_EXTRA})"
 
 
 class ConfigError(ValueError):
@@ -167,6 +178,13 @@ class PPOConfig(TrainConfig):
     temperature: float = _f(1.0, "Sampling temperature of rollouts.", min=0.01)
     top_p: float = _f(1.0, "Nucleus sampling of rollouts.", min=0.0, max=1.0)
     top_k: int = _f(0, "Top-k sampling of rollouts (0 = off).", min=0)
+    generator: str = _f("hf", "Rollout engine: hf (Hugging Face generate, also on CPU) or vllm (a vLLM engine "
+                        "beside the training on each GPU, the policy's weights synced into it after every update; "
+                        "needs the gpu extra).", choices=["hf", "vllm"], requires={"vllm": "vllm"})
+    vllm_gpu_memory_utilization: float = _f(0.3, "generator=vllm: share of the GPU's memory vLLM may take for its "
+                                            "weights and KV cache; the rest stays for training.", min=0.05, max=0.95)
+    vllm_sleep_mode: bool = _f(False, "generator=vllm: put vLLM to sleep during each update (its KV cache freed, "
+                               "its weights moved to CPU memory), for models that need the memory to train.")
     kl_coef: float = _f(0.05, "β of the per-token KL penalty r_t = s_t − β·k_t.", min=0.0)
     kl_estimator: str = _f("k1", "k1 = log π − log π_ref; k3 = (ρ−1) − log ρ with ρ = π_ref/π.",
                            choices=["k1", "k3"])
@@ -236,7 +254,8 @@ FALSE_WORDS = frozenset({"false", "off", "no", "0"})
 
 @dataclass(frozen=True)
 class FieldSpec:
-    """One config key: its type name ("int", "float", "bool" or "str"), default, help and limits."""
+    """One config key: its type name ("int", "float", "bool" or "str"), default, help and limits;
+    `requires` maps a choice to the package it needs beyond the `train` extra."""
 
     name: str
     type: str
@@ -245,12 +264,16 @@ class FieldSpec:
     min: float | None = None
     max: float | None = None
     choices: tuple[str, ...] | None = None
+    requires: tuple[tuple[str, str], ...] | None = None
 
     def parse(self, raw: Any) -> Any:
         """The typed, checked value of `raw` (text, or a YAML scalar); raises FieldError."""
         value = _PARSERS[self.type](None if raw is None else raw.strip() if isinstance(raw, str) else raw)
         if self.choices is not None and value not in self.choices:
             raise FieldError(f"must be one of: {', '.join(self.choices)}")
+        package = dict(self.requires or ()).get(value)
+        if package and (problem := missing_package(package)):
+            raise FieldError(problem)
         if self.min is not None and value < self.min:
             raise FieldError(f"must be at least {self.min:g}")
         if self.max is not None and value > self.max:
@@ -333,16 +356,22 @@ def config_fields(kind: str) -> tuple[FieldSpec, ...]:
     out = []
     for f in dataclasses.fields(cls):
         meta = f.metadata
-        choices = meta.get("choices")
+        choices, requires = meta.get("choices"), meta.get("requires")
         out.append(FieldSpec(f.name, hints[f.name].__name__, f.default, meta.get("help", ""), meta.get("min"),
-                             meta.get("max"), tuple(choices) if choices else None))
+                             meta.get("max"), tuple(choices) if choices else None,
+                             tuple(requires.items()) if requires else None))
     return tuple(out)
 
 
 def config_schema(kind: str) -> list[dict[str, Any]]:
     """`config_fields` as JSON-ready dicts (`python -m training schema`); absent limits are left out."""
-    return [{k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(spec).items()
-             if v is not None or k == "default"} for spec in config_fields(kind)]
+    def plain(key: str, value: Any) -> Any:
+        if key == "requires":
+            return dict(value)
+        return list(value) if isinstance(value, tuple) else value
+
+    return [{k: plain(k, v) for k, v in dataclasses.asdict(spec).items() if v is not None or k == "default"}
+            for spec in config_fields(kind)]
 
 
 def check_values(kind: str, values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:

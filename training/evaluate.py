@@ -30,7 +30,7 @@ from training.data import (
     shared_prefix_length,
     split_by_prompt,
 )
-from training.generate import HFGenerator, strip_eos
+from training.generate import Generator, HFGenerator, strip_eos
 from training.losses import masked_sum
 from training.models import Policy, RewardModel, is_reward_model, sequence_scores, token_rewards
 from training.run import RunDir, make_accelerator
@@ -131,7 +131,7 @@ def win_rate(scores: Sequence[float], reference: Sequence[float]) -> float:
 @torch.no_grad()
 def policy_metrics(
     policy: Policy, ref: Policy, fmt: Formatter, pairs: Sequence[EncodedPair], judge: Judge,
-    generator: HFGenerator, batch_size: int, device: torch.device,
+    generator: Generator, batch_size: int, device: torch.device,
 ) -> dict[str, float]:
     """Judge score and win rate vs the reference responses, KL to π_ref and length, one response a prompt."""
     by_prompt: dict[str, EncodedPair] = {}

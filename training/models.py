@@ -52,13 +52,22 @@ def _enable_checkpointing(model) -> None:
         model.enable_input_require_grads()  # LoRA: frozen embeddings would cut the graph
 
 
-def save_hf(model, folder: Path, merge: bool) -> None:
-    """save_pretrained in safetensors; a LoRA model is merged into full weights when `merge`."""
+def save_hf(model, folder: Path, merge: bool, state_dict: dict[str, Tensor] | None = None) -> None:
+    """save_pretrained in safetensors; a LoRA model is merged into full weights when `merge`. `state_dict`:
+    the whole weights of a sharded model (its own parameters are shards), as Hugging Face's Trainer saves
+    under FSDP."""
     if merge and hasattr(model, "merge_and_unload"):
         import copy
 
         model = copy.deepcopy(model).merge_and_unload()
-    model.save_pretrained(folder, safe_serialization=True)
+    model.save_pretrained(folder, safe_serialization=True, state_dict=state_dict)
+
+
+def sub_state(state_dict: dict[str, Tensor] | None, prefix: str) -> dict[str, Tensor] | None:
+    """The entries of one submodule (`prefix` = its attribute name), renamed as its own state dict."""
+    if state_dict is None:
+        return None
+    return {key[len(prefix) + 1 :]: value for key, value in state_dict.items() if key.startswith(prefix + ".")}
 
 
 def is_adapter(folder: str | Path) -> bool:
@@ -110,8 +119,14 @@ class Policy(nn.Module):
                 entropy[:, 1:][targets_mask] = ent_sel
         return logp, entropy
 
-    def save(self, folder: Path, merge: bool = True) -> None:
-        save_hf(self.lm, folder, merge)
+    def generate(self, **kwargs) -> Tensor:
+        """The LM's `generate`, called on this module so that a sharded policy (FSDP2) can gather its
+        weights for it (`run.fsdp_forward_method`)."""
+        return self.lm.generate(**kwargs)
+
+    def save(self, folder: Path, merge: bool = True, state_dict: dict[str, Tensor] | None = None) -> None:
+        """`state_dict`: this module's whole weights when it is sharded (see save_hf)."""
+        save_hf(self.lm, folder, merge, sub_state(state_dict, "lm"))
 
 
 class RewardModel(nn.Module):
@@ -205,11 +220,14 @@ class RewardModel(nn.Module):
         cache = DynamicCache(config=self.backbone.config)
         return cache if cache.layers and all(type(layer) is DynamicLayer for layer in cache.layers) else None
 
-    def save(self, folder: Path, base_model: str, merge: bool = True) -> None:
+    def save(self, folder: Path, base_model: str, merge: bool = True,
+             state_dict: dict[str, Tensor] | None = None) -> None:
+        """`state_dict`: this module's whole weights when it is sharded (see save_hf); the head is written
+        from it too, never from a shard."""
         folder.mkdir(parents=True, exist_ok=True)
-        save_hf(self.backbone, folder, merge)
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.head.state_dict().items()},
-                  str(folder / REWARD_HEAD))
+        save_hf(self.backbone, folder, merge, sub_state(state_dict, "backbone"))
+        head = sub_state(state_dict, "head") or self.head.state_dict()
+        save_file({k: v.detach().contiguous().cpu() for k, v in head.items()}, str(folder / REWARD_HEAD))
         meta = {"head_kind": self.head_kind, "base_model": base_model}
         (folder / REWARD_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
 

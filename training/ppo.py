@@ -35,9 +35,9 @@ from training.data import (
     split_by_prompt,
 )
 from training.evaluate import policy_metrics, score_rows
-from training.generate import Generator, HFGenerator
+from training.generate import Generator, HFGenerator, VLLMGenerator
 from training.models import Policy, RewardModel, sequence_scores, token_rewards
-from training.run import adamw
+from training.run import adamw, fsdp_forward_method, is_fsdp2, is_sharded, vllm_dtype
 from training.trainers.base import TrainingRun, load_tokenizer
 
 VALUE_DIR = "value_model"
@@ -75,6 +75,9 @@ class PPOTrainer(TrainingRun):
         if not cfg.reward_model and (reward_model is None or not cfg.value_model):
             raise ValueError("ppo needs reward_model (a trained token-rm or seq-rm folder)")
         super().__init__(cfg)
+        if self.accelerator.distributed_type.value == "DEEPSPEED":
+            raise ValueError("ppo trains two models (policy and value) with one optimizer, and Accelerate's DeepSpeed "
+                             "integration prepares one model per engine: run ppo with sharding fsdp, or none")
         self.train_prompts, self.val_prompts = split_by_prompt(
             [p for _, p in read_prompts(cfg.data)], lambda p: p, cfg.val_fraction, cfg.seed)
         if not self.train_prompts:
@@ -107,29 +110,44 @@ class PPOTrainer(TrainingRun):
             value = RewardModel.from_pretrained(resume_from / VALUE_DIR, gradient_checkpointing=ckpt)
         return Models(self.load_policy(resume_from), value)
 
-    def save_model(self, model: Models, folder: Path, final: bool) -> None:
-        model.policy.save(folder, merge=final)
+    def save_model(self, model: Models, folder: Path, final: bool, weights: Models | None = None) -> None:
+        model.policy.save(folder, merge=final, state_dict=weights and weights.policy)
         self.tokenizer.save_pretrained(folder)
-        model.value.save(folder / VALUE_DIR, base_model=self.cfg.value_model or self.cfg.reward_model)
+        model.value.save(folder / VALUE_DIR, base_model=self.cfg.value_model or self.cfg.reward_model,
+                         state_dict=weights and weights.value)
 
     def _checkpoint(self, models: Models, optimizer, iteration: int) -> None:
-        self.checkpoint(models, iteration, {"optimizer": optimizer.state_dict(), "kl_coef": self.kl.value})
+        self.checkpoint(models, iteration, {"optimizer": self.optimizer_state(models, optimizer),
+                                            "kl_coef": self.kl.value})
 
     # -- rollout --
 
     def generator(self, policy: Policy) -> Generator:
+        """The rollout engine of `generator` (built once, on the prepared policy)."""
         if self._generator is not None:
             return self._generator
-        cfg = self.cfg
-        return HFGenerator(self.accelerator.unwrap_model(policy).lm, self.fmt.pad_id, self.fmt.eos_id,
-                           cfg.max_new_tokens, True, cfg.temperature, cfg.top_p, cfg.top_k,
-                           batch_size=cfg.rollout_batch_size, min_new_tokens=cfg.min_new_tokens)
+        cfg, acc = self.cfg, self.accelerator
+        policy = acc.unwrap_model(policy)
+        if cfg.generator == "vllm":
+            self._generator = VLLMGenerator(
+                policy.lm, cfg.model, self.fmt.eos_id, max_new_tokens=cfg.max_new_tokens,
+                min_new_tokens=cfg.min_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                max_model_len=cfg.max_prompt_length + cfg.max_new_tokens,
+                gpu_memory_utilization=cfg.vllm_gpu_memory_utilization, sleep_mode=cfg.vllm_sleep_mode,
+                dtype=vllm_dtype(acc), seed=cfg.seed + acc.process_index)
+        else:
+            fsdp_forward_method(policy, "generate")
+            self._generator = HFGenerator(policy, self.fmt.pad_id, self.fmt.eos_id, cfg.max_new_tokens, True,
+                                          cfg.temperature, cfg.top_p, cfg.top_k, batch_size=cfg.rollout_batch_size,
+                                          min_new_tokens=cfg.min_new_tokens,
+                                          synced=is_fsdp2(policy) or is_sharded(acc))
+        return self._generator
 
-    def sample_prompts(self, iteration: int) -> list[str]:
-        """Deterministic per iteration and process, so a resumed run draws the same prompts."""
+    def sample_prompts(self, iteration: int) -> list[list[int]]:
+        """Prompt ids, deterministic per iteration and process, so a resumed run draws the same prompts."""
         rng = random.Random(self.cfg.seed * 1_000_003 + iteration * 1009 + self.accelerator.process_index)
         pool = self.train_prompts
-        return [pool[rng.randrange(len(pool))] for _ in range(self.cfg.rollout_batch_size)]
+        return [self.fmt.prompt_ids(pool[rng.randrange(len(pool))]) for _ in range(self.cfg.rollout_batch_size)]
 
     def scores(self, batch: dict[str, Tensor], index: Tensor, mask: Tensor, has_eos: Tensor) -> Tensor:
         """s_t on the response grid: token rewards (fine-grained) or R(x, y) on the last token (sequence)."""
@@ -148,10 +166,12 @@ class PPOTrainer(TrainingRun):
         return s
 
     @torch.no_grad()
-    def rollout(self, policy: Policy, value: RewardModel, prompts: list[str]) -> dict[str, Tensor]:
+    def bookkeeping(self, policy: Policy, value: RewardModel, prompt_ids: list[list[int]],
+                    responses: list[list[int]]) -> dict[str, Tensor]:
+        """Everything PPO needs of sampled responses, whichever engine sampled them (the generator returns
+        token ids only): the training policy's own log-probs and entropy of the sampled tokens (old π),
+        the reference's, values, scores, KL-shaped rewards, advantages and returns, on the response grid."""
         cfg, device = self.cfg, self.accelerator.device
-        prompt_ids = [self.fmt.prompt_ids(p) for p in prompts]
-        responses = self.generator(policy)(prompt_ids)
         rows = [Row(p, r, [0] * len(r), has_eos=bool(r) and r[-1] == self.fmt.eos_id)
                 for p, r in zip(prompt_ids, responses, strict=True)]
         batch = {k: v.to(device) for k, v in collate_rows(rows, self.fmt.pad_id).items()}
@@ -244,7 +264,7 @@ class PPOTrainer(TrainingRun):
         models = Models(policy, value)
         iteration = 0
         if resume_from is not None:
-            state = self.restore(resume_from, optimizer)
+            state = self.restore(resume_from, models, optimizer)
             self.kl.value = state["kl_coef"]
             iteration = state["step"]
 
@@ -252,7 +272,10 @@ class PPOTrainer(TrainingRun):
         self.run_dir.progress(iteration, cfg.num_iterations)
         while iteration < cfg.num_iterations:
             started = time.perf_counter()
-            data = self.rollout(policy, value, self.sample_prompts(iteration))
+            prompt_ids = self.sample_prompts(iteration)
+            responses = self.generator(policy)(prompt_ids)
+            generation_time = time.perf_counter() - started
+            data = self.bookkeeping(policy, value, prompt_ids, responses)
             logged = self.rollout_stats(data, self.kl.value)
             logged.update(self.update(policy, value, optimizer, params, data))
             if cfg.adaptive_kl:
@@ -261,6 +284,7 @@ class PPOTrainer(TrainingRun):
             bar.update(1)
             self.run_dir.progress(iteration, cfg.num_iterations, every_s=1.0)
             logged.update({"learning_rate": cfg.learning_rate, "iteration_time": time.perf_counter() - started,
+                           "generation_time": generation_time,
                            "episode": iteration * cfg.rollout_batch_size * acc.num_processes})
             if iteration % cfg.logging_steps == 0 or iteration == cfg.num_iterations:
                 self.run_dir.log(iteration, cfg.num_iterations, logged)
@@ -289,8 +313,10 @@ class PPOTrainer(TrainingRun):
         if not pairs:
             return {}
         policy.eval()
-        generator = HFGenerator(policy.lm, self.fmt.pad_id, self.fmt.eos_id, self.cfg.max_new_tokens,
-                                do_sample=False, batch_size=self.cfg.batch_size)
+        fsdp_forward_method(policy, "generate")
+        generator = HFGenerator(policy, self.fmt.pad_id, self.fmt.eos_id, self.cfg.max_new_tokens,
+                                do_sample=False, batch_size=self.cfg.batch_size,
+                                synced=is_fsdp2(policy) or is_sharded(self.accelerator))
 
         def judge(prompts: list[str], responses: list[str]) -> list[float]:
             rows = [self.fmt.row(self.fmt.prompt_ids(p), self.fmt.response_ids(r))

@@ -46,6 +46,68 @@ def make_accelerator(cfg: BaseConfig, gradient_accumulation_steps: int = 1):
     return accelerator
 
 
+def is_sharded(accelerator) -> bool:
+    """Whether Accelerate shards the prepared models' weights or states (FSDP, DeepSpeed ZeRO)."""
+    return accelerator.distributed_type.value in ("FSDP", "DEEPSPEED")
+
+
+def is_fsdp2(model: torch.nn.Module) -> bool:
+    """Whether `model` was sharded by torch's `fully_shard` (FSDP2, what Accelerate's FSDP config applies)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def whole_state_dict(accelerator, model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    """The whole weights of a prepared model when it is sharded, gathered from every shard; None when the
+    process holds them whole (one process, DDP). Every process must call it (gathering is a collective);
+    the dict is complete on the main process only (the others may get an empty one).
+
+    FSDP2 modules: torch's full state dict offloaded to CPU memory, the very call Accelerate's
+    `get_state_dict` makes for them, made here on the module itself (which also makes it testable on CPU,
+    where Accelerate does not shard). DeepSpeed: Accelerate's `get_state_dict` (ZeRO-3: the 16-bit
+    consolidation that training/accelerate/zero3.yaml turns on)."""
+    if is_fsdp2(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if is_sharded(accelerator):
+        return accelerator.get_state_dict(model)
+    return None
+
+
+def optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimizer's state, whole (gathered from FSDP shards) and keyed by parameter names rather than
+    positions (torch's distributed state-dict API, which also sees through DDP's wrapper), complete on
+    the main process: a run with any process count, sharded or not, can load it. Every process calls it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, getattr(optimizer, "optimizer", optimizer),
+                                    options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Load an `optimizer_state` (every process reads the whole state and keeps its own part)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, getattr(optimizer, "optimizer", optimizer), state,
+                             options=StateDictOptions(full_state_dict=True))
+
+
+def fsdp_forward_method(model: torch.nn.Module, name: str) -> None:
+    """Under FSDP2, let `model.<name>` (e.g. `generate`) gather and free the weights as its forward does;
+    nothing to do for a model that is not sharded."""
+    if is_fsdp2(model):
+        from torch.distributed.fsdp import register_fsdp_forward_method
+
+        register_fsdp_forward_method(model, name)
+
+
+def vllm_dtype(accelerator) -> str:
+    """The precision a colocated vLLM engine runs in: the run's mixed precision."""
+    return {"bf16": "bfloat16", "fp16": "float16"}.get(accelerator.mixed_precision, "float32")
+
+
 def adamw(params: list, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     """Fused AdamW where torch has it for the parameters' device (HF Trainer's default too), else foreach."""
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -16,8 +16,8 @@ from app.api.schemas import DatasetCreate, DatasetOut, Problem
 from app.db import session_scope
 from app.deps import get_db
 from app.errors import DomainError
-from app.models import DatasetVersion, Project
-from app.services import datasets, export
+from app.models import DatasetState, DatasetVersion, Job, Project
+from app.services import datasets, export, freeze
 from app.services.datasets import MAX_ID
 from app.settings import get_settings
 
@@ -33,9 +33,12 @@ def download_links(request: Request, version_id: int) -> dict[str, str]:
     return {name: f"{url.path}?format={name}" for name in export.EXPORT_FORMATS}
 
 
-def _out(request: Request, version: DatasetVersion) -> DatasetOut:
+def _out(request: Request, db: Session, version: DatasetVersion) -> DatasetOut:
     summary = datasets.version_summary(version)
-    return DatasetOut(**{**summary, "downloads": download_links(request, version.id)})
+    ready = version.state == DatasetState.READY
+    job = db.get(Job, version.job_id) if version.job_id and not ready else None
+    return DatasetOut(**summary, progress=1.0 if ready else job.progress if job else 0.0,
+                      downloads=download_links(request, version.id) if ready else {})
 
 
 def permitted_tokenizer(db: Session, name: str) -> str:
@@ -60,22 +63,27 @@ def list_datasets(
     query = select(DatasetVersion).order_by(DatasetVersion.id.desc())
     if project_id is not None:
         query = query.where(DatasetVersion.project_id == project_id)
-    return [_out(request, version) for version in db.scalars(query)]
+    return [_out(request, db, version) for version in db.scalars(query)]
 
 
 @router.post(
-    "/datasets", response_model=DatasetOut, status_code=201, summary="Freeze a filter into a new version",
-    responses={422: {"model": Problem, "description": "Malformed filter, unknown project, or no matching edit"}},
+    "/datasets", response_model=DatasetOut, status_code=202,
+    summary="Freeze a filter into a new version (a job: poll the version until its state is ready)",
+    responses={422: {"model": Problem, "description": "Malformed filter or name, unknown project or annotator"}},
 )
 def create_dataset(
     request: Request,
+    response: Response,
     body: DatasetCreate,
     db: Session = Depends(get_db),
     caller: Principal = Depends(require_scope("datasets:write")),
 ) -> DatasetOut:
-    version = datasets.create_version(db, body.filter, body.name, caller.user)
+    """Answers at once with the new version in state `freezing`; a worker (`redline worker`) freezes it. A filter
+    that selects nothing makes the version `failed` with that reason."""
+    version = freeze.request_version(db, body.filter, body.name, caller.user)
     db.commit()
-    return _out(request, version)
+    response.headers["Location"] = str(request.url_for("get_dataset", version_id=version.id).path)
+    return _out(request, db, version)
 
 
 @router.get(
@@ -89,7 +97,7 @@ def get_dataset(
     _caller: Principal = Depends(require_scope("datasets:read")),
 ) -> DatasetOut:
     version = get_or_404(db, DatasetVersion, version_id, "dataset version")
-    return _out(request, version)
+    return _out(request, db, version)
 
 
 @router.get(
@@ -99,6 +107,7 @@ def get_dataset(
     responses={
         200: {"description": "The file, streamed", "content": {"application/x-ndjson": {}}},
         404: {"model": Problem},
+        409: {"model": Problem, "description": "The version is still freezing, or its freeze failed"},
         422: {"model": Problem, "description": "Unknown format or tokenizer"},
     },
 )

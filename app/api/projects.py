@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path
@@ -13,7 +14,7 @@ from app.api.auth import Principal, require_scope
 from app.api.lookup import get_or_404
 from app.api.schemas import ProjectOut, ProjectProgress
 from app.deps import get_db
-from app.models import COMPLETED_OUTCOMES, Edit, Item, ItemStatus, Project, ReviewStatus
+from app.models import COMPLETED_OUTCOMES, Edit, Item, ItemStatus, Project, ReviewStatus, User, counted_kinds
 from app.services.datasets import MAX_ID
 
 router = APIRouter(tags=["projects"])
@@ -27,44 +28,56 @@ def _item_counts(db: Session) -> dict[int, dict[str, int]]:
     return counts
 
 
-def _edit_counts(db: Session) -> tuple[dict[int, dict[str, int]], dict[int, int]]:
-    by_outcome: dict[int, dict[str, int]] = defaultdict(dict)
-    pending: dict[int, int] = defaultdict(int)
+@dataclass
+class EditCounts:
+    """A project's edits: by outcome, pending review, and completed ones by the kind of their annotator."""
+
+    by_outcome: dict[str, int] = field(default_factory=dict)
+    pending: int = 0
+    completed_by_kind: dict[str, int] = field(default_factory=dict)
+
+
+def _edit_counts(db: Session) -> dict[int, EditCounts]:
+    counts: dict[int, EditCounts] = defaultdict(EditCounts)
     rows = db.execute(
-        select(Item.project_id, Edit.outcome, Edit.review_status, func.count())
-        .join(Item, Item.id == Edit.item_id)
-        .group_by(Item.project_id, Edit.outcome, Edit.review_status)
+        select(Item.project_id, Edit.outcome, Edit.review_status, User.kind, func.count())
+        .join(Item, Item.id == Edit.item_id).join(User, User.id == Edit.annotator_id)
+        .group_by(Item.project_id, Edit.outcome, Edit.review_status, User.kind)
     )
-    for project_id, outcome, review_status, count in rows:
-        by_outcome[project_id][outcome] = by_outcome[project_id].get(outcome, 0) + count
-        if review_status == ReviewStatus.PENDING and outcome in COMPLETED_OUTCOMES:
-            pending[project_id] += count
-    return by_outcome, pending
+    for project_id, outcome, review_status, kind, count in rows:
+        project = counts[project_id]
+        project.by_outcome[outcome] = project.by_outcome.get(outcome, 0) + count
+        if outcome in COMPLETED_OUTCOMES:
+            project.completed_by_kind[kind] = project.completed_by_kind.get(kind, 0) + count
+            if review_status == ReviewStatus.PENDING:
+                project.pending += count
+    return counts
 
 
-def _progress(project: Project, items: dict[str, int], outcomes: dict[str, int], pending: int) -> ProjectProgress:
+def _progress(project: Project, items: dict[str, int], edits: EditCounts) -> ProjectProgress:
     total = sum(count for status, count in items.items() if status != ItemStatus.ARCHIVED)
     needed = total * project.annotations_per_item
-    done = sum(outcomes.get(outcome, 0) for outcome in COMPLETED_OUTCOMES)
+    # Model edits that come on top of N are not annotations toward it.
+    done = sum(edits.completed_by_kind.get(kind, 0) for kind in counted_kinds(project.model_edits_count))
     return ProjectProgress(
         items_total=total,
         items_complete=items.get(ItemStatus.COMPLETE, 0),
         items_open=items.get(ItemStatus.OPEN, 0),
         annotations_needed=needed,
         annotations_done=done,
-        edits_by_outcome=dict(sorted(outcomes.items())),
-        reviews_pending=pending,
+        edits_by_outcome=dict(sorted(edits.by_outcome.items())),
+        reviews_pending=edits.pending,
         progress=min(1.0, done / needed) if needed else 0.0,
     )
 
 
 def _projects_out(db: Session, projects: list[Project]) -> list[ProjectOut]:
-    items, (outcomes, pending) = _item_counts(db), _edit_counts(db)
+    items, edits = _item_counts(db), _edit_counts(db)
     return [
         ProjectOut.model_validate(
             {
                 **{c: getattr(p, c) for c in ProjectOut.model_fields if c != "progress"},
-                "progress": _progress(p, items.get(p.id, {}), outcomes.get(p.id, {}), pending.get(p.id, 0)),
+                "progress": _progress(p, items.get(p.id, {}), edits.get(p.id, EditCounts())),
             }
         )
         for p in projects

@@ -19,7 +19,8 @@ class ProjectProgress(BaseModel):
     items_complete: int
     items_open: int
     annotations_needed: int = Field(description="items × annotations per item")
-    annotations_done: int = Field(description="completed annotations (edited, no change, unfixable)")
+    annotations_done: int = Field(description="completed annotations (edited, no change, unfixable) that count "
+                                  "toward N (model edits only where `model_edits_count`)")
     edits_by_outcome: dict[str, int]
     reviews_pending: int
     progress: float = Field(description="annotations_done / annotations_needed, 0..1")
@@ -32,6 +33,8 @@ class ProjectOut(BaseModel):
     tokenizer: str
     annotations_per_item: int
     minimality_budget: float
+    model_edits_count: bool = Field(description="Whether a model editor's edits count toward the item's N (true) "
+                                    "or come on top of N edits by people and imports (false).")
     archived: bool
     created_at: datetime
     progress: ProjectProgress
@@ -72,11 +75,18 @@ class DatasetOut(BaseModel):
     name: str
     project_id: int | None
     filter: dict[str, Any]
+    state: Literal["freezing", "ready", "failed"] = Field(
+        description="Exports and training take ready versions only; a failed one has no rows (see `error`).")
+    error: str = Field(description="Why the freeze failed (state failed).")
+    progress: float = Field(description="0..1 while freezing (as its job last reported), 1 when ready.")
+    job_id: int | None = Field(description="The job that freezes it (its log: /jobs/{job_id}).")
     row_count: int
-    content_hash: str
+    content_hash: str = Field(description="SHA-256 over the rows (see hash_format); empty until ready.")
+    hash_format: int = Field(description="2: SHA-256 of the rows' SHA-256 digests in order; 1: of the pairs-jsonl "
+                                         "file (versions frozen before hash format 2).")
     created_by_id: int | None
     created_at: datetime
-    downloads: dict[str, str] = Field(description="Format name → download URL.")
+    downloads: dict[str, str] = Field(description="Format name → download URL (ready versions).")
 
 
 class WebhookCreate(BaseModel):

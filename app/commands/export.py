@@ -16,8 +16,8 @@ from sqlalchemy import select
 
 from app.db import session_scope
 from app.errors import validation_messages
-from app.models import DatasetVersion, User
-from app.services import datasets, export
+from app.models import DatasetState, DatasetVersion, User
+from app.services import datasets, export, freeze
 
 
 def _filter_from(raw_json: str | None, options: dict[str, Any]) -> datasets.DatasetFilter:
@@ -66,11 +66,17 @@ def export_group() -> None:
 @click.option("--before", "created_before", type=click.DateTime(), help="Edits created before (UTC).")
 @click.option("--as", "username", help="Record this user as the creator.")
 def create(name: str, filter_json: str | None, username: str | None, **options: Any) -> None:
-    """Freeze the edits matching a filter into a new, immutable dataset version."""
+    """Freeze the edits matching a filter into a new, immutable dataset version, here and now (one transaction
+    on one connection; the pages and the API hand it to a worker instead)."""
     flt = _filter_from(filter_json, {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()})
+
+    def report(_progress: float, line: str) -> None:
+        if line:
+            click.echo(line, err=True)
+
     with session_scope() as session:
         try:
-            version = datasets.create_version(session, flt, name, _actor(session, username))
+            version = freeze.create_version(session, flt, name, _actor(session, username), report=report)
         except datasets.DatasetError as exc:
             raise click.ClickException(str(exc)) from exc
     click.echo(f"dataset version {version.id}: {version.row_count} rows, sha256 {version.content_hash}")
@@ -82,7 +88,7 @@ def list_versions() -> None:
     with session_scope() as session:
         for version in session.scalars(select(DatasetVersion).order_by(DatasetVersion.id.desc())):
             click.echo(
-                f"{version.id:>5}  {version.row_count:>9} rows  {version.content_hash[:16]}  "
+                f"{version.id:>5}  {version.row_count:>9} rows  {version.content_hash[:16] or version.state:<16}  "
                 f"{datasets.iso(version.created_at)[:19]}  {version.name}"
             )
 
@@ -129,6 +135,23 @@ def download(version_id: int, fmt: str, output: Path | None, tokenizer: str | No
     size = _write_atomically(stream, path)
     seconds = (datetime.now() - started).total_seconds()
     click.echo(f"wrote {path} ({size / 1e6:.1f} MB, {version.row_count} rows in the version, {seconds:.1f} s)")
+
+
+@export_group.command("verify")
+@click.argument("version_id", type=int)
+@click.option("--file", "path", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="A downloaded pairs-jsonl file to check instead of the stored rows.")
+def verify(version_id: int, path: Path | None) -> None:
+    """Recompute a version's content hash from its stored rows (or a downloaded pairs-jsonl file) and compare."""
+    with session_scope() as session:
+        version = session.get(DatasetVersion, version_id)
+        if version is None or version.state != DatasetState.READY:
+            raise click.ClickException(f"dataset version {version_id} does not exist or is not ready")
+        lines = freeze.file_lines(path) if path else freeze.stored_lines(session, version_id)
+        digest = freeze.content_hash(lines, version.hash_format)
+    if digest != version.content_hash:
+        raise click.ClickException(f"content hash {digest} differs from the version's {version.content_hash}")
+    click.echo(f"dataset version {version_id}: content hash {digest} verified ({path or 'stored rows'})")
 
 
 @export_group.command("all")

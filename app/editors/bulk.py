@@ -13,6 +13,10 @@ item someone else took meanwhile (the queue offered a later one) is dropped unus
 still holds from a killed run is finished first, so after a crash nothing is lost, and the queue never
 offers an item twice to one account, so nothing is edited twice.
 
+With `batch_id` (the FIGA pipeline's revise stage) the job works only the items of that import batch:
+it leases each of them with the queue's own leasing statement (`queue.lease_item`, on the locked item)
+instead of "Next", which would hand out the project's other items too; everything else is the same.
+
 An answer the model gets wrong for good (empty, cut off) fails only its item: the account skips it with
 the reason, as a person would. An endpoint that keeps failing after the retries (down, timing out,
 refusing) stops the job instead, before it burns through the queue; the lease in hand is kept, and the
@@ -35,7 +39,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from sqlalchemy import bindparam, exists, func, select
@@ -44,7 +48,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from app.db import session_scope
-from app.driver import Database, Steps, model_default, process_database
+from app.driver import Database, Steps, model_default, process_database, run
 from app.editors import service
 from app.editors.client import EditorClient, EditorFailure
 from app.editors.prompts import PromptTemplate
@@ -72,6 +76,8 @@ from labels import load_tokenizer
 # The worker reads progress and metrics every second or so: writing them after every item costs more than
 # the item's own statements.
 REPORT_EVERY_S = 1.0
+T = TypeVar("T")
+
 APPLICATION_NAME = "redline-editor-job"  # its connections, in pg_stat_activity
 SUGGEST_CONNECTIONS = 4
 
@@ -159,6 +165,24 @@ def recording(job_id: int, item_id: int, status: str, error: str = "", edit_id: 
                     "new_edit_id": edit_id, "new_attempts": attempts, "new_updated_at": utcnow()}
 
 
+def _in_scope(query, project_id: int, batch_id: int | None):
+    """The job's items: the project's, or only those of one import batch."""
+    query = query.where(Item.project_id == project_id)
+    return query if batch_id is None else query.where(Item.import_batch_id == batch_id)
+
+
+def _lease_in_batch(session: Session, project: Project, account: User, batch_id: int) -> queue.Task | None:
+    """The next item of the batch this account never held, leased to it (None when none is left)."""
+    after = 0
+    while candidates := run(session, queue.upcoming(project, account, after, queue.CANDIDATE_TRIES, batch_id)):
+        for candidate in candidates:
+            item = queue.lock_item(session, candidate.id)
+            if (lease := queue.lease_item(session, item, project, account)) is not None:
+                return queue.Task(lease, item, project)
+        after = candidates[-1].id
+    return None
+
+
 def _left_behind(session: Session, project_id: int, account_id: int) -> list[queue.Task]:
     """Leases of this account a killed run left without a decision, oldest first."""
     rows = session.execute(
@@ -171,13 +195,13 @@ def _left_behind(session: Session, project_id: int, account_id: int) -> list[que
     return [queue.Task(*row) for row in rows]
 
 
-def _remaining(session: Session, project: Project, account_id: int) -> int:
+def _remaining(session: Session, project: Project, account_id: int, batch_id: int | None = None) -> int:
     held = select(Lease.item_id).where(Lease.annotator_id == account_id, Lease.state.in_(
         (LeaseState.SUBMITTED, LeaseState.SKIPPED)))
-    return session.scalar(
-        select(func.count()).select_from(Item)
-        .where(Item.project_id == project.id, Item.status == ItemStatus.OPEN, Item.id.not_in(held))
-    ) or 0
+    return session.scalar(_in_scope(
+        select(func.count()).select_from(Item).where(Item.status == ItemStatus.OPEN, Item.id.not_in(held)),
+        project.id, batch_id,
+    )) or 0
 
 
 @dataclass(frozen=True)
@@ -188,6 +212,7 @@ class JobContext:
     project: Project
     template: PromptTemplate
     limit: int | None
+    batch_id: int | None = None  # only this import batch's items (the FIGA pipeline's revise stage)
 
     def provenance(self, proposal: Proposal) -> Provenance:
         return Provenance(editor_id=self.editor.id, editor_model=proposal.model,
@@ -196,6 +221,14 @@ class JobContext:
     def target(self, prompt: str, original: str) -> Target:
         project = self.project
         return Target(prompt, original, project.tokenizer, project.minimality_budget, project.guidelines_md)
+
+
+async def _db(fn: Callable[..., T], *args) -> T:
+    """`fn(session, *args)` in a unit of work of its own, off the event loop."""
+    def work() -> T:
+        with session_scope() as session:
+            return fn(session, *args)
+    return await asyncio.to_thread(work)
 
 
 # --- annotate mode --------------------------------------------------------------------------------
@@ -236,7 +269,7 @@ class Annotator:
             return
         if len(self.upcoming) < want - len(self.ahead):
             found = await self.db.run(queue.upcoming(self.ctx.project, self.ctx.account, self.after,
-                                                     WINDOW_PER_AHEAD * want))
+                                                     WINDOW_PER_AHEAD * want, self.ctx.batch_id))
             self.upcoming.extend(found)
             self.after = found[-1].id if found else self.after
         while self.upcoming and len(self.ahead) < want:
@@ -283,7 +316,10 @@ class Annotator:
             self.report.tally.done += 1
 
     async def _lease(self) -> queue.Task | None:
-        task = (await queue.next_task(self.db, self.ctx.project.id, self.ctx.account))[1]
+        if self.ctx.batch_id is not None:
+            task = await _db(_lease_in_batch, self.ctx.project, self.ctx.account, self.ctx.batch_id)
+        else:
+            task = (await queue.next_task(self.db, self.ctx.project.id, self.ctx.account))[1]
         if task is not None:
             self._passed(task.item.id)
         return task
@@ -313,8 +349,11 @@ class Annotator:
                 await self._finish(task)
                 self.report.counted()
         finally:
+            # Answers asked ahead and not used: cancelled and collected, also when the endpoint went down
+            # (else each failed one ends the process with a "never retrieved" traceback after the reason).
             for pending in self.ahead.values():
-                _drop(pending)
+                pending.cancel()
+            await asyncio.gather(*self.ahead.values(), return_exceptions=True)
             self.report.tally.unused += len(self.ahead)
 
 
@@ -387,9 +426,12 @@ def load_context(session: Session, config: dict[str, Any]) -> JobContext:
     project = session.get(Project, int(config["project_id"]))
     if project is None:
         raise NotFound(f"project {config['project_id']} does not exist")
-    limit = config.get("limit")
+    limit, batch_id = config.get("limit"), config.get("batch_id")
+    if batch_id is not None and config.get("mode", "annotate") != "annotate":
+        raise SystemExit("config: batch_id works in annotate mode only")
     return JobContext(int(config["job_id"]), editor, session.get(User, editor.user_id), project,
-                      service.template(editor), int(limit) if limit else None)
+                      service.template(editor), int(limit) if limit else None,
+                      int(batch_id) if batch_id is not None else None)
 
 
 async def run_job(config: dict[str, Any], output: Path) -> Tally:
@@ -401,7 +443,7 @@ async def run_job(config: dict[str, Any], output: Path) -> Tally:
         endpoint = service.endpoint(ctx.editor)
         items = _unsuggested(session, ctx.project.id, ctx.editor.id, ctx.limit) if mode == "suggest" else []
         left_behind = _left_behind(session, ctx.project.id, ctx.account.id) if mode == "annotate" else []
-        total = len(items) if mode == "suggest" else _remaining(session, ctx.project, ctx.account.id)
+        total = len(items) if mode == "suggest" else _remaining(session, ctx.project, ctx.account.id, ctx.batch_id)
     if ctx.limit is not None:
         total = min(total, ctx.limit)
     load_tokenizer(ctx.project.tokenizer)  # the guard's: a missing one stops the job before any model call

@@ -24,12 +24,12 @@ admin_only = require_roles(Role.ADMIN)
 
 def _settings_from_form(
     name: str, tokenizer: str, annotations_per_item: int, minimality_budget: float, lease_minutes: float | None,
-    guidelines_md: str, description: str, return_rejected: bool = False,
+    guidelines_md: str, description: str, return_rejected: bool = False, model_edits_count: bool = True,
 ) -> project_service.ProjectSettings:
     settings = project_service.ProjectSettings(
         name=name, tokenizer=tokenizer, annotations_per_item=annotations_per_item,
         minimality_budget=minimality_budget, guidelines_md=guidelines_md, description=description,
-        return_rejected=return_rejected,
+        return_rejected=return_rejected, model_edits_count=model_edits_count,
     )
     if lease_minutes is not None:  # else the deployment's default (REDLINE_LEASE_SECONDS_DEFAULT)
         settings.lease_seconds = round(lease_minutes * 60)
@@ -49,10 +49,12 @@ class ProjectForm:
         guidelines_md: str = Form(""),
         description: str = Form(""),
         return_rejected: bool = Form(False),
+        # A select, not a checkbox: a form without the field keeps the default instead of turning it off.
+        model_edits_count: bool = Form(True),
     ) -> None:
         self.settings = _settings_from_form(
             name, tokenizer, annotations_per_item, minimality_budget, lease_minutes, guidelines_md, description,
-            return_rejected,
+            return_rejected, model_edits_count,
         )
 
 

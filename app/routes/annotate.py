@@ -13,7 +13,7 @@ from app.deps import database, get_db, require_roles
 from app.driver import Database
 from app.errors import DomainError, Forbidden
 from app.models import Edit, Item, ItemStatus, LeaseState, Outcome, Role, User, as_utc, utcnow
-from app.services import annotation, projects, queue
+from app.services import annotation, projects, queue, suggestions
 from app.templating import is_htmx, render
 
 router = APIRouter(prefix="/annotate")
@@ -44,15 +44,19 @@ def index(request: Request, user: User = Depends(annotator), db: Session = Depen
                   done=done, flash=request.query_params.get("msg"))
 
 
-def _editor_page(request: Request, task: queue.Task, headers: dict[str, str] | None = None) -> Response:
+async def _editor_page(request: Request, db: Database, task: queue.Task,
+                       headers: dict[str, str] | None = None) -> Response:
     lease = task.lease
     if lease.state != LeaseState.ACTIVE:
         return render(request, "error.html", status_code=410, title="Task closed",
                       message=f"This task is {lease.state}. Press Next for another one.")
     expires_in_s = max(0, int((as_utc(lease.expires_at) - utcnow()).total_seconds()))
-    # No diff yet: nothing changed; the first keystroke brings the live diff.
+    offered = await db.run(suggestions.offering(task.item.id)) if task.suggested else None
+    # The editor opens with the suggestion, if the item has one, and its diff against the original; else
+    # nothing changed yet, and the first keystroke brings the live diff.
+    diff = annotation.diff_view(task.project, task.item.original, offered.suggestion.text) if offered else None
     return render(request, "annotate/task.html", headers=headers, title="Edit", lease=lease, item=task.item,
-                  project=task.project, diff=None, expires_in_s=expires_in_s)
+                  project=task.project, diff=diff, suggestion=offered, expires_in_s=expires_in_s)
 
 
 @router.post("/{project_id}/next")
@@ -65,7 +69,7 @@ async def next_item(request: Request, project_id: int, user: User = Depends(anno
         return _redirect(request, f"/annotate?msg=Nothing+left+for+you+in+{project.name}.+Thank+you!")
     url = f"/annotate/task/{task.lease.id}"
     if is_htmx(request):  # the editor comes back in this response: one round trip from click to next item
-        return _editor_page(request, task, headers={"HX-Push-Url": url})
+        return await _editor_page(request, db, task, headers={"HX-Push-Url": url})
     return RedirectResponse(url, status_code=303)
 
 
@@ -76,7 +80,7 @@ async def next_item(request: Request, project_id: int, user: User = Depends(anno
 @router.get("/task/{lease_id}")
 async def task(request: Request, lease_id: int, user: User = Depends(annotator),
                db: Database = Depends(database)) -> Response:
-    return _editor_page(request, annotation.found(await db.run(queue.finding_task(lease_id, user))))
+    return await _editor_page(request, db, annotation.found(await db.run(queue.finding_task(lease_id, user))))
 
 
 @router.post("/task/{lease_id}/diff")
@@ -93,6 +97,7 @@ class SubmitForm:
     text: str
     advance: bool
     metrics: annotation.EditorMetrics
+    suggestion_id: int | None  # the suggestion the editor held (not reset to the original)
 
 
 async def _submit_form(request: Request) -> SubmitForm:
@@ -112,7 +117,7 @@ async def _submit_form(request: Request) -> SubmitForm:
         number("time_to_first_key_ms"), number("active_ms"), number("keystrokes") or 0, number("pastes") or 0
     )
     advance = field("advance").lower() in {"true", "1", "on", "yes"}
-    return SubmitForm(field("outcome", "edited"), field("text"), advance, metrics)
+    return SubmitForm(field("outcome", "edited"), field("text"), advance, metrics, number("suggestion_id"))
 
 
 async def _after_submit(request: Request, db: Database, edit: Edit, user: User, advance: bool) -> Response:
@@ -129,7 +134,8 @@ async def submit(
 ) -> Response:
     if form.outcome not in FORM_OUTCOMES:
         raise DomainError(f"outcome: unknown value {form.outcome!r}; choose one of {', '.join(FORM_OUTCOMES)}")
-    edit = await annotation.submit(db, lease_id, user, FORM_OUTCOMES[form.outcome], form.text, metrics=form.metrics)
+    edit = await annotation.submit(db, lease_id, user, FORM_OUTCOMES[form.outcome], form.text, metrics=form.metrics,
+                                   suggestion_id=form.suggestion_id)
     return await _after_submit(request, db, edit, user, form.advance)
 
 

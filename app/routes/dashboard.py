@@ -28,6 +28,8 @@ def show(
         progress=dashboard.progress(db, project), annotators=dashboard.annotators(db, project),
         hourly=hourly, hourly_max=max([n for _, n in hourly] + [1]),
         histogram=histogram, histogram_max=max([n for _, n, _ in histogram] + [1]),
-        agreement=dashboard.agreement(db, project), health=dashboard.queue_health(db, project),
+        agreement=dashboard.agreement(db, project), editors=dashboard.editor_quality(db, project),
+        editor_recent=dashboard.EDITOR_RECENT, suggested_recent=dashboard.SUGGESTED_RECENT,
+        health=dashboard.queue_health(db, project),
         audit=dashboard.recent_audit(db),
     )

@@ -1,7 +1,9 @@
 """Dataset pages (/datasets): freeze a filter into a version, inspect it, download any export format.
 
-Downloads link to the JSON API's download route, which also accepts the browser session: one
-implementation of streaming, role checks and error messages for both.
+Freezing is a job (app/services/freeze.py): the form answers at once with the version's page, which follows
+the job's progress until the version is ready (or shows why it failed). Downloads link to the JSON API's
+download route, which also accepts the browser session: one implementation of streaming, role checks and
+error messages for both.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from sqlalchemy.orm import Session
 
 from app.deps import get_db, require_roles
 from app.errors import NotFound, validation_messages
-from app.models import DatasetVersion, Project, Role, User, Verdict
-from app.services import datasets, export
+from app.models import DatasetState, DatasetVersion, Job, Project, Role, User, Verdict
+from app.services import datasets, export, freeze
 from app.settings import get_settings
 from app.templating import render
 
@@ -81,7 +83,7 @@ async def create_dataset(
     name, raw = await _form_filter(request)
     try:
         flt = datasets.DatasetFilter.model_validate(raw)
-        version = datasets.create_version(db, flt, name, user)
+        version = freeze.request_version(db, flt, name, user)
     except ValidationError as exc:
         db.rollback()
         return _list_page(request, db, status_code=422, errors=validation_messages(exc), form={**raw, "name": name})
@@ -97,19 +99,41 @@ def _tokenizer_choices(db: Session) -> list[str]:
     return sorted(names)
 
 
-@router.get("/datasets/{version_id}")
-def dataset_detail(
-    version_id: Annotated[int, Path(ge=1, le=datasets.MAX_ID)], request: Request, db: Session = Depends(get_db),
-    _user: User = Depends(can_manage),
-) -> Response:
+def _version_or_404(db: Session, version_id: int) -> DatasetVersion:
     version = db.get(DatasetVersion, version_id)
     if version is None:
         raise NotFound(f"dataset version {version_id} not found")
-    card = export.card_text(db, version, None)
+    return version
+
+
+VersionId = Annotated[int, Path(ge=1, le=datasets.MAX_ID)]
+
+
+@router.get("/datasets/{version_id}")
+def dataset_detail(
+    version_id: VersionId, request: Request, db: Session = Depends(get_db), _user: User = Depends(can_manage),
+) -> Response:
+    version = _version_or_404(db, version_id)
+    ready = version.state == DatasetState.READY
     return render(
         request, "datasets/detail.html", title=version.name, version=version, formats=export.EXPORT_FORMATS,
-        filter_json=json.dumps(version.filter, indent=2, sort_keys=True), card=card,
+        filter_json=json.dumps(version.filter, indent=2, sort_keys=True),
+        card=export.card_text(db, version, None) if ready else "",
+        job=db.get(Job, version.job_id) if version.job_id else None,
         download_base=f"/api/v1/datasets/{version.id}/download", tokenizers=_tokenizer_choices(db),
         project=db.get(Project, version.project_id) if version.project_id else None,
         creator=db.get(User, version.created_by_id) if version.created_by_id else None,
     )
+
+
+@router.get("/datasets/{version_id}/progress")
+def dataset_progress(
+    version_id: VersionId, request: Request, db: Session = Depends(get_db), _user: User = Depends(can_manage),
+) -> Response:
+    """htmx, polled while the version freezes: its job's progress; once it is done, the whole page again."""
+    version = _version_or_404(db, version_id)
+    response = render(request, "datasets/_progress.html", version=version,
+                      job=db.get(Job, version.job_id) if version.job_id else None)
+    if version.state != DatasetState.FREEZING:
+        response.headers["HX-Refresh"] = "true"
+    return response

@@ -21,9 +21,9 @@ from starlette.datastructures import FormData, UploadFile
 from app.deps import get_db, require_roles
 from app.editors import service as editor_service
 from app.errors import NotFound
-from app.models import DatasetVersion, Job, Project, Role, User
-from app.services import audit, job_artifacts, job_config, jobs
-from app.services.job_form import JobForm, parse_job_form
+from app.models import DatasetVersion, Job, JobStatus, ModelEditor, Project, Role, User
+from app.services import audit, datasets, job_artifacts, job_config, jobs, pipeline
+from app.services.job_form import FEEDING_KINDS, JobForm, parse_job_form
 from app.settings import get_settings
 from app.templating import is_htmx, render
 
@@ -42,11 +42,14 @@ def _job_or_404(session: Session, job_id: int) -> Job:
 def _form_choices(session: Session) -> dict[str, Any]:
     return {
         "kinds": job_config.kinds(),
-        "datasets": list(session.scalars(select(DatasetVersion).order_by(DatasetVersion.id.desc()).limit(200))),
+        "datasets": list(session.scalars(datasets.ready_versions().limit(200))),
         "projects": list(
             session.scalars(select(Project).where(Project.archived.is_(False)).order_by(Project.name))
         ),
         "model_suggestions": jobs.trained_model_folders(session),
+        "editors": editor_service.list_editors(session),
+        "feeding_kinds": FEEDING_KINDS,
+        "pipeline_kind": pipeline.KIND,
     }
 
 
@@ -174,6 +177,7 @@ def compare(
 def _live_context(session: Session, job: Job) -> dict[str, Any]:
     return {
         "job": job,
+        "resumable": bool(job.stages) and job.status in (JobStatus.FAILED, JobStatus.CANCELLED),
         "latest": jobs.latest_metrics(session, job.id),
         "log": jobs.log_tail(session, job.id),
         "heartbeat_age": jobs.heartbeat_age_s(job),
@@ -189,15 +193,20 @@ def job_page(
     job = _job_or_404(session, job_id)
     dataset = session.get(DatasetVersion, job.dataset_version_id) if job.dataset_version_id else None
     project = session.get(Project, job.project_id) if job.project_id else None
+    options = jobs.worker_options(job)
     return render(
         request,
         "jobs/detail.html",
         title=f"Job #{job.id}",
         dataset=dataset,
+        frozen=session.scalars(select(DatasetVersion).where(DatasetVersion.job_id == job.id)).first(),
         project=project,
         training_config=jobs.training_config(job),
-        options=jobs.worker_options(job),
-        editor_items=editor_service.job_items(session, job) if job.kind == editor_service.JOB_KIND else None,
+        options=options,
+        kept_note=pipeline.kept_note(options) if options.get("score_model") else "",
+        editor_name=editor.name if (editor := session.get(ModelEditor, options.get("editor_id") or 0)) else "",
+        editor_items=editor_service.job_items(session, job)
+        if job.kind in (editor_service.JOB_KIND, pipeline.KIND) else None,
         **_live_context(session, job),
     )
 
@@ -228,6 +237,19 @@ def cancel_job(
     _job_or_404(session, job_id)
     state = jobs.request_cancel(session, job_id)
     audit.record(session, user, "job.cancel", "job", job_id, after={"state": state})
+    session.commit()
+    if is_htmx(request):
+        job = session.get(Job, job_id, populate_existing=True)
+        return render(request, "jobs/_live.html", **_live_context(session, job))
+    return RedirectResponse(f"/jobs/{job_id}", status_code=303)
+
+
+@router.post("/{job_id}/resume")
+def resume_job(
+    request: Request, job_id: int, session: Session = Depends(get_db), user: User = Depends(researcher)
+) -> Response:
+    """Queue a failed or cancelled chain again; the stages it finished are kept."""
+    jobs.resume_job(session, _job_or_404(session, job_id), user)
     session.commit()
     if is_htmx(request):
         job = session.get(Job, job_id, populate_existing=True)

@@ -61,6 +61,7 @@ async def bulk_accept(request: Request, user: User = Depends(reviewer_only), db:
     form = await request.form()
     raw = {k: v for k, v in form.items() if k not in ("csrf_token", "preview") and v != ""}
     raw["outcomes"] = form.getlist("outcomes") or ["edited"]
+    raw["annotator_kinds"] = form.getlist("annotator_kinds") or None  # none ticked: anyone
     raw["exclude_not_minimal"] = "exclude_not_minimal" in form
     project = int(raw["project_id"]) if str(raw.get("project_id", "")).isdigit() else None
     try:

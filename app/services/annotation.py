@@ -10,13 +10,14 @@ validity (`queue.holds_slot`), completion (`_counting`) and webhook matching (`w
 from __future__ import annotations
 
 from contextlib import suppress
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
+    Integer,
     Select,
     bindparam,
     case,
@@ -45,9 +46,10 @@ from app.models import (
     Project,
     User,
     WebhookDelivery,
+    counted_kinds,
     utcnow,
 )
-from app.services import webhooks
+from app.services import suggestions, webhooks
 from app.services.queue import LOCKED_TASK, OTHER_LEASES, Task, holds_slot, task_columns, task_of
 from labels import LABEL_NAMES, EditAnalysis, TokenizerNotFound, analyse_edit, load_tokenizer
 
@@ -78,7 +80,8 @@ class EditorMetrics:
 @dataclass(frozen=True)
 class Provenance:
     """Where an edit came from beyond its annotator: the model editor that wrote it (model, prompt
-    version), or the suggestion a person started from and how far (edit rate) they moved from it."""
+    version), or whose suggestion a person started from (the same three) and how far (edit rate) they
+    moved from it."""
 
     editor_id: int | None = None
     editor_model: str = ""
@@ -193,8 +196,9 @@ _EDITS, _ITEMS, _LEASES = Edit.__table__, Item.__table__, Lease.__table__
 
 def _counting(item_id: ColumnElement) -> ReturningUpdate:
     """THE completion rule: count one more completed annotation on an open item, which is complete once it
-    has `per_item` of them. Returns the item's id, new count and status; no row if it was not open."""
-    counted = _ITEMS.c.completed_count + 1
+    has `per_item` of them; `counts` is 1, or 0 for an edit that comes on top of N (`counts_toward_n`).
+    Returns the item's id, new count and status; no row if it was not open."""
+    counted = _ITEMS.c.completed_count + bindparam("counts", type_=Integer)
     return (
         update(_ITEMS)
         .where(_ITEMS.c.id == item_id, _ITEMS.c.status == ItemStatus.OPEN.value)
@@ -202,6 +206,12 @@ def _counting(item_id: ColumnElement) -> ReturningUpdate:
             (counted >= bindparam("per_item"), ItemStatus.COMPLETE.value), else_=_ITEMS.c.status))
         .returning(_ITEMS.c.id, _ITEMS.c.completed_count, _ITEMS.c.status)
     )
+
+
+def counts_toward_n(annotator: User, model_edits_count: bool) -> int:
+    """1 if the annotator's completed edit counts toward the item's N in a project with this setting, else 0
+    (a model editor's edit on top of N); `_counting`'s `counts`."""
+    return int(annotator.kind in counted_kinds(model_edits_count))
 
 
 def _closing(lease_id: ColumnElement, state: LeaseState) -> ReturningUpdate:
@@ -251,8 +261,29 @@ _INSERT_EDIT = insert(_EDITS).from_select(
 ).returning(*_STORED)
 
 
+def _from_suggestion(provenance: Provenance, suggestion_id: int | None, item_id: int, tokenizer: str,
+                     text: str) -> Steps[Provenance]:
+    """`provenance`, and if the edit started from the item's suggestion `suggestion_id`: the suggestion's
+    editor, model and prompt version, that it was used, and the person's edit rate relative to it (the
+    stored text against the suggestion's, by the label engine with the project's tokenizer, as every edit
+    rate)."""
+    if suggestion_id is None:
+        return provenance
+    suggestion = yield from suggestions.suggestion_of_item(suggestion_id, item_id)
+    return replace(provenance, editor_id=suggestion.editor_id, editor_model=suggestion.editor_model,
+                   prompt_version=suggestion.prompt_version, suggestion_used=True,
+                   human_vs_suggestion_rate=rate_on_suggestion(tokenizer, suggestion.text, text))
+
+
+def rate_on_suggestion(tokenizer: str, suggested: str, text: str) -> float:
+    """A person's edit rate relative to the suggestion they started from: their stored text measured
+    against the suggestion's, as any edit against its original."""
+    return analyse(tokenizer, suggested.replace("\r\n", "\n"), text).stats.edit_rate
+
+
 def _locking(lease_id: int, user: User, outcome: Outcome, text: str, metrics: EditorMetrics,
-             skip_reason: str, provenance: Provenance = HUMAN, known: Analysed | None = None) -> Steps[Edit]:
+             skip_reason: str, provenance: Provenance = HUMAN, suggestion_id: int | None = None,
+             known: Analysed | None = None) -> Steps[Edit]:
     now = utcnow()
     row = yield LOCKED_TASK, {"lease_id": lease_id, "user_id": user.id, "now": now}
     if row is None:
@@ -266,6 +297,7 @@ def _locking(lease_id: int, user: User, outcome: Outcome, text: str, metrics: Ed
     if outcome == Outcome.SKIPPED and not skip_reason:
         raise DomainError("Say why you skip this item.")
     outcome, text = decide_outcome(outcome, text, item.original)
+    provenance = yield from _from_suggestion(provenance, suggestion_id, item.id, project.tokenizer, text)
     analysis = analysed(project.tokenizer, item.original, text, known) if outcome != Outcome.SKIPPED else None
     values = _edit_values(lease.id, lease.annotator_id, item.id, project.minimality_budget, outcome, text, analysis,
                           metrics, skip_reason, provenance)
@@ -273,12 +305,15 @@ def _locking(lease_id: int, user: User, outcome: Outcome, text: str, metrics: Ed
     if outcome in COMPLETED_OUTCOMES:
         if item.status != ItemStatus.OPEN:
             raise Conflict("This item already has all its annotations.")
-        # A lease that ran out still counts if its slot was not handed to someone else meanwhile.
-        if not row.live and item.completed_count + (
+        counts = counts_toward_n(user, project.model_edits_count)
+        # A lease that ran out still counts if its slot was not handed to someone else meanwhile (an edit on
+        # top of N needs no slot).
+        if counts and not row.live and item.completed_count + (
             yield OTHER_LEASES, {"item_id": item.id, "lease_id": lease.id, "now": now}
         ).holding >= project.annotations_per_item:
             raise Conflict("Your lease on this item expired and it was given to someone else.")
-        counted = yield _COUNT_ANNOTATION, {"item_id": item.id, "per_item": project.annotations_per_item}
+        counted = yield _COUNT_ANNOTATION, {"item_id": item.id, "per_item": project.annotations_per_item,
+                                            "counts": counts}
     yield _CLOSE_LEASE[LeaseState.SKIPPED if outcome == Outcome.SKIPPED else LeaseState.SUBMITTED], {
         "lease_id": lease.id}
     edit = _stored_edit(values, (yield _INSERT_EDIT, {**_edit_params(values), "the_item": item.id,
@@ -309,7 +344,7 @@ AT_ONCE_MARGIN = timedelta(seconds=30)
 
 _AT_ONCE_READ = task_columns(
     Lease.state, Item.id, Item.project_id, Item.original, Project.tokenizer, Project.minimality_budget,
-    Project.annotations_per_item, holds_slot(bindparam("live_until")).label("live"),
+    Project.annotations_per_item, Project.model_edits_count, holds_slot(bindparam("live_until")).label("live"),
     webhooks.SUBSCRIPTIONS["postgresql"].scalar_subquery().label("hooks"),
 )
 
@@ -358,7 +393,8 @@ _AT_ONCE = _build_at_once()
 
 
 def _at_once(lease_id: int, user: User, outcome: Outcome, text: str, metrics: EditorMetrics,
-             provenance: Provenance = HUMAN, known: Analysed | None = None) -> Steps[Edit | None]:
+             provenance: Provenance = HUMAN, suggestion_id: int | None = None,
+             known: Analysed | None = None) -> Steps[Edit | None]:
     """The one-statement submit, as steps: read the task unlocked, compute the labels, then the statement;
     None when it does not apply or did nothing (the caller takes the locking path)."""
     now = utcnow()
@@ -367,6 +403,7 @@ def _at_once(lease_id: int, user: User, outcome: Outcome, text: str, metrics: Ed
     if read is None or not read.live:
         return None
     outcome, text = decide_outcome(outcome, text, read.items_original)
+    provenance = yield from _from_suggestion(provenance, suggestion_id, read.items_id, read.projects_tokenizer, text)
     values = _edit_values(lease_id, user.id, read.items_id, read.projects_minimality_budget, outcome, text,
                           analysed(read.projects_tokenizer, read.items_original, text, known), metrics, "",
                           provenance)
@@ -374,7 +411,9 @@ def _at_once(lease_id: int, user: User, outcome: Outcome, text: str, metrics: Ed
     subscriptions = read.hooks or []
     stored = yield _AT_ONCE, {
         **_edit_params(values), "the_lease": lease_id, "the_annotator": user.id, "now": now, "live_until": live_until,
-        "per_item": read.projects_annotations_per_item, "submitted_event": submitted, "completed_event": completed,
+        "per_item": read.projects_annotations_per_item,
+        "counts": counts_toward_n(user, read.projects_model_edits_count),
+        "submitted_event": submitted, "completed_event": completed,
         "submitted_hooks": webhooks.subscribers(subscriptions, "edit.submitted"),
         "completed_hooks": webhooks.subscribers(subscriptions, "item.completed"),
     }
@@ -384,23 +423,26 @@ def _at_once(lease_id: int, user: User, outcome: Outcome, text: str, metrics: Ed
 async def submit(
     db: Database, lease_id: int, user: User, outcome: Outcome, text: str = "", *,
     metrics: EditorMetrics = EditorMetrics(), skip_reason: str = "", provenance: Provenance = HUMAN,
-    known: Analysed | None = None,
+    suggestion_id: int | None = None, known: Analysed | None = None,
 ) -> Edit:
     """Store the annotator's decision on their leased item: labels, diff and statistics recomputed from
     `text`, the item's count, the lease closed, webhook deliveries queued; the edit (not attached to any
-    session). A double submit returns the first edit. `provenance`: a model editor's, or the suggestion
-    used. `known`: this process's own analysis of `text`, used if it is of the stored original with the
-    project's tokenizer. Runs on whichever `Database` the caller has (a web request's, a worker's, or
-    `SessionDatabase(session)` inside the caller's own unit of work).
+    session). A double submit returns the first edit. `provenance`: a model editor's. `suggestion_id`: the
+    item's suggestion the person started from (the editor opened with it and they did not reset to the
+    original); the edit records it was used and their edit rate relative to it. `known`: this process's
+    own analysis of `text`, used if it is of the stored original with the project's tokenizer. Runs on
+    whichever `Database` the caller has (a web request's, a worker's, or `SessionDatabase(session)` inside
+    the caller's own unit of work).
 
     On Postgres a completed annotation under a live lease is one statement; every other case (skips,
     expired leases, double submits, errors, SQLite) takes the locking path."""
     metrics, skip_reason = metrics.clamped(), skip_reason.strip()[:2000]
     if (outcome in COMPLETED_OUTCOMES and db.dialect == "postgresql"
-            and (edit := await db.run(_at_once(lease_id, user, outcome, text, metrics, provenance, known)))
-            is not None):
+            and (edit := await db.run(_at_once(lease_id, user, outcome, text, metrics, provenance,
+                                               suggestion_id, known))) is not None):
         return edit
-    return await db.run(_locking(lease_id, user, outcome, text, metrics, skip_reason, provenance, known),
+    return await db.run(_locking(lease_id, user, outcome, text, metrics, skip_reason, provenance, suggestion_id,
+                                 known),
                         transaction=True)
 
 

@@ -6,16 +6,21 @@ the stored request into `#SBATCH` lines (app/worker/backends/slurm.py).
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from training.config import missing_package
+
 LOCAL = "local"
 SLURM = "slurm"
 BACKENDS = (LOCAL, SLURM)
+# Backends whose jobs outlive the worker that started them (a Slurm job runs on without its worker): such
+# a job is never failed for its worker's silence; the next worker that serves the backend follows it.
+# A local job's processes die with their worker.
+OUTLIVE_WORKER = frozenset({SLURM})
 # Sharding strategies a job may ask for: the Accelerate config file under training/accelerate/, and the
 # package it needs beyond the `train` extra (None: torch has it).
 ACCELERATE_CONFIGS = Path(__file__).resolve().parents[2] / "training" / "accelerate"
@@ -162,7 +167,7 @@ def sharding_config(name: str) -> Path:
 def check_sharding(name: str, num_processes: int) -> str:
     """"" when a job may use the strategy `name` ("" for plain data parallel), else what is wrong.
 
-    Looks for the engine's package without importing it (DeepSpeed loads CUDA at import): it comes with
+    Looks for the engine's package without importing it (training.config.missing_package): it comes with
     the `gpu` extra, which machines that only serve the web app or train on CPU never install.
     """
     if not name:
@@ -172,9 +177,7 @@ def check_sharding(name: str, num_processes: int) -> str:
     if num_processes < 2:
         return "sharding needs at least 2 processes"
     package = SHARDING[name]
-    if package and importlib.util.find_spec(package) is None:
-        return f"{package} is not installed: install the gpu extra (pip install 'redline[gpu]') on the workers"
-    return ""
+    return missing_package(package) if package else ""
 
 
 SLURM_FIELDS = ("nodes", "gpus_per_node", "partition", "time_limit", "account", "sbatch")

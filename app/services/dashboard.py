@@ -1,6 +1,6 @@
 """Figures for the admin dashboard: progress, per-annotator effort, throughput, edit rates, agreement,
-queue health and recent audit events. Heavy figures look at a bounded recent window, so the page stays
-fast on large projects."""
+the quality of each model editor, queue health and recent audit events. Heavy figures look at a bounded
+recent window, so the page stays fast on large projects."""
 
 from __future__ import annotations
 
@@ -9,18 +9,21 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import timedelta
 from itertools import combinations
+from operator import and_, eq
 
-from sqlalchemy import case, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import case, exists, func, select
+from sqlalchemy.orm import Session, aliased
 
 from app.models import (
     COMPLETED_OUTCOMES,
+    AnnotatorKind,
     AuditEvent,
     Edit,
     Item,
     ItemStatus,
     Lease,
     LeaseState,
+    ModelEditor,
     Outcome,
     Project,
     ReviewStatus,
@@ -32,8 +35,14 @@ from labels import DEFAULT_MINIMALITY_BUDGET
 
 RECENT_EDITS = 50_000  # window for per-annotator medians
 AGREEMENT_ITEMS = 500  # most recent multiply-annotated items (among the RECENT_EDITS) compared
+# The per-editor figures, each bounded so the dashboard costs the same at any size (tens of ms at 1M edits,
+# even for one project, where every row read costs an item lookup):
+EDITOR_RECENT = 1_000  # each model editor's latest edits, searched for items people edited too
+EDITOR_AGREEMENT_ITEMS = 200  # of which the latest shared items are compared
+SUGGESTED_RECENT = 5_000  # the latest edits that started from a suggestion
 RATE_BINS = [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.75, 1.0]
 DONE = [o.value for o in COMPLETED_OUTCOMES]
+COMPARED = [Outcome.EDITED.value, Outcome.NO_CHANGE_NEEDED.value]  # outcomes whose token labels are compared
 
 
 @dataclass
@@ -171,21 +180,43 @@ def edit_rate_histogram(session: Session, project_id: int | None) -> list[tuple[
     return [(label, counts.get(i, 0), RATE_BINS[i] >= budget) for i, label in enumerate(labels)]
 
 
-def _pair_agreement(a: list[int], b: list[int]) -> tuple[int, int, Counter]:
-    same = sum(x == y for x, y in zip(a, b, strict=True))
-    changed = Counter((x != 0, y != 0) for x, y in zip(a, b, strict=True))
-    return same, len(a), changed
-
-
-def _kappa(table: Counter) -> float | None:
-    total = sum(table.values())
+def _kappa(both: int, only_a: int, only_b: int, neither: int) -> float | None:
+    """Cohen's kappa of "changed vs kept" from the 2x2 table of two label sets."""
+    total = both + only_a + only_b + neither
     if not total:
         return None
-    observed = (table[(True, True)] + table[(False, False)]) / total
-    p_a = (table[(True, True)] + table[(True, False)]) / total
-    p_b = (table[(True, True)] + table[(False, True)]) / total
+    observed = (both + neither) / total
+    p_a, p_b = (both + only_a) / total, (both + only_b) / total
     expected = p_a * p_b + (1 - p_a) * (1 - p_b)
     return 1.0 if expected == 1 else (observed - expected) / (1 - expected)
+
+
+@dataclass
+class EditorQuality:
+    """How one model editor's work compares with people's (docs/editors.md, "Quality on the dashboard")."""
+
+    name: str
+    model: str
+    shared: Agreement = field(default_factory=lambda: Agreement(0, 0, None, None))  # its edits vs people's
+    suggested: int = 0  # people's edits that started from its suggestion
+    unchanged: float | None = None  # share of those that kept the suggestion as it was
+    mean_rate_on_suggestion: float | None = None  # people's mean edit rate on top of its suggestion
+
+
+def _pooled(pairs: list[tuple[list[int], list[int]]], items: int) -> Agreement:
+    """Token-label agreement pooled over (a, b) label lists of the same original, and Cohen's kappa of
+    "changed vs kept"; pairs labelled with different tokenizers are not comparable and left out. Counted
+    with map() over the lists (C loops): the dashboard compares hundreds of pairs of hundreds of tokens."""
+    same = tokens = compared = both = changed_a = changed_b = 0
+    for a, b in pairs:
+        if len(a) != len(b):
+            continue
+        same += sum(map(eq, a, b))
+        both += sum(map(and_, map(bool, a), map(bool, b)))
+        changed_a, changed_b = changed_a + len(a) - a.count(0), changed_b + len(b) - b.count(0)
+        tokens, compared = tokens + len(a), compared + 1
+    kappa = _kappa(both, changed_a - both, changed_b - both, tokens - changed_a - changed_b + both)
+    return Agreement(compared, items, same / tokens if tokens else None, kappa)
 
 
 def agreement(session: Session, project_id: int | None) -> Agreement:
@@ -206,16 +237,85 @@ def agreement(session: Session, project_id: int | None) -> Agreement:
     )
     for item_id, labels in rows:
         by_item[item_id].append(labels.get("original_labels", []))
-    same = total = pairs = 0
-    table: Counter = Counter()
-    for label_sets in by_item.values():
-        for a, b in combinations(label_sets, 2):
-            if len(a) != len(b):
-                continue  # labelled with different tokenizers: not comparable
-            s, n, changed = _pair_agreement(a, b)
-            same, total, pairs = same + s, total + n, pairs + 1
-            table += changed
-    return Agreement(pairs, len(by_item), same / total if total else None, _kappa(table))
+    return _pooled([pair for label_sets in by_item.values() for pair in combinations(label_sets, 2)], len(by_item))
+
+
+def _suggestion_figures(session: Session, project_id: int | None, rows: dict[int | None, EditorQuality]) -> None:
+    """Per editor, aggregated in the database over the latest SUGGESTED_RECENT edits that started from a
+    suggestion (a partial index holds just those): how many, the share kept unchanged, the mean edit rate."""
+    recent = _scoped_via_item(
+        select(Edit.editor_id, Edit.human_vs_suggestion_rate.label("rate"))
+        .where(Edit.suggestion_used, Edit.human_vs_suggestion_rate.is_not(None))
+        .order_by(Edit.id.desc()).limit(SUGGESTED_RECENT),
+        Edit.item_id, project_id,
+    ).subquery()
+    figures = session.execute(
+        select(recent.c.editor_id, func.count(), func.sum(case((recent.c.rate == 0, 1), else_=0)),
+               func.avg(recent.c.rate))
+        .group_by(recent.c.editor_id)
+    )
+    for editor_id, count, unchanged, mean in figures:
+        if editor_id in rows:  # None: suggestions imported from a named source, not an editor's
+            row = rows[editor_id]
+            row.suggested, row.unchanged, row.mean_rate_on_suggestion = count, unchanged / count, float(mean)
+
+
+_PERSON = aliased(Edit)
+
+
+def _shared_items(session: Session, project_id: int | None, account: int) -> list[int]:
+    """The latest EDITOR_AGREEMENT_ITEMS items among the editor's latest EDITOR_RECENT edits that a person also
+    edited on their own (not from a suggestion): the editor's edits by its account's index, each item
+    checked for a person's edit by the items' index, all in the database."""
+    latest = _scoped_via_item(
+        select(Edit.item_id, Edit.created_at).where(Edit.annotator_id == account, Edit.outcome.in_(COMPARED))
+        .order_by(Edit.created_at.desc()).limit(EDITOR_RECENT),
+        Edit.item_id, project_id,
+    ).subquery()
+    by_a_person = exists().where(
+        _PERSON.item_id == latest.c.item_id, _PERSON.outcome.in_(COMPARED), ~_PERSON.suggestion_used,
+        _PERSON.annotator_id == User.id, User.kind == AnnotatorKind.HUMAN.value,
+    )
+    return list(session.scalars(
+        select(latest.c.item_id).where(by_a_person).order_by(latest.c.created_at.desc()).limit(EDITOR_AGREEMENT_ITEMS)
+    ))
+
+
+def _shared_figures(session: Session, project_id: int | None, accounts: dict[int, EditorQuality]) -> None:
+    """Per editor, its edits against people's own edits of the same items (`_shared_items`), compared on
+    the original-token labels stored with each edit."""
+    items = {account: ids for account in accounts if (ids := _shared_items(session, project_id, account))}
+    if not items:
+        return
+    labels = session.execute(
+        select(Edit.item_id, Edit.annotator_id, User.kind, Edit.token_labels["original_labels"])
+        .join(User, User.id == Edit.annotator_id)
+        .where(Edit.item_id.in_({i for ids in items.values() for i in ids}), Edit.outcome.in_(COMPARED),
+               ((User.kind == AnnotatorKind.HUMAN.value) & ~Edit.suggestion_used) | Edit.annotator_id.in_(list(items)))
+    )
+    people: dict[int, list[list[int]]] = defaultdict(list)
+    models: dict[tuple[int, int], list[int]] = {}
+    for item_id, annotator_id, kind, original_labels in labels:
+        if annotator_id in items:
+            models[(annotator_id, item_id)] = original_labels or []
+        elif kind == AnnotatorKind.HUMAN:
+            people[item_id].append(original_labels or [])
+    for account, ids in items.items():
+        pairs = [(models[(account, i)], theirs) for i in ids if (account, i) in models for theirs in people[i]]
+        accounts[account].shared = _pooled(pairs, len(ids))
+
+
+def editor_quality(session: Session, project_id: int | None) -> list[EditorQuality]:
+    """For each model editor: agreement of its edits with people's on the same items, and how people
+    used its suggestions (accepted unchanged, edit rate on top)."""
+    editors = session.execute(
+        select(ModelEditor.id, ModelEditor.user_id, ModelEditor.name, ModelEditor.model).order_by(ModelEditor.name)
+    ).all()
+    rows = {editor_id: EditorQuality(name, model) for editor_id, _, name, model in editors}
+    if rows:
+        _suggestion_figures(session, project_id, rows)
+        _shared_figures(session, project_id, {account: rows[editor_id] for editor_id, account, _, _ in editors})
+    return list(rows.values())
 
 
 def queue_health(session: Session, project_id: int | None) -> QueueHealth:

@@ -1,9 +1,8 @@
-"""Dataset versions: a filter over the collected edits, frozen into an immutable snapshot.
+"""Dataset versions: which edits a filter selects, and the export row each one becomes.
 
-`create_version` selects the edits matching a `DatasetFilter`, builds each one's export row (the edit-pair
-contract of product.md "Export"), stores the rows in `DatasetRow.data` and a SHA-256 over their canonical
-JSON. Later edits and reviews never change a version; the same filter over the same data gives the same
-hash. Rows are built and written in chunks, so a version of millions of edits needs little memory.
+`selection` is the one definition of the edits a `DatasetFilter` selects (joined with all a row shows);
+`export_row` and `row_text` are the row itself, the edit-pair contract of product.md "Export". Freezing (the rows
+copied into a version and hashed, inside Postgres) is app/services/freeze.py.
 """
 
 from __future__ import annotations
@@ -16,13 +15,13 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from sqlalchemy import Row, Select, Text, bindparam, cast, func, insert, select
+from sqlalchemy import Connection, Row, Select, Text, cast, func, select
 from sqlalchemy.orm import Session, aliased
 
 from app.errors import DomainError
 from app.models import (
     AnnotatorKind,
-    DatasetRow,
+    DatasetState,
     DatasetVersion,
     Edit,
     Item,
@@ -34,7 +33,6 @@ from app.models import (
     Verdict,
     as_utc,
 )
-from app.services import audit, webhooks
 from app.settings import get_settings
 
 ExportableOutcome = Literal["edited", "no_change_needed", "unfixable"]
@@ -137,14 +135,21 @@ ROW_COLUMNS = (
 )
 
 
-def _latest_review_ids() -> Any:
-    return select(Review.edit_id, func.max(Review.id).label("review_id")).group_by(Review.edit_id).subquery()
+def _latest_review_ids(after: int | None, upto: int | None) -> Any:
+    query = select(Review.edit_id, func.max(Review.id).label("review_id")).group_by(Review.edit_id)
+    if after is not None:
+        # Bounded like the edits: otherwise every range of a freeze would group all reviews again.
+        query = query.where(Review.edit_id > after, Review.edit_id <= upto)
+    return query.subquery()
 
 
-def _selection(flt: DatasetFilter) -> Select:
-    latest = _latest_review_ids()
+def selection(flt: DatasetFilter, columns: Sequence[Any] = ROW_COLUMNS, *, after: int | None = None,
+              upto: int | None = None) -> Select:
+    """`columns` of the edits `flt` selects, in edit-id order; only ids in (after, upto] when bounded."""
+    latest = _latest_review_ids(after, upto)
     query = (
-        select(*ROW_COLUMNS)
+        select(*columns)
+        .select_from(Edit)
         .join(Item, Item.id == Edit.item_id)
         .join(Project, Project.id == Item.project_id)
         .join(User, User.id == Edit.annotator_id)
@@ -167,6 +172,7 @@ def _selection(flt: DatasetFilter) -> Select:
         (flt.suggestion_used is not None, lambda: Edit.suggestion_used.is_(flt.suggestion_used)),
         (flt.created_after is not None, lambda: Edit.created_at >= flt.created_after),
         (flt.created_before is not None, lambda: Edit.created_at < flt.created_before),
+        (after is not None, lambda: (Edit.id > after) & (Edit.id <= upto)),
     ]
     for applies, condition in conditions:
         if applies:
@@ -205,8 +211,13 @@ def _review_record(row: Row, fixed: bool, names: Pseudonyms) -> dict[str, Any] |
     }
 
 
+def _layer(text: str | None) -> orjson.Fragment:
+    return orjson.Fragment(text if text is not None else "null")
+
+
 def export_row(row: Row, names: Pseudonyms) -> dict[str, Any]:
-    """The edit-pair row of product.md "Export". A reviewer's fix replaces the edited text and labels."""
+    """The edit-pair row of product.md "Export" from a row of ROW_COLUMNS. A reviewer's fix replaces the edited
+    text and the layers (labels, diff, stats), which are the stored JSON text, included as they are."""
     fixed = row.verdict == Verdict.FIX_AND_ACCEPT and row.fixed_text is not None
     return {
         "id": f"edit-{row.id}",
@@ -216,9 +227,9 @@ def export_row(row: Row, names: Pseudonyms) -> dict[str, Any]:
         "original": row.original,
         "edited": row.fixed_text if fixed else row.edited_text,
         "outcome": row.outcome,
-        "token_labels": orjson.loads(row.review_token_labels if fixed else row.token_labels),
-        "char_diff": orjson.loads(row.review_char_diff if fixed else row.char_diff),
-        "stats": orjson.loads(row.review_stats if fixed else row.stats),
+        "token_labels": _layer(row.review_token_labels if fixed else row.token_labels),
+        "char_diff": _layer(row.review_char_diff if fixed else row.char_diff),
+        "stats": _layer(row.review_stats if fixed else row.stats),
         "annotator_id": names["ann", row.annotator_id],
         "review": _review_record(row, fixed, names),
         "created_at": iso(row.created_at),
@@ -228,24 +239,34 @@ def export_row(row: Row, names: Pseudonyms) -> dict[str, Any]:
         "editor_model": row.editor_model or None,
         "prompt_version": row.prompt_version or None,
         "suggestion_used": row.suggestion_used,
-        "human_vs_suggestion_rate": row.human_vs_suggestion_rate,
+        "human_vs_suggestion_rate": orjson.Fragment(float_text(row.human_vs_suggestion_rate)),
     }
 
 
-def canonical_json(row: dict[str, Any]) -> bytes:
-    """The one serialisation the content hash is defined over: orjson with sorted keys (compact, UTF-8,
-    shortest round-trip floats). Stored verbatim, so the pairs-jsonl export is exactly these lines."""
+def float_text(value: float | None) -> str:
+    """A float as Postgres writes a float8 (shortest round trip, no ".0", an exponent from 1e15 up), so the rows
+    SQLite's freeze builds here read exactly like those Postgres builds in SQL."""
+    if value is None:
+        return "null"
+    text = repr(value)
+    if "e" in text or abs(value) < 1e15:  # Python writes exponents (1e-05, 1e+16) as Postgres does
+        return text.removesuffix(".0")
+    whole = text.removesuffix(".0").lstrip("-")  # 15 or 16 digits before any point
+    digits = whole.replace(".", "").rstrip("0")
+    point = "." + digits[1:] if len(digits) > 1 else ""
+    return f"{'-' if value < 0 else ''}{digits[0]}{point}e+{len(whole.split('.')[0]) - 1}"
+
+
+def row_text(row: dict[str, Any]) -> bytes:
+    """The row as frozen and exported (a pairs-jsonl line): compact JSON, keys sorted, the layers as stored."""
     return orjson.dumps(row, option=orjson.OPT_SORT_KEYS)
 
 
-def iter_rows(session: Session, flt: DatasetFilter, chunk_rows: int) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(edit id, export row) for every edit the filter selects, in edit-id order, fetched in chunks."""
+def iter_rows(db: Session | Connection, query: Select) -> Iterator[tuple[int, bytes]]:
+    """(edit id, row text) of each row a `selection` of ROW_COLUMNS yields, in its order."""
     names = Pseudonyms(pseudonym_key())
-    for row in session.execute(_selection(flt).execution_options(yield_per=chunk_rows)):
-        yield row.id, export_row(row, names)
-
-
-# --- writing a version ----------------------------------------------------------------------------
+    for row in db.execute(query.execution_options(yield_per=1000)):
+        yield row.id, row_text(export_row(row, names))
 
 
 def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
@@ -260,46 +281,14 @@ def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
         yield batch
 
 
-def _copy_line(version_id: int, seq: int, edit_id: int, text: bytes) -> bytes:
-    # COPY's text format: tab-separated, backslash escaped. Canonical JSON has no raw tab or newline
-    # (JSON escapes them inside strings), so only backslashes need doubling.
-    return b"%d\t%d\t%d\t%s\n" % (version_id, seq, edit_id, text.replace(b"\\", b"\\\\"))
+# --- versions -------------------------------------------------------------------------------------
 
 
-def _write_rows_postgres(session: Session, version_id: int, lines: Sequence[tuple[int, int, bytes]]) -> None:
-    # COPY takes the canonical JSON text as is: no second serialisation, far faster than INSERTs.
-    cursor = session.connection().connection.driver_connection.cursor()
-    with cursor.copy("COPY dataset_rows (dataset_version_id, seq, edit_id, data) FROM STDIN") as copy:
-        copy.write(b"".join(_copy_line(version_id, seq, edit_id, text) for seq, edit_id, text in lines))
-
-
-def _write_rows_generic(session: Session, version_id: int, lines: Sequence[tuple[int, int, bytes]]) -> None:
-    # The canonical text goes in as is (bypassing the JSON type's own serialiser), as COPY does.
-    session.execute(
-        insert(DatasetRow).values(data=bindparam("text", type_=Text)),
-        [{"dataset_version_id": version_id, "seq": seq, "edit_id": edit_id, "text": text.decode()}
-         for seq, edit_id, text in lines],
-    )
-
-
-def _freeze(session: Session, version: DatasetVersion, flt: DatasetFilter, chunk_rows: int) -> None:
-    """Write the version's rows and set its row count and content hash."""
-    write = _write_rows_postgres if session.get_bind().dialect.name == "postgresql" else _write_rows_generic
-    digest = hashlib.sha256()
-    count = 0
-    # The reader shares the caller's connection and transaction, so it sees what the caller flushed.
-    with Session(bind=session.connection()) as reader:
-        for chunk in batched(iter_rows(reader, flt, chunk_rows), chunk_rows):
-            lines = []
-            for edit_id, row in chunk:
-                text = canonical_json(row)
-                digest.update(text)
-                digest.update(b"\n")
-                lines.append((count, edit_id, text))
-                count += 1
-            write(session, version.id, lines)
-    version.row_count = count
-    version.content_hash = digest.hexdigest()
+def check_name(name: str) -> str:
+    name = name.strip()
+    if not name or len(name) > 200 or not name.isprintable():
+        raise DatasetError("name: give a dataset name of 1 to 200 printable characters")
+    return name
 
 
 def validate_filter_targets(session: Session, flt: DatasetFilter) -> None:
@@ -312,31 +301,14 @@ def validate_filter_targets(session: Session, flt: DatasetFilter) -> None:
             raise DatasetError(f"filter.annotator_ids: no user with id {missing}")
 
 
-def create_version(
-    session: Session, filter: DatasetFilter, name: str, actor: User | None, *, chunk_rows: int | None = None
-) -> DatasetVersion:
-    """Freeze `filter` into a new version (in the caller's transaction) and announce it by webhook."""
-    name = name.strip()
-    if not name or len(name) > 200 or not name.isprintable():
-        raise DatasetError("name: give a dataset name of 1 to 200 printable characters")
-    validate_filter_targets(session, filter)
-    version = DatasetVersion(
-        name=name,
-        project_id=filter.project_id,
-        filter=filter.model_dump(mode="json"),
-        content_hash="",
-        created_by_id=actor.id if actor else None,
-    )
-    session.add(version)
-    session.flush()
-    _freeze(session, version, filter, chunk_rows or get_settings().export_chunk_rows)
-    if version.row_count == 0:
-        raise DatasetError("the filter selects no edits: widen it (e.g. include pending reviews)")
-    session.flush()
-    audit.record(session, actor, "dataset_version.create", "dataset_version", str(version.id),
-                 after={"name": name, "row_count": version.row_count, "content_hash": version.content_hash})
-    webhooks.enqueue(session, "dataset_version.created", version_summary(version))
-    return version
+def ready_versions() -> Select:
+    """Versions that can be exported and trained on, newest first."""
+    return select(DatasetVersion).where(DatasetVersion.state == DatasetState.READY).order_by(DatasetVersion.id.desc())
+
+
+def ready_version(session: Session, version_id: int) -> DatasetVersion | None:
+    version = session.get(DatasetVersion, version_id)
+    return version if version is not None and version.state == DatasetState.READY else None
 
 
 def version_summary(version: DatasetVersion) -> dict[str, Any]:
@@ -345,8 +317,12 @@ def version_summary(version: DatasetVersion) -> dict[str, Any]:
         "name": version.name,
         "project_id": version.project_id,
         "filter": version.filter,
+        "state": version.state,
+        "error": version.error,
+        "job_id": version.job_id,
         "row_count": version.row_count,
         "content_hash": version.content_hash,
+        "hash_format": version.hash_format,
         "created_by_id": version.created_by_id,
         "created_at": iso(version.created_at),
     }
@@ -354,5 +330,4 @@ def version_summary(version: DatasetVersion) -> dict[str, Any]:
 
 def matching_count(session: Session, flt: DatasetFilter) -> int:
     """How many edits the filter selects right now (the preview before freezing)."""
-    return session.scalar(select(func.count()).select_from(_selection(flt).order_by(None).subquery())) or 0
-
+    return session.scalar(select(func.count()).select_from(selection(flt).order_by(None).subquery())) or 0

@@ -34,11 +34,11 @@ import psycopg.adapt
 import pyarrow as pa
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
-from sqlalchemy import Engine, Text, cast, func, select
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from app.errors import DomainError
-from app.models import DatasetRow, DatasetVersion, Outcome, Project, User
+from app.models import DatasetRow, DatasetState, DatasetVersion, Outcome, Project, User
 from app.services.datasets import batched, iso
 from labels import ALGORITHM_VERSION, LABEL_NAMES, LabelTokenizer, analyse_edit, load_tokenizer
 
@@ -53,6 +53,10 @@ class ExportError(DomainError):
 
 class VersionNotFound(ExportError):
     status_code = 404
+
+
+class VersionNotReady(ExportError):
+    status_code = 409
 
 
 @dataclass(frozen=True)
@@ -136,7 +140,7 @@ def _fetch_range(engine: Engine, version_id: int, low: int, high: int) -> list[b
                 cursor.execute(_RANGE_SQL, (version_id, low, high))
                 return [text for (text,) in cursor]
         query = (
-            select(cast(DatasetRow.data, Text))
+            select(DatasetRow.data)
             .where(DatasetRow.dataset_version_id == version_id, DatasetRow.seq >= low, DatasetRow.seq < high)
             .order_by(DatasetRow.seq)
         )
@@ -491,22 +495,11 @@ def _pairs_parquet(session: Session, version_id: int, tok: LabelTokenizer | None
 # --- the dataset card -----------------------------------------------------------------------------
 
 
-def _outcome_counts(session: Session, version_id: int) -> dict[str, int]:
-    outcome = DatasetRow.data["outcome"].as_string()
-    query = (
-        select(outcome, func.count())
-        .where(DatasetRow.dataset_version_id == version_id)
-        .group_by(outcome)
-        .order_by(outcome)
-    )
-    return {name: count for name, count in session.execute(query)}
-
-
-def _reviewed_count(session: Session, version_id: int) -> int:
-    query = select(func.count()).where(
-        DatasetRow.dataset_version_id == version_id, DatasetRow.data["review"].as_string().is_not(None)
-    )
-    return session.scalar(query) or 0
+_HASH_EXPLAINED = {
+    1: "The content hash is the SHA-256 of the `pairs-jsonl` file: the rows as JSON, one per line in row order.",
+    2: "The content hash is the SHA-256 of the concatenated SHA-256 digests of the rows' UTF-8 text (the lines of "
+       "the `pairs-jsonl` file without their newline), in row order.",
+}
 
 
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]{}#+!|~])")
@@ -531,7 +524,7 @@ def tokenizer_label(name: str, vocab_hash: str | None = None) -> str:
 def card_text(session: Session, version: DatasetVersion, tok: LabelTokenizer | None) -> str:
     project = session.get(Project, version.project_id) if version.project_id else None
     creator = session.get(User, version.created_by_id) if version.created_by_id else None
-    outcomes = _outcome_counts(session, version.id)
+    counts = version.summary or {"outcomes": {}, "reviewed": 0}  # counted when it was frozen
     labelled_with = (tokenizer_label(tok.name, tok.vocab_hash) if tok
                      else tokenizer_label(project.tokenizer) if project else "as recorded per row")
     lines = [
@@ -551,7 +544,7 @@ def card_text(session: Session, version: DatasetVersion, tok: LabelTokenizer | N
         f"| Version | {version.id} |",
         f"| Project | {markdown_text(project.name) if project else 'all projects'} |",
         f"| Rows | {version.row_count} |",
-        f"| Reviewed rows | {_reviewed_count(session, version.id)} |",
+        f"| Reviewed rows | {counts['reviewed']} |",
         f"| Content hash (SHA-256) | `{version.content_hash}` |",
         f"| Created | {iso(version.created_at)} by {markdown_text(creator.username) if creator else 'unknown'} |",
         f"| Tokenizer of the labels | {markdown_text(labelled_with)} |",
@@ -559,7 +552,7 @@ def card_text(session: Session, version: DatasetVersion, tok: LabelTokenizer | N
         "",
         "## Rows per outcome",
         "",
-        *[f"- {name}: {count}" for name, count in outcomes.items()],
+        *[f"- {name}: {count}" for name, count in sorted(counts["outcomes"].items())],
         "",
         "## Filter",
         "",
@@ -579,8 +572,7 @@ def card_text(session: Session, version: DatasetVersion, tok: LabelTokenizer | N
         "",
         *[f"- `{name}`: {f.description}" for name, f in EXPORT_FORMATS.items() if name != "card"],
         "",
-        "The content hash is the SHA-256 of the rows serialised as JSON with sorted keys and no "
-        "whitespace, one per line in row order. Annotators and reviewers appear under stable pseudonyms.",
+        f"{_HASH_EXPLAINED[version.hash_format]} Annotators and reviewers appear under stable pseudonyms.",
         "",
     ]
     return "\n".join(lines)
@@ -612,15 +604,24 @@ def _format_stream(session: Session, version: DatasetVersion, fmt: str, tok: Lab
     return streams[fmt]()
 
 
+def _ready_version(session: Session, version_id: int) -> DatasetVersion:
+    version = session.get(DatasetVersion, version_id)
+    if version is None:
+        raise VersionNotFound(f"dataset version {version_id} does not exist")
+    if version.state == DatasetState.FREEZING:
+        raise VersionNotReady(f"dataset version {version_id} is still being frozen: try again when it is ready")
+    if version.state != DatasetState.READY:
+        raise VersionNotReady(f"dataset version {version_id} has no rows: its freeze failed ({version.error})")
+    return version
+
+
 def open_export(source: SessionSource, version_id: int, fmt: str, tokenizer: str | None = None):
     """Validate the request up front (so an HTTP handler can answer 4xx before streaming), then return
     (version, iterator of bytes)."""
     check_format(fmt)
     resolve_tokenizer(tokenizer)  # cached, so the stream below reuses the loaded tokenizer
     with _session_context(source) as session:
-        version = session.get(DatasetVersion, version_id)
-        if version is None:
-            raise VersionNotFound(f"dataset version {version_id} does not exist")
+        version = _ready_version(session, version_id)
         session.expunge(version)
     return version, stream_export(source, version_id, fmt, tokenizer=tokenizer)
 
@@ -636,7 +637,5 @@ def stream_export(
     check_format(fmt)
     tok = resolve_tokenizer(tokenizer)
     with _session_context(source) as session:
-        version = session.get(DatasetVersion, version_id)
-        if version is None:
-            raise VersionNotFound(f"dataset version {version_id} does not exist")
+        version = _ready_version(session, version_id)
         yield from _format_stream(session, version, fmt, tok)

@@ -10,10 +10,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
+from app.driver import run
 from app.errors import Conflict, DomainError, NotFound
 from app.models import Comment, Edit, Item, Outcome, Project, Review, ReviewStatus, User
-from app.services import audit
-from app.services.annotation import analyse, decide_outcome, stored_record
+from app.services import audit, suggestions
+from app.services.annotation import analyse, decide_outcome, rate_on_suggestion, stored_record
 from app.services.review import ReviewLayer, reopen_item
 
 RECENT = 50
@@ -82,6 +83,10 @@ def revise(session: Session, user: User, edit_id: int, text: str, version: int |
     edit.tokenizer_hash, edit.algorithm = analysis.labels.tokenizer_hash, analysis.labels.algorithm
     edit.edit_rate = analysis.stats.edit_rate
     edit.not_minimal = analysis.stats.edit_rate > work.project.minimality_budget
+    if edit.suggestion_used:  # how far the person moved from the suggestion, for the revised text
+        suggested = run(session, suggestions.started_from(edit.item_id, edit.editor_id))
+        edit.human_vs_suggestion_rate = (
+            None if suggested is None else rate_on_suggestion(work.project.tokenizer, suggested, text))
     edit.review_status = ReviewStatus.PENDING
     try:
         session.flush()
@@ -98,7 +103,7 @@ def give_back(session: Session, user: User, edit_id: int) -> None:
     if work.edit.review_status != ReviewStatus.RETURNED:
         raise DomainError("Only an edit a reviewer sent back to you can be given back.", 409)
     work.edit.review_status = ReviewStatus.REJECTED
-    reopen_item(session, work.item)
+    reopen_item(session, work.item, work.project, user)
     try:
         session.flush()
     except StaleDataError:

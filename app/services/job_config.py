@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from app.services import pipeline
 from training.config import KINDS, FieldSpec, check_values, config_fields
 
 # Keys the job sets itself: the base model field, the dataset version's export, the job's folder.
@@ -18,12 +19,13 @@ JOB_SET_KEYS = frozenset({"model", "data", "output_dir"})
 
 
 def kinds() -> list[str]:
-    return list(KINDS)
+    """The training CLI's kinds, and the FIGA pipeline (a chain whose first stage is `generate`)."""
+    return [*KINDS, pipeline.KIND]
 
 
 def form_fields(kind: str) -> tuple[FieldSpec, ...]:
     """The hyperparameters a researcher sets for `kind` (everything but the keys the job sets)."""
-    return tuple(f for f in config_fields(kind) if f.name not in JOB_SET_KEYS)
+    return tuple(f for f in config_fields(pipeline.training_kind(kind)) if f.name not in JOB_SET_KEYS)
 
 
 def validate_hyperparameters(kind: str, form: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
@@ -35,6 +37,6 @@ def validate_hyperparameters(kind: str, form: Mapping[str, Any]) -> tuple[dict[s
     fields = form_fields(kind)
     raw = {f.name: form[f.name] for f in fields if f.name in form}
     raw.update({f.name: "false" for f in fields if f.type == "bool" and f.name not in form})
-    typed, errors = check_values(kind, raw)
+    typed, errors = check_values(pipeline.training_kind(kind), raw)
     config = {f.name: typed.get(f.name, f.default) for f in fields if f.name not in errors}
     return config, errors

@@ -21,7 +21,8 @@ from sqlalchemy.orm import Session
 
 from app.errors import Conflict
 from app.models import Job, JobLogChunk, JobMetric, JobStatus, User, as_utc, utcnow
-from app.services.cluster import LOCAL, SlurmRequest
+from app.services import audit, pipeline
+from app.services.cluster import LOCAL, OUTLIVE_WORKER, SlurmRequest
 
 FINISHED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 # Options for the worker itself (e.g. how a `generate` job feeds a project) live beside the training
@@ -72,6 +73,7 @@ def create_job(session: Session, spec: JobSpec, actor: User | None) -> Job:
         backend=spec.backend,
         status=JobStatus.QUEUED,
         created_by_id=actor.id if actor else None,
+        stages=pipeline.initial_stages(spec.kind, options),
     )
     session.add(job)
     session.flush()
@@ -112,6 +114,27 @@ def request_cancel(session: Session, job_id: int) -> str:
     raise JobError(f"job {job_id} is already {job.status}")
 
 
+def resume_job(session: Session, job: Job, actor: User | None) -> None:
+    """Queue a failed or cancelled chain again (app/services/pipeline.py); its finished stages are kept and
+    the worker skips them."""
+    if not job.stages:
+        raise JobError(f"job {job.id} is a single run: start it again instead")
+    if job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
+        raise JobError(f"job {job.id} is {job.status}: only a failed or cancelled chain can be resumed")
+    stages = [entry if entry["status"] == pipeline.DONE else {**entry, "status": pipeline.PENDING}
+              for entry in job.stages]
+    queued = session.execute(
+        update(Job).where(Job.id == job.id, Job.status.in_([JobStatus.FAILED, JobStatus.CANCELLED]))
+        .values(status=JobStatus.QUEUED, stages=stages, cancel_requested=False, error="", finished_at=None,
+                worker_id=None, pid=None, external_id=None, heartbeat_at=None)
+    ).rowcount
+    if not queued:
+        raise JobError(f"job {job.id} changed meanwhile; reload the page")
+    kept = [entry["name"] for entry in stages if entry["status"] == pipeline.DONE]
+    audit.record(session, actor, "job.resume", "job", job.id, after={"kept": kept})
+    append_log(session, job.id, f"\n[redline] resumed; kept: {', '.join(kept) or 'nothing'}\n")
+
+
 def claim_next_job(session: Session, worker_id: str, backends: Iterable[str] = (LOCAL,)) -> Job | None:
     """Atomically take the oldest queued job of `backends` for `worker_id`; None when there is none.
 
@@ -143,6 +166,57 @@ def claim_next_job(session: Session, worker_id: str, backends: Iterable[str] = (
             job = session.get(Job, job_id)
             session.refresh(job)
             return job
+
+
+def adopt_orphaned_job(
+    session: Session, worker_id: str, backends: Iterable[str], stale_after_s: float
+) -> Job | None:
+    """Take over the oldest running job of `backends` that outlives its worker (`outlives_worker`, with its
+    engine's handle stored) and has lost that worker: released by a worker that stopped, or silent for
+    `stale_after_s`. None when there is none.
+
+    Like a claim, a conditional UPDATE on the worker seen, so two workers never adopt the same job, and
+    the old worker, should it wake, finds the job no longer its own at its next heartbeat.
+    """
+    followed = [name for name in backends if name in OUTLIVE_WORKER]
+    if not followed:
+        return None
+    cutoff = utcnow() - timedelta(seconds=stale_after_s)
+    orphaned = (Job.worker_id.is_(None)) | (Job.heartbeat_at < cutoff)
+    candidates = session.execute(
+        select(Job.id, Job.worker_id, Job.stages)
+        .where(Job.status == JobStatus.RUNNING, Job.backend.in_(followed), Job.external_id.is_not(None), orphaned)
+        .order_by(Job.id)
+    ).all()
+    for job_id, previous, stages in candidates:
+        if stages:
+            continue  # a job of stages ends with its worker (outlives_worker)
+        same_worker = Job.worker_id.is_(None) if previous is None else Job.worker_id == previous
+        adopted = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.RUNNING, same_worker, orphaned)
+            .values(worker_id=worker_id, heartbeat_at=utcnow())
+        ).rowcount
+        if adopted:
+            how = "was released by" if previous is None else "lost"
+            append_log(session, job_id, f"\n[redline] the job {how} its worker; worker {worker_id} follows it now\n")
+            session.flush()
+            job = session.get(Job, job_id)
+            session.refresh(job)
+            return job
+    return None
+
+
+def release_job(session: Session, job_id: int, worker_id: str, note: str) -> bool:
+    """A stopping worker lets go of a running job that outlives it, for another worker to adopt."""
+    released = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.RUNNING, Job.worker_id == worker_id)
+        .values(worker_id=None)
+    ).rowcount
+    if released:
+        append_log(session, job_id, f"\n[redline] {note}\n")
+    return bool(released)
 
 
 def set_run_paths(session: Session, job_id: int, *, output_dir: str, log_path: str, pid: int | None) -> None:
@@ -203,16 +277,23 @@ def finish_job(
     )
 
 
+def outlives_worker(job: Job) -> bool:
+    """Whether the job's process runs on without its worker, for another worker to follow: a job of one
+    step on a backend of cluster.OUTLIVE_WORKER (a Slurm job). A job of stages is driven stage by stage
+    by its worker, so it ends with it."""
+    return job.backend in OUTLIVE_WORKER and not job.stages
+
+
 def fail_stale_jobs(session: Session, stale_after_s: float) -> list[Job]:
-    """Mark failed every running job whose worker stopped heartbeating; returns them."""
+    """Mark failed every running job whose worker stopped heartbeating; returns them. A submitted job that
+    outlives its worker (`outlives_worker`) is left for a worker of its backend to adopt instead."""
     cutoff = utcnow() - timedelta(seconds=stale_after_s)
     stale = session.execute(
-        select(Job.id, Job.worker_id, Job.heartbeat_at)
-        .where(Job.status == JobStatus.RUNNING, Job.heartbeat_at < cutoff)
-        .order_by(Job.id)
-    ).all()
+        select(Job).where(Job.status == JobStatus.RUNNING, Job.heartbeat_at < cutoff).order_by(Job.id)
+    ).scalars().all()
     reaped = []
-    for job_id, worker_id, beat in stale:
+    for job_id, worker_id, beat in [(j.id, j.worker_id, j.heartbeat_at) for j in stale
+                                    if not (outlives_worker(j) and j.external_id)]:
         message = (
             f"worker {worker_id} stopped heartbeating (last heartbeat {beat:%Y-%m-%d %H:%M:%S} UTC, "
             f"more than {stale_after_s:g} s ago); the job's process was lost"
@@ -229,6 +310,11 @@ def fail_stale_jobs(session: Session, stale_after_s: float) -> list[Job]:
 
 
 # --- log and metrics ---------------------------------------------------------------------------
+
+
+def set_log_offset(session: Session, job_id: int, offset: int) -> None:
+    """How far the job's log file has been stored (in the transaction that stored it)."""
+    session.execute(update(Job).where(Job.id == job_id).values(log_offset=offset))
 
 
 def append_log(session: Session, job_id: int, text: str) -> None:
@@ -273,12 +359,15 @@ def log_tail(session: Session, job_id: int, max_chars: int = 20_000) -> str:
 
 def record_metrics(session: Session, job_id: int, rows: Iterable[Mapping[str, Any]]) -> int:
     """Store numeric values of metrics.jsonl rows (each with "step"); a repeated (name, step) wins last."""
-    values = [
-        {"job_id": job_id, "step": int(row["step"]), "name": name, "value": float(value)}
+    # One row per (name, step), the last: Postgres refuses an upsert that names a row twice, and a job may
+    # write a step twice in one ingest round (an editor job's last progress row and its final one).
+    latest = {
+        (name, int(row["step"])): float(value)
         for row in rows
         for name, value in row.items()
         if name != "step" and isinstance(value, int | float) and not isinstance(value, bool)
-    ]
+    }
+    values = [{"job_id": job_id, "step": step, "name": name, "value": value} for (name, step), value in latest.items()]
     if not values:
         return 0
     dialect = session.get_bind().dialect.name

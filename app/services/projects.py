@@ -8,7 +8,18 @@ from sqlalchemy import Select, bindparam, case, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from app.errors import DomainError
-from app.models import Item, ItemStatus, Project, ProjectMember, Role, User
+from app.models import (
+    COMPLETED_OUTCOMES,
+    Edit,
+    Item,
+    ItemStatus,
+    Project,
+    ProjectMember,
+    ReviewStatus,
+    Role,
+    User,
+    counted_kinds,
+)
 from app.services import audit
 from app.settings import get_settings
 from labels import DEFAULT_MINIMALITY_BUDGET, TokenizerNotFound, load_tokenizer
@@ -28,6 +39,7 @@ class ProjectSettings:
     guidelines_md: str = ""
     description: str = ""
     return_rejected: bool = False
+    model_edits_count: bool = True
 
     def validate(self) -> None:
         self.name = self.name.strip()
@@ -51,6 +63,7 @@ def _snapshot(project: Project) -> dict:
         "name": project.name, "tokenizer": project.tokenizer, "annotations_per_item": project.annotations_per_item,
         "minimality_budget": project.minimality_budget, "lease_seconds": project.lease_seconds,
         "archived": project.archived, "return_rejected": project.return_rejected,
+        "model_edits_count": project.model_edits_count,
     }
 
 
@@ -76,9 +89,25 @@ def update_project(session: Session, project: Project, settings: ProjectSettings
     before = _snapshot(project)
     for key, value in vars(settings).items():
         setattr(project, key, value)
-    if before["annotations_per_item"] != project.annotations_per_item:
+    if before["model_edits_count"] != project.model_edits_count:
+        _recount_items(session, project)
+    if before["annotations_per_item"] != project.annotations_per_item or (
+            before["model_edits_count"] != project.model_edits_count):
         _restatus_items(session, project)
     audit.record(session, actor, "project.update", "project", project.id, before=before, after=_snapshot(project))
+
+
+def _recount_items(session: Session, project: Project) -> None:
+    """Each item's count again from its edits, after the setting of whose edits count changed: the completed
+    edits that were not rejected, by the kinds of annotator that count now (`counted_kinds`). Every submit,
+    rejection and give-back keeps the count equal to this."""
+    counted = (
+        select(func.count()).select_from(Edit).join(User, User.id == Edit.annotator_id)
+        .where(Edit.item_id == Item.id, Edit.outcome.in_(COMPLETED_OUTCOMES),
+               Edit.review_status != ReviewStatus.REJECTED, User.kind.in_(counted_kinds(project.model_edits_count)))
+        .scalar_subquery()
+    )
+    session.execute(update(Item).where(Item.project_id == project.id).values(completed_count=counted))
 
 
 def _restatus_items(session: Session, project: Project) -> None:

@@ -15,7 +15,7 @@ live lease), and one INSERT … SELECT that re-counts and leases at once. It is 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import (
@@ -26,6 +26,7 @@ from sqlalchemy import (
     all_,
     and_,
     bindparam,
+    exists,
     func,
     insert,
     select,
@@ -38,7 +39,7 @@ from sqlalchemy.orm.util import AliasedClass
 from sqlalchemy.sql.dml import ReturningUpdate
 
 from app.driver import Database, Steps, entity, labelled, lock_for_write
-from app.models import Item, ItemStatus, Lease, LeaseState, Project, Role, User, utcnow
+from app.models import Item, ItemStatus, Lease, LeaseState, Project, Role, Suggestion, User, utcnow
 from app.services import projects
 
 CANDIDATE_TRIES = 8  # rows re-checked per request before reporting the queue as empty
@@ -56,6 +57,12 @@ class Task:
     lease: Lease
     item: Item
     project: Project
+    suggested: bool = False  # the item has a suggestion for the editor to open with (app.services.suggestions)
+
+
+def _suggested(item: type[Item] | AliasedClass[Item]) -> ColumnElement[bool]:
+    # Read with the task, so the editor page looks a suggestion up only for the items that have one.
+    return exists().where(Suggestion.item_id == item.id).label("suggested")
 
 
 def holds_slot(at: ColumnElement | datetime) -> ColumnElement[bool]:
@@ -103,10 +110,13 @@ def task_of(row) -> Task:
     return Task(entity(Lease, row), entity(Item, row), entity(Project, row))
 
 
+_FOUND_TASK = _TASK.add_columns(_suggested(Item))
+
+
 def finding_task(lease_id: int, user: User) -> Steps[Task | None]:
     """The annotator's lease with its item and project, in one query; None if it is not theirs."""
-    row = yield _TASK, {"lease_id": lease_id, "user_id": user.id}
-    return None if row is None else task_of(row)
+    row = yield _FOUND_TASK, {"lease_id": lease_id, "user_id": user.id}
+    return None if row is None else replace(task_of(row), suggested=row.suggested)
 
 
 # The task with its item's and lease's rows locked, freshly read (a concurrent submit of the same item or
@@ -158,7 +168,7 @@ def _live_lease_here(item: type[Item] | AliasedClass[Item]) -> tuple:
 
 
 _CURRENT_TASK = (
-    labelled(select(Lease.__table__, Item.__table__))
+    labelled(select(Lease.__table__, Item.__table__)).add_columns(_suggested(Item))
     .join_from(Lease, Item, Item.id == Lease.item_id)
     .where(*_live_lease_here(Item))
     .order_by(Lease.id)
@@ -197,7 +207,7 @@ def _candidate_query(not_tried) -> Select:
     """The first open item this annotator never held that has a free slot (parameters project_id, user_id,
     now, n, tried); none while the annotator holds a live lease in this project."""
     return (
-        labelled(select(Item.__table__))
+        labelled(select(Item.__table__)).add_columns(_suggested(Item))
         .where(
             *_offered(),
             not_tried,
@@ -220,20 +230,24 @@ _CANDIDATE = {
 }
 
 
-_AHEAD = (
-    select(Item.id, Item.prompt, Item.original).where(*_offered(), Item.id > bindparam("after"))
-    .order_by(Item.id).limit(bindparam("window")).subquery()
-)
-# The items "Next" would offer the annotator after item `after` if nobody else took them first, in its order,
-# unlocked (parameters as `_offered`'s, after, window): for a caller that prepares its work ahead of the
-# lease (a model editor's job asks the model ahead). One JSON list of [id, prompt, original] in one row
-# (steps read one row per statement).
-UPCOMING = {
-    "postgresql": select(type_coerce(func.json_agg(func.json_build_array(_AHEAD.c.id, _AHEAD.c.prompt,
-                                                                         _AHEAD.c.original)), JSON).label("items")),
-    "sqlite": select(type_coerce(func.json_group_array(func.json_array(_AHEAD.c.id, _AHEAD.c.prompt,
-                                                                       _AHEAD.c.original)), JSON).label("items")),
-}
+def _upcoming_query(*scope: ColumnElement[bool]) -> dict[str, Select]:
+    """The items "Next" would offer the annotator after item `after` if nobody else took them first, in its
+    order, unlocked (parameters as `_offered`'s, after, window, and those of `scope`), as one JSON list of
+    [id, prompt, original] in one row (steps read one row per statement)."""
+    ahead = (
+        select(Item.id, Item.prompt, Item.original).where(*_offered(), Item.id > bindparam("after"), *scope)
+        .order_by(Item.id).limit(bindparam("window")).subquery()
+    )
+    return {
+        "postgresql": select(type_coerce(func.json_agg(func.json_build_array(ahead.c.id, ahead.c.prompt,
+                                                                             ahead.c.original)), JSON).label("items")),
+        "sqlite": select(type_coerce(func.json_group_array(func.json_array(ahead.c.id, ahead.c.prompt,
+                                                                           ahead.c.original)), JSON).label("items")),
+    }
+
+
+_UPCOMING = _upcoming_query()
+_UPCOMING_IN_BATCH = _upcoming_query(Item.import_batch_id == bindparam("batch_id"))
 
 
 @dataclass(frozen=True)
@@ -245,11 +259,15 @@ class Upcoming:
     original: str
 
 
-def upcoming(project: Project, user: User, after: int, window: int) -> Steps[list[Upcoming]]:
-    """Up to `window` items "Next" would offer `user` after item `after`, in its order (see UPCOMING); the
-    queue still decides at each "Next"."""
-    row = yield UPCOMING, {"project_id": project.id, "user_id": user.id, "now": utcnow(),
-                           "n": project.annotations_per_item, "after": after, "window": window}
+def upcoming(project: Project, user: User, after: int, window: int,
+             batch_id: int | None = None) -> Steps[list[Upcoming]]:
+    """Up to `window` items "Next" would offer `user` after item `after`, in its order (of one import batch's
+    items, with `batch_id`), for a caller that prepares its work ahead of the lease (a model editor's job
+    asks the model ahead): the queue's own rule rather than a copy of it. The queue still decides at each
+    "Next"; an item someone else takes meanwhile is not offered."""
+    params = {"project_id": project.id, "user_id": user.id, "now": utcnow(), "n": project.annotations_per_item,
+              "after": after, "window": window}
+    row = yield (_UPCOMING, params) if batch_id is None else (_UPCOMING_IN_BATCH, {**params, "batch_id": batch_id})
     return sorted((Upcoming(*item) for item in row.items or []), key=lambda item: item.id)
 
 
@@ -301,24 +319,25 @@ def _next(project_id: int, user: User, now: datetime) -> Steps[tuple[Project | N
                   "tried": tried}
         if (row := (yield _CANDIDATE, params)) is None:  # their live lease here, or nothing left for them
             row = yield _CURRENT_TASK, {"user_id": user.id, "now": now, "project_id": project.id}
-            return project, None if row is None else Task(entity(Lease, row), entity(Item, row), project)
-        item = entity(Item, row)
+            return project, None if row is None else Task(entity(Lease, row), entity(Item, row), project,
+                                                          row.suggested)
+        item, suggested = entity(Item, row), row.suggested
         values = {
             "item_id": item.id, "annotator_id": user.id, "state": LeaseState.ACTIVE.value, "leased_at": now,
             "expires_at": now + timedelta(seconds=project.lease_seconds),
         }
         free_slots = project.annotations_per_item - item.completed_count
         if (row := (yield _LEASE_IF_SLOT_FREE, {**values, "now": now, "free_slots": free_slots})) is not None:
-            return project, Task(Lease(id=row.id, **values), item, project)
+            return project, Task(Lease(id=row.id, **values), item, project, suggested)
         tried.append(item.id)
     return project, None
 
 
-def lease_item(session: Session, item: Item, project: Project, user: User) -> int | None:
+def lease_item(session: Session, item: Item, project: Project, user: User) -> Lease | None:
     """Lease a chosen item to `user` with the queue's own statement (a free slot, re-counted), for a caller
-    that brings its edit for a known item (an import of edits) instead of asking for the next one. The
-    item must be locked (`lock_item`) or not yet visible to others; `user` must never have held it. Returns
-    the lease's id, or None when the item is not open or has no free slot."""
+    that works on known items (an import of edits, a pipeline's editor on its import) instead of asking
+    for the next one. The item must be locked (`lock_item`) or not yet visible to others; `user` must
+    never have held it. Returns the lease, or None when the item is not open or has no free slot."""
     if item.status != ItemStatus.OPEN:
         return None
     now = utcnow()
@@ -326,7 +345,7 @@ def lease_item(session: Session, item: Item, project: Project, user: User) -> in
               "expires_at": now + timedelta(seconds=project.lease_seconds)}
     row = session.execute(_LEASE_IF_SLOT_FREE, {
         **values, "now": now, "free_slots": project.annotations_per_item - item.completed_count}).first()
-    return None if row is None else row.id
+    return None if row is None else Lease(id=row.id, **values)
 
 
 async def next_task(db: Database, project_id: int, user: User) -> tuple[Project | None, Task | None]:

@@ -15,6 +15,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from app.errors import Conflict, DomainError, NotFound
 from app.models import (
     COMPLETED_OUTCOMES,
+    AnnotatorKind,
     Comment,
     Edit,
     Item,
@@ -29,7 +30,7 @@ from app.models import (
     Verdict,
 )
 from app.services import audit
-from app.services.annotation import analyse, stored_record
+from app.services.annotation import analyse, counts_toward_n, stored_record
 from app.services.queue import lock_item
 
 
@@ -119,7 +120,7 @@ BULK_LIMIT = 5000  # edits per bulk accept: one short transaction; repeat for mo
 
 class BulkFilter(BaseModel):
     """Which pending edits a bulk accept takes. Each field adds one condition (`conditions`), so a new
-    filter (an annotator kind, say) is one field and one line there."""
+    filter is one field and one line there."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -128,6 +129,8 @@ class BulkFilter(BaseModel):
     min_rate: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     max_rate: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     exclude_not_minimal: bool = True
+    # Who wrote the edit: people, model editors, imports (None: anyone).
+    annotator_kinds: list[AnnotatorKind] | None = Field(default=None, min_length=1)
 
     @model_validator(mode="after")
     def _range(self) -> BulkFilter:
@@ -144,6 +147,7 @@ class BulkFilter(BaseModel):
             (self.min_rate is not None, lambda: Edit.edit_rate >= self.min_rate),
             (self.max_rate is not None, lambda: Edit.edit_rate <= self.max_rate),
             (self.exclude_not_minimal, lambda: Edit.not_minimal.is_(False)),
+            (self.annotator_kinds is not None, lambda: User.kind.in_(self.annotator_kinds)),
         ]
         return [condition() for applies, condition in checks if applies]
 
@@ -184,8 +188,11 @@ def _fix_layer(project: Project, original: str, fixed_text: str) -> dict:
     return {"fixed_text": fixed_text, **record}
 
 
-def reopen_item(session: Session, item: Item) -> None:
-    """The item needs one more annotation: back in the queue."""
+def reopen_item(session: Session, item: Item, project: Project, annotator: User) -> None:
+    """The annotator's edit of the item stops counting: if it counted toward N, the item needs one more
+    annotation and is back in the queue (a model edit on top of N leaves the item as it is)."""
+    if not counts_toward_n(annotator, project.model_edits_count):
+        return
     locked = lock_item(session, item.id)
     locked.completed_count = max(0, locked.completed_count - 1)
     locked.status = ItemStatus.OPEN
@@ -219,7 +226,7 @@ def decide(
         edit.review_status = ReviewStatus.RETURNED
     else:
         edit.review_status = ReviewStatus.REJECTED
-        reopen_item(session, row.item)
+        reopen_item(session, row.item, row.project, row.annotator)
     try:
         session.flush()  # the edit's version column makes a concurrent verdict fail here
     except StaleDataError:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from app.commands.training_subprocess import training_command
 from app.editors.service import JOB_KIND
+from app.services import freeze
 
 # (kind, config file, output dir) -> argv of ONE process (`python -m training ...`). The worker takes
 # another builder only in tests, which run a small real program in place of a training run.
@@ -18,6 +19,8 @@ CommandBuilder = Callable[[str, Path, Path], list[str]]
 def job_command(kind: str, config_path: Path, output_dir: Path) -> list[str]:
     if kind == JOB_KIND:  # a model editor working a project (app/editors/bulk.py): no training
         return [sys.executable, "-m", "app.editors.bulk", "--config", str(config_path), "--output", str(output_dir)]
+    if kind == freeze.JOB_KIND:  # a dataset version frozen inside the database (app/services/freeze.py)
+        return [sys.executable, "-m", "app.services.freeze", "--config", str(config_path), "--output", str(output_dir)]
     return training_command([kind, "--config", str(config_path), "--set", f"output_dir={output_dir}"])
 
 

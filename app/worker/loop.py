@@ -15,7 +15,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from app.db import session_scope
-from app.services import jobs, webhooks
+from app.services import freeze, jobs, webhooks
 from app.settings import Settings
 from app.worker.backends.registry import backend_names, make_backend
 from app.worker.command import CommandBuilder, job_command
@@ -79,16 +79,27 @@ class Worker:
                 log.warning("job %s failed: its worker stopped heartbeating", job.id)
                 backend = self.backends.get(job.backend)
                 if job.external_id and backend is not None:
-                    # A scheduler's job outlives its worker: stop it, nobody follows it any more.
+                    # A stage of a chain on Slurm outlives its worker but nobody follows it: stop it.
                     backend.abandon(job.external_id)
                     jobs.append_log(session, job.id, f"[redline] cancelled {job.backend} job {job.external_id}\n")
+            for version_id in freeze.discard_abandoned(session):
+                log.warning("dataset version %s failed: its freeze job ended before it was complete", version_id)
         webhooks.deliver_due(self.session)
 
     def run_once(self) -> bool:
-        """Do the chores and run one job if one is queued; returns whether a job ran."""
+        """Do the chores, then follow a job whose worker is gone (a Slurm job outlives its worker) or run the
+        next queued job; returns whether a job ran."""
         self.chores()
         if self.stopping.is_set():
             return False
+        with self.session() as session:
+            orphan = jobs.adopt_orphaned_job(session, self.worker_id, self.backends,
+                                             self.settings.worker_stale_after_s)
+        if orphan is not None:
+            log.info("worker %s follows job %s (%s job %s)", self.worker_id, orphan.id, orphan.backend,
+                     orphan.external_id)
+            self.runner.adopt(orphan)
+            return True
         with self.session() as session:
             job = jobs.claim_next_job(session, self.worker_id, self.backends)
         if job is None:

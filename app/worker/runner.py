@@ -7,21 +7,21 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from sqlalchemy.orm import Session
 
 from app.models import Job, JobStatus
-from app.services import jobs
+from app.services import jobs, pipeline
 from app.services.export import stream_export
 from app.services.job_artifacts import is_resume_state
 from app.settings import Settings
-from app.worker import feed
-from app.worker.backends import Backend, BackendError, Execution, Launch
+from app.worker.backends import Backend, BackendError, Execution, FollowingBackend, Launch
 from app.worker.command import CommandBuilder
+from app.worker.stages import Chain, StepOutcome
 from app.worker.tailer import LogTailer, MetricsTailer
 
 log = logging.getLogger(__name__)
@@ -55,8 +55,15 @@ class JobPaths:
         return self.root / "out"
 
 
+SHUTTING_DOWN = "worker shutting down"
+
+
 class JobLost(Exception):
-    """The job is no longer ours: reaped as stale, or ended by someone else."""
+    """The job is no longer ours: reaped as stale, ended by someone else, or adopted by another worker."""
+
+
+class JobReleased(Exception):
+    """This worker is stopping and left a job that outlives it to the next worker of its backend."""
 
 
 class JobRunner:
@@ -110,7 +117,7 @@ class JobRunner:
     # --- the run --------------------------------------------------------------------------------
 
     def run(self, job: Job) -> JobStatus | None:
-        """Run the job; returns its final status, or None when it was taken from us."""
+        """Run the job; returns its final status, or None when it was taken from us or left running."""
         paths = JobPaths.for_job(self.settings.artifacts_dir, job.id)
         try:
             self.prepare(job, paths)
@@ -121,26 +128,52 @@ class JobRunner:
         with self.session_factory() as session:
             jobs.set_run_paths(session, job.id, output_dir=str(paths.output), log_path=str(paths.log), pid=None)
         log_tail = LogTailer(paths.log, paths.log.stat().st_size if paths.log.exists() else 0)
-        launch = Launch(
+        launch = self._launch(job, paths)
+        if job.stages:
+            return self._carry_out(job, paths, lambda: self._run_chain(job, launch, paths, log_tail))
+        release = jobs.outlives_worker(job)
+        return self._carry_out(job, paths, lambda: self._run_step(job.backend, launch, paths.output, log_tail,
+                                                                  release=release))
+
+    def adopt(self, job: Job) -> JobStatus | None:
+        """Follow a running job whose worker is gone (jobs.adopt_orphaned_job) to its end: its step goes on
+        on the engine under its stored handle, its log is read on from where the last worker stored it."""
+        paths = JobPaths.for_job(self.settings.artifacts_dir, job.id)
+        log_tail = LogTailer(paths.log, job.log_offset)
+        launch = self._launch(job, paths)
+        # Adopted jobs are of backends that outlive their worker, with a stored handle (adopt_orphaned_job).
+        execution = cast(FollowingBackend, self.backends[job.backend]).follow(str(job.external_id))
+        return self._carry_out(job, paths, lambda: self._watch_step(launch, execution, paths.output, log_tail,
+                                                                    release=True))
+
+    def _launch(self, job: Job, paths: JobPaths) -> Launch:
+        return Launch(
             job_id=job.id,
-            program=self.command_for(job.kind, paths.config, paths.output),
+            program=self.command_for(pipeline.training_kind(job.kind), paths.config, paths.output),
             processes=job.num_processes,
             folder=paths.root,
             log=paths.log,
             slurm=jobs.slurm_request(job),
             sharding=jobs.worker_options(job).get("sharding", ""),
+            backend=job.backend,
         )
+
+    def _carry_out(self, job: Job, paths: JobPaths, step_of: Callable[[], StepResult]) -> JobStatus | None:
+        """Run (or follow) the job's step, or its chain of stages, and record the end."""
         try:
-            step = self._run_step(job.backend, launch, paths.output, log_tail)
-            if step.ok and feed.requested(job):
-                step = self._feed(job, launch, paths, log_tail)
+            step = step_of()
         except JobLost:
-            log.warning("job %s was taken from worker %s; its process was stopped", job.id, self.worker_id)
+            log.warning("job %s is no longer worker %s's", job.id, self.worker_id)
+            return None
+        except JobReleased:
+            log.info("job %s left running for the next %s worker", job.id, job.backend)
             return None
         return self._conclude(job.id, step, paths)
 
-    def _run_step(self, backend_name: str, launch: Launch, output: Path, log_tail: LogTailer) -> StepResult:
-        """Run one training CLI step to its end (or until stopped); raises JobLost."""
+    def _run_step(self, backend_name: str, launch: Launch, output: Path, log_tail: LogTailer,
+                  span: tuple[float, float] = (0.0, 1.0), *, release: bool = False) -> StepResult:
+        """Run one process of the job to its end (or until stopped); raises JobLost. Its progress fills
+        `span` (start, width) of the job's progress bar; `release`: see `_watch_step`."""
         backend = self.backends.get(backend_name)
         if backend is None:  # claimed by backend, so only a job changed under us gets here
             return StepResult(None, "", f"this worker does not run {backend_name!r} jobs")
@@ -151,45 +184,47 @@ class JobRunner:
             return StepResult(None, "", f"could not start the {launch.step_name} step: {exc}")
         with self.session_factory() as session:
             jobs.set_handle(session, launch.job_id, backend_name, execution.handle)
-        watch = _Watch(log_tail, MetricsTailer(output / "metrics.jsonl"))
+        return self._watch_step(launch, execution, output, log_tail, span, release=release)
+
+    def _watch_step(self, launch: Launch, execution: Execution, output: Path, log_tail: LogTailer,
+                    span: tuple[float, float] = (0.0, 1.0), *, release: bool) -> StepResult:
+        """Watch a started process to its end; raises JobLost. With `release` (a process that outlives its
+        worker, jobs.outlives_worker), a worker that stops leaves it running and raises JobReleased, and
+        one that finds the job adopted by another worker leaves it alone."""
+        watch = _Watch(log_tail, MetricsTailer(output / "metrics.jsonl"), span=span)
         try:
-            stop_reason = self._monitor(launch.job_id, execution, output, watch)
+            stop_reason = self._monitor(launch.job_id, execution, output, watch, release=release)
         except JobLost:
-            execution.kill()
+            if not (release and self._followed_elsewhere(launch.job_id)):
+                execution.kill()
+            raise
+        except JobReleased:
+            self._note(launch.job_id, execution)
+            self._ingest(launch.job_id, output, watch)
+            self._release(launch, execution)
             raise
         self._note(launch.job_id, execution)
         self._ingest(launch.job_id, output, watch, final=True)
         return StepResult(execution.poll(), stop_reason, execution.failure())
 
-    def _feed(self, job: Job, launch: Launch, paths: JobPaths, log_tail: LogTailer) -> StepResult:
-        """A generate job's second half: optionally score the responses, then import them into the project."""
-        options = jobs.worker_options(job)
-        scores = None
-        if options.get("score_model"):
-            score_dir = paths.root / "score"
-            score_config = paths.root / "score.yaml"
-            score_config.write_text(yaml.safe_dump(feed.score_config(options, paths.output)))
-            score = replace(
-                launch,
-                program=self.command_for("score", score_config, score_dir),
-                processes=1,
-                sharding="",
-                step_name="score",
-            )
-            step = self._run_step(job.backend, score, score_dir, log_tail)
-            if not step.ok:
-                return step
-            scores = feed.read_scores(score_dir)
-        try:
-            with self.session_factory() as session:
-                summary = feed.import_responses(session, job, paths.output, scores)
-        except feed.FeedError as exc:
-            return StepResult(0, "", f"could not import the responses: {exc}")
-        self._append_log(job.id, f"[redline] {summary}\n")
-        return StepResult(0, "")
+    def _run_chain(self, job: Job, launch: Launch, paths: JobPaths, log_tail: LogTailer) -> StepResult:
+        """A job of stages (app/worker/stages.py), each process of it run by `_run_step`."""
+        def run_step(step_launch: Launch, output: Path, span: tuple[float, float]) -> StepOutcome:
+            step = self._run_step(job.backend, step_launch, output, log_tail, span)
+            if step.ok or step.stop_reason:
+                return StepOutcome(stop_reason=step.stop_reason)
+            return StepOutcome(error=step.error or f"exited with code {step.returncode}: {_last_line(paths.log)}")
 
-    def _monitor(self, job_id: int, execution: Execution, output: Path, watch: _Watch) -> str:
-        """Watch until the step ends; returns why we stopped it ("" when it ended by itself)."""
+        def stop_reason(progress: float) -> str:
+            return self._stop_reason(self._heartbeat(job.id, progress))
+
+        outcome = Chain(job, launch, paths.root, paths.output, self.session_factory, self.command_for, run_step,
+                        lambda text: self._append_log(job.id, text), stop_reason).run()
+        return StepResult(0 if outcome.ok else 1, outcome.stop_reason, outcome.error)
+
+    def _monitor(self, job_id: int, execution: Execution, output: Path, watch: _Watch, *, release: bool) -> str:
+        """Watch until the step ends; returns why we stopped it ("" when it ended by itself). With
+        `release`, a worker shutting down leaves the step running (raises JobReleased) instead."""
         stop_reason, kill_at = "", None
         next_beat = 0.0
         while execution.poll() is None:
@@ -198,10 +233,12 @@ class JobRunner:
             now = time.monotonic()
             if now >= next_beat:
                 next_beat = now + self.settings.worker_heartbeat_s
-                job = self._heartbeat(job_id, watch.progress)
+                job = self._heartbeat(job_id, watch.overall)
                 self.tick()
                 if not stop_reason:
                     stop_reason = self._stop_reason(job)
+                    if stop_reason == SHUTTING_DOWN and release:
+                        raise JobReleased(job_id)
                     if stop_reason:
                         self._append_log(job_id, f"\n[redline] {stop_reason}: {execution.terminate_note}\n")
                         execution.terminate()
@@ -217,7 +254,7 @@ class JobRunner:
         if job.cancel_requested:
             return "cancel requested"
         if self.should_stop():
-            return "worker shutting down"
+            return SHUTTING_DOWN
         return ""
 
     def _conclude(self, job_id: int, step: StepResult, paths: JobPaths) -> JobStatus | None:
@@ -255,8 +292,24 @@ class JobRunner:
         if not text and not rows:
             return
         with self.session_factory() as session:
+            # The offset and the text it covers commit together, so a worker that adopts the job stores no
+            # line twice. The UPDATE comes first: on SQLite it opens the transaction, which append_log's
+            # savepoint would otherwise open and, released, commit on its own.
+            jobs.set_log_offset(session, job_id, watch.log.offset)
             jobs.append_log(session, job_id, text)
             jobs.record_metrics(session, job_id, rows)
+
+    def _release(self, launch: Launch, execution: Execution) -> None:
+        note = (f"worker {self.worker_id} stopped; {launch.backend} job {execution.handle} goes on, and the next "
+                f"{launch.backend} worker follows it")
+        with self.session_factory() as session:
+            jobs.release_job(session, launch.job_id, self.worker_id, note)
+
+    def _followed_elsewhere(self, job_id: int) -> bool:
+        """Whether another worker has adopted the job (it is still running, under another worker)."""
+        with self.session_factory() as session:
+            job = session.get(Job, job_id)
+            return job is not None and job.status == JobStatus.RUNNING and job.worker_id != self.worker_id
 
     def _note(self, job_id: int, execution: Execution) -> None:
         notes = execution.notes()
@@ -292,7 +345,18 @@ class StepResult:
 class _Watch:
     log: LogTailer
     metrics: MetricsTailer
-    progress: float | None = None
+    progress: float | None = None  # of this process
+    span: tuple[float, float] = (0.0, 1.0)  # the part of the job's progress this process fills
+
+    @property
+    def overall(self) -> float | None:
+        return None if self.progress is None else self.span[0] + self.span[1] * self.progress
+
+
+def _last_line(log: Path) -> str:
+    """The last line a failed process wrote (its error, as a rule), for the reason a stage failed."""
+    lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()] if log.exists() else []
+    return lines[-1].strip()[:500] if lines else "no output"
 
 
 def read_progress(output_dir: Path, previous: float | None) -> float | None:

@@ -5,6 +5,14 @@
   const editor = document.getElementById("editor");
   if (!form || !editor) return;
   const original = document.getElementById("original-text").content.textContent;
+  // A model's suggestion, when the editor opened with one: the submit names it while the editor holds it
+  // (not after a reset to the original), so the server measures the person's edit against it.
+  const suggestionText = document.getElementById("suggestion-text");
+  const suggestion = suggestionText ? suggestionText.content.textContent : null;
+  const suggestionField = form.elements.suggestion_id || null;
+  const suggestionId = suggestionField ? suggestionField.value : "";
+  const note = document.getElementById("suggestion");
+  const base = document.getElementById("editor-base");
   const skipForm = document.getElementById("skip-form");
   const IDLE_MS = 30000; // a pause longer than this is not counted as active editing
   const shownAt = performance.now();
@@ -38,10 +46,23 @@
     fillMetrics();
     form.requestSubmit ? form.requestSubmit() : form.submit();
   }
-  function reset() {
-    editor.value = original;
+  function startFrom(text, fromSuggestion) {
+    editor.value = text;
+    if (suggestionField) {
+      suggestionField.value = fromSuggestion ? suggestionId : "";
+      const which = fromSuggestion ? "suggestion" : "original";
+      note.dataset.base = base.dataset.base = which;
+      base.textContent = base.dataset[which + "Text"];
+    }
     editor.dispatchEvent(new Event("redline:reset"));
     editor.focus();
+  }
+  function reset() { startFrom(original, false); }
+  function useSuggestion() { if (suggestion !== null) startFrom(suggestion, true); }
+  function acceptSuggestion() {
+    if (suggestion === null) return;
+    startFrom(suggestion, true);
+    submitWith("edited"); // the untouched suggestion; the server stores "no change needed" if it changes nothing
   }
   form.addEventListener("submit", function (event) {
     if (event.submitter && event.submitter.id === "submit") {
@@ -51,6 +72,10 @@
     }
   });
   document.getElementById("reset").addEventListener("click", reset);
+  if (suggestion !== null) {
+    document.getElementById("use-suggestion").addEventListener("click", useSuggestion);
+    document.getElementById("accept-suggestion").addEventListener("click", acceptSuggestion);
+  }
   document.getElementById("no-change").addEventListener("click", function () { submitWith("no_change_needed"); });
   document.getElementById("unfixable").addEventListener("click", function () { submitWith("unfixable"); });
   document.addEventListener("keydown", function (event) {
@@ -58,6 +83,8 @@
     else if (event.altKey && !event.ctrlKey) {
       const key = event.key.toLowerCase();
       if (key === "r") { event.preventDefault(); reset(); }
+      else if (key === "g" && suggestion !== null) { event.preventDefault(); useSuggestion(); }
+      else if (key === "a" && suggestion !== null) { event.preventDefault(); acceptSuggestion(); }
       else if (key === "n") { event.preventDefault(); submitWith("no_change_needed"); }
       else if (key === "u") { event.preventDefault(); submitWith("unfixable"); }
       else if (key === "s") { event.preventDefault(); skipForm.requestSubmit(); }

@@ -11,7 +11,8 @@ from playwright.sync_api import Page, expect
 from sqlalchemy import select
 
 from app.db import session_scope
-from app.models import Edit
+from app.editors.service import EditorSettings, create_editor
+from app.models import Edit, Suggestion
 
 pytestmark = [pytest.mark.browser, pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)]
 ITEMS = [
@@ -113,3 +114,52 @@ def test_no_change_and_unfixable_buttons_and_reset(live_server, login_page, make
     expect(page.locator("#original")).to_contain_text("Hopeless")
     page.click("#unfixable")
     expect(page.locator(".flash")).to_contain_text("Nothing left for you")
+
+
+def test_a_suggestion_is_accepted_fixed_or_set_aside(live_server, login_page, make_user, make_project, add_items):
+    ann = make_user("ann", "annotator")
+    project = make_project(members=[ann])
+    items = add_items(project, [("P1", "Teh capital is Lyon."), ("P2", "Two plus two is five."),
+                                ("P3", "Cats has four legs.")])
+    texts = ["The capital is Lyon.", "Two plus two is four.", "Cats have four legs!"]
+    with session_scope() as session:
+        editor = create_editor(session, EditorSettings(name="smol", base_url="http://127.0.0.1:9/v1", model="m"), None)
+        suggestions = [Suggestion(item_id=item, editor_id=editor.id, text=text, editor_model="smol-135m",
+                                  prompt_version="abc123def456") for item, text in zip(items, texts, strict=True)]
+        session.add_all(suggestions)
+        session.flush()
+        ids = [str(s.id) for s in suggestions]
+    page = login_page("ann")
+    page.click(f"#next-{project.id}")
+    expect(page.locator("#editor-form")).to_have_attribute("data-ready", "true")
+    # Opens with the suggestion, marked as the model's, with its diff against the original.
+    expect(page.locator("#suggestion")).to_contain_text("model editor smol")
+    expect(page.locator("#editor")).to_have_value(texts[0])
+    expect(page.locator("#suggestion-diff ins")).to_be_visible()
+    expect(page.locator("#suggestion-diff del")).to_be_visible()
+    expect(page.locator("input[name=suggestion_id]")).to_have_value(ids[0])
+    page.keyboard.press("Alt+r")  # set aside: the original, and the submit names no suggestion
+    expect(page.locator("#editor")).to_have_value("Teh capital is Lyon.")
+    expect(page.locator("input[name=suggestion_id]")).to_have_value("")
+    expect(page.locator("#editor-base")).to_have_attribute("data-base", "original")
+    page.keyboard.press("Alt+g")  # and back to the suggestion
+    expect(page.locator("#editor")).to_have_value(texts[0])
+    expect(page.locator("input[name=suggestion_id]")).to_have_value(ids[0])
+    page.locator("#editor").press("End")
+    page.locator("#editor").press_sequentially(" Paris!")
+    expect(page.locator("#char-diff")).to_contain_text("Paris")
+    page.locator("#editor").press("Control+Enter")  # fixed on top of the suggestion
+    expect(page.locator("#original")).to_contain_text("five")
+    expect(page.locator("#editor")).to_have_value(texts[1])
+    page.click("#accept-suggestion")  # accepted as it is
+    expect(page.locator("#original")).to_contain_text("Cats has")
+    page.click("#reset")  # set aside, then the person's own edit
+    page.locator("#editor").fill("Cats have four legs.")
+    page.click("#submit")
+    expect(page.locator(".flash")).to_contain_text("Nothing left for you")
+    with session_scope() as session:
+        edits = {e.item_id: e for e in session.scalars(select(Edit))}
+    rates = [(edits[i].suggestion_used, edits[i].human_vs_suggestion_rate) for i in items]
+    assert rates[0][0] and rates[0][1] > 0
+    assert rates[1:] == [(True, 0.0), (False, None)]
+    assert [edits[i].edited_text for i in items] == ["The capital is Lyon. Paris!", texts[1], "Cats have four legs."]

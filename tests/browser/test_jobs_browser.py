@@ -16,7 +16,8 @@ from factories import make_corpus
 from playwright.sync_api import Page, expect, sync_playwright
 
 from app.db import session_scope
-from app.services.datasets import DatasetFilter, create_version
+from app.services.datasets import DatasetFilter
+from app.services.freeze import create_version
 from app.services.users import create_user
 
 pytestmark = [pytest.mark.browser, pytest.mark.postgres, pytest.mark.slow]

@@ -8,6 +8,8 @@ import pytest
 from factories import make_corpus
 
 from app.db import session_scope
+from app.services import freeze
+from app.services.datasets import DatasetError
 
 
 @pytest.fixture
@@ -44,7 +46,21 @@ def test_preview_create_and_download_a_version(web_client, corpus, researcher):
     assert "Value error" not in bad_preview.text  # the filter's own words, not pydantic's prefix
 
     created = web_client.post("/datasets", data=form, follow_redirects=False)
-    assert created.status_code == 303
+    assert created.status_code == 303  # at once: a worker freezes it
+    version_id = int(created.headers["location"].rsplit("/", 1)[1])
+    freezing = web_client.get(created.headers["location"])
+    assert 'data-state="freezing"' in freezing.text and "waiting for a worker" in freezing.text
+    assert f'hx-get="/datasets/{version_id}/progress"' in freezing.text and "/download" not in freezing.text
+    job_id = re.search(r'href="/jobs/(\d+)">Freeze job', freezing.text).group(1)
+    assert web_client.get(f"/api/v1/datasets/{version_id}/download").status_code == 409
+    still = web_client.get(f"/datasets/{version_id}/progress", headers={"HX-Request": "true"})
+    assert 'data-state="freezing"' in still.text and "hx-refresh" not in still.headers
+
+    freeze.freeze_requested(version_id)  # what the worker's job process does (tests/integration/test_freeze_job.py)
+    done = web_client.get(f"/datasets/{version_id}/progress", headers={"HX-Request": "true"})
+    assert done.headers["hx-refresh"] == "true"
+    job_page = web_client.get(f"/jobs/{job_id}")
+    assert f'<a href="/datasets/{version_id}">dataset version #{version_id}' in job_page.text
     detail = web_client.get(created.headers["location"])
     hash_ = re.search(r"<code>([0-9a-f]{64})</code>", detail.text).group(1)
     assert "from the page" in detail.text and "redline export download" in detail.text
@@ -63,11 +79,24 @@ def test_bad_form_is_shown_with_reasons_escaped_and_writes_nothing(web_client, c
     assert response.status_code == 422
     assert "min_edit_rate 0.9 is above max_edit_rate 0.1" in response.text and "Value error" not in response.text
     assert "<script>alert(1)</script>" not in response.text and "&lt;script&gt;" in response.text
-    empty = web_client.post("/datasets", data={"csrf_token": researcher, "name": "x", "outcomes": ["unfixable"]})
-    assert empty.status_code == 422 and "selects no edits" in empty.text
+    unknown = web_client.post("/datasets", data={"csrf_token": researcher, "name": "x", "project_id": "999"})
+    assert unknown.status_code == 422 and "project 999 does not exist" in unknown.text
     assert web_client.post("/datasets", data={"name": "no csrf"}).status_code == 403
     assert "No dataset versions yet" in web_client.get("/datasets").text
     assert web_client.get("/datasets/99999").status_code == 404
+
+
+def test_a_filter_that_selects_nothing_gives_a_failed_version_that_says_why(web_client, corpus, researcher):
+    empty = web_client.post("/datasets", data={"csrf_token": researcher, "name": "x", "outcomes": ["unfixable"],
+                                               "max_edit_rate": "0"}, follow_redirects=False)
+    version_id = int(empty.headers["location"].rsplit("/", 1)[1])
+    with pytest.raises(DatasetError, match="selects no edits"):
+        freeze.freeze_requested(version_id)
+    page = web_client.get(f"/datasets/{version_id}")
+    assert 'data-state="failed"' in page.text and "selects no edits" in page.text and "hx-get" not in page.text
+    listing = web_client.get("/datasets")
+    assert f'<a href="/datasets/{version_id}" class="badge bad" data-state="failed">failed</a>' in listing.text
+    assert web_client.get(f"/api/v1/datasets/{version_id}/download").status_code == 409
 
 
 def test_token_is_shown_once_works_and_can_be_revoked(web_client, corpus, researcher):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from datetime import UTC, datetime, timedelta
 
@@ -12,7 +13,8 @@ from sqlalchemy import select
 
 from app.db import engine_for, session_scope
 from app.models import AuditEvent, DatasetRow, DatasetVersion, Outcome, Verdict, Webhook, WebhookDelivery
-from app.services.datasets import DatasetError, DatasetFilter, create_version, matching_count, pseudonym
+from app.services.datasets import DatasetError, DatasetFilter, matching_count, pseudonym
+from app.services.freeze import create_version
 from labels import analyse_edit, load_tokenizer
 
 
@@ -23,12 +25,15 @@ def corpus(db_url: str, settings_env):
     return made
 
 
+def _rows(session, version_id: int) -> list[dict]:
+    return [json.loads(text) for text in session.scalars(
+        select(DatasetRow.data).where(DatasetRow.dataset_version_id == version_id).order_by(DatasetRow.seq))]
+
+
 def _version(db_url: str, flt: DatasetFilter, name: str = "v"):
     with session_scope(engine_for(db_url)) as session:
         version = create_version(session, flt, name, actor=None)
-        rows = session.scalars(
-            select(DatasetRow.data).where(DatasetRow.dataset_version_id == version.id).order_by(DatasetRow.seq)
-        ).all()
+        rows = _rows(session, version.id)
     return version, rows
 
 
@@ -91,9 +96,7 @@ def test_same_filter_same_hash_and_snapshot_survives_later_changes(db_url, corpu
     third, _ = _version(db_url, flt, "third")
     assert third.content_hash != first.content_hash
     with session_scope(engine_for(db_url)) as session:
-        again = session.scalars(
-            select(DatasetRow.data).where(DatasetRow.dataset_version_id == first.id).order_by(DatasetRow.seq)
-        ).all()
+        again = _rows(session, first.id)
         assert again == first_rows
         assert session.get(DatasetVersion, first.id).row_count == len(first_rows)
 
@@ -174,7 +177,7 @@ def test_large_version_is_built_in_chunks_with_rows_in_edit_order(db_url, settin
             make_edit(session, item, annotator, f"answer number {n} is right", outcome=Outcome.EDITED)
     with session_scope(engine_for(db_url)) as session:
         version = create_version(session, DatasetFilter(review_statuses=["pending"]), "chunked", None,
-                                 chunk_rows=4)
+                                 span_ids=4)
         rows = session.execute(
             select(DatasetRow.seq, DatasetRow.edit_id).where(DatasetRow.dataset_version_id == version.id)
             .order_by(DatasetRow.seq)
@@ -193,7 +196,7 @@ def test_concurrent_freezes_of_the_same_filter_agree(pg_url, settings_env):
 
     def freeze(name: str) -> None:
         with session_scope(engine_for(pg_url)) as session:
-            version = create_version(session, flt, name, None, chunk_rows=2)
+            version = create_version(session, flt, name, None, span_ids=2)
             results.append((version.id, version.row_count, version.content_hash))
 
     threads = [threading.Thread(target=freeze, args=(f"v{n}",)) for n in range(4)]

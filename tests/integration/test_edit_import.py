@@ -14,9 +14,10 @@ from app.cli import main as cli
 from app.db import session_scope
 from app.models import Edit, Item, Lease, Suggestion, User
 from app.services import api_tokens
-from app.services.datasets import DatasetFilter, create_version
+from app.services.datasets import DatasetFilter
 from app.services.edit_import import EditSource, EditSourceError
 from app.services.export import stream_export
+from app.services.freeze import create_version
 from app.services.import_formats import import_file
 from app.services.importer import ImportRejected
 from labels import analyse_edit, load_tokenizer

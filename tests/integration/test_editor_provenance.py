@@ -15,8 +15,9 @@ from app.editors.service import EditorSettings
 from app.models import Item, Outcome, Project, User
 from app.services import annotation
 from app.services.annotation import Provenance
-from app.services.datasets import DatasetFilter, create_version
+from app.services.datasets import DatasetFilter
 from app.services.export import stream_export
+from app.services.freeze import create_version
 
 
 def _edit_as(session, user: User, project: Project, text: str, provenance: Provenance = annotation.HUMAN) -> None:

@@ -43,6 +43,35 @@ def test_an_unknown_review_verdict_is_a_400_that_names_the_field(web_client, log
     assert answer.status_code == 400 and "verdict: unknown value &#39;maybe&#39;" in answer.text
 
 
+@on_sqlite
+def test_a_malformed_api_body_or_query_is_a_422_that_names_the_field_in_the_validators_words(web_client, make_user):
+    admin = make_user("boss", "admin")
+    with session_scope() as session:
+        _, secret = api_tokens.create_token(session, session.get(User, admin.id), "t",
+                                            ["datasets:read", "datasets:write"])
+    headers = {"Authorization": f"Bearer {secret}"}
+    body = {"name": "v", "filter": {"min_edit_rate": 0.5, "max_edit_rate": 0.1}}
+    answer = web_client.post("/api/v1/datasets", json=body, headers=headers)
+    assert answer.status_code == 422 and "Value error" not in answer.text
+    assert answer.json()["detail"] == [{"loc": ["body", "filter"], "field": "filter", "type": "value_error",
+                                        "msg": "min_edit_rate 0.5 is above max_edit_rate 0.1"}]
+    body = {"name": "v", "filter": {"outcomes": ["great"]}}
+    [error] = web_client.post("/api/v1/datasets", json=body, headers=headers).json()["detail"]
+    assert error["field"] == "filter.outcomes.0" and error["msg"].startswith("Input should be 'edited'")
+    query = web_client.get("/api/v1/datasets", params={"project_id": "x"}, headers=headers)
+    assert query.status_code == 422
+    assert [(e["field"], e["loc"]) for e in query.json()["detail"]] == [("project_id", ["query", "project_id"])]
+
+
+@on_sqlite
+def test_a_malformed_query_on_a_page_is_an_error_page_naming_the_field(web_client, login_as, make_user):
+    make_user("boss", "admin")
+    login_as(web_client, "boss")
+    page = web_client.get("/datasets/x", headers={"Accept": "text/html"})
+    assert page.status_code == 422 and "<html" in page.text
+    assert "version_id: Input should be a valid integer" in page.text
+
+
 def test_every_domain_refusal_shares_the_base_and_has_a_status():
     refusals = [NotFound, Conflict, review.DomainError, datasets.DatasetError, export.ExportError,
                 export.VersionNotFound, jobs.JobError, webhooks.WebhookError, api_tokens.TokenError]

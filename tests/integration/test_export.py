@@ -18,8 +18,9 @@ from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from app.db import engine_for, session_scope
 from app.models import DatasetRow, Edit, Review, Verdict
 from app.services import export
-from app.services.datasets import DatasetFilter, create_version
+from app.services.datasets import DatasetFilter
 from app.services.export import EXPORT_FORMATS, ExportError, open_export, stream_export
+from app.services.freeze import create_version
 from labels import load_tokenizer
 
 EVERYTHING = DatasetFilter(
@@ -50,9 +51,9 @@ def _load(path: Path, fmt: str) -> datasets.Dataset:
 
 def _db_rows(db_url: str, version_id: int) -> list[dict]:
     with session_scope(engine_for(db_url)) as session:
-        return session.scalars(
+        return [json.loads(text) for text in session.scalars(
             select(DatasetRow.data).where(DatasetRow.dataset_version_id == version_id).order_by(DatasetRow.seq)
-        ).all()
+        )]
 
 
 def _as_utc(value: str | datetime) -> datetime:
@@ -230,4 +231,7 @@ def test_unknown_format_version_or_tokenizer_is_reported(db_url, version, tmp_pa
 
 def test_pairs_jsonl_file_hashes_to_the_version_content_hash(db_url, version, tmp_path):
     path = _write(db_url, version.id, "pairs-jsonl", tmp_path / "pairs.jsonl")
-    assert hashlib.sha256(path.read_bytes()).hexdigest() == version.content_hash
+    lines = path.read_bytes().splitlines()
+    assert version.hash_format == 2 and len(lines) == version.row_count
+    outer = hashlib.sha256(b"".join(hashlib.sha256(line).digest() for line in lines))  # as docs/datasets.md says
+    assert outer.hexdigest() == version.content_hash

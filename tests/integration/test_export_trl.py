@@ -9,8 +9,9 @@ import pytest
 from factories import make_corpus
 
 from app.db import engine_for, session_scope
-from app.services.datasets import DatasetFilter, create_version
+from app.services.datasets import DatasetFilter
 from app.services.export import stream_export
+from app.services.freeze import create_version
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import importlib.util
 import io
 import json
 import re
@@ -20,7 +21,8 @@ from app.db import session_scope
 from app.models import AuditEvent, Job, JobStatus, Project, utcnow
 from app.services import jobs
 from app.services.cluster import SlurmRequest
-from app.services.datasets import DatasetFilter, create_version
+from app.services.datasets import DatasetFilter
+from app.services.freeze import create_version
 from app.worker.runner import list_artifacts
 
 
@@ -101,6 +103,24 @@ def test_invalid_values_get_one_message_per_field_and_no_job(web_client, researc
     assert 'value="fast"' in response.text  # the submitted values are kept
     with session_scope() as session:
         assert session.scalars(select(Job)).all() == []
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
+def test_vllm_rollouts_without_the_gpu_extra_are_refused_on_the_form(web_client, researcher, dataset_id):
+    fields = web_client.get("/jobs/new/fields?kind=ppo").text
+    assert 'name="generator"' in fields and '<option value="hf" selected>' in fields
+    assert '<option value="vllm" >' in fields
+    ppo = form(researcher, kind="ppo", dataset_version_id=str(dataset_id), reward_model="runs/rm/model")
+    response = web_client.post("/jobs", data={**ppo, "generator": "vllm", "vllm_gpu_memory_utilization": "0.5"})
+    assert response.status_code == 422
+    assert errors_of(response.text)["generator"] == (
+        "vllm is not installed: install the gpu extra (pip install 'redline[gpu]')")
+    with session_scope() as session:
+        assert session.scalars(select(Job)).all() == []
+    response = web_client.post("/jobs", data={**ppo, "generator": "hf"}, follow_redirects=False)
+    assert response.status_code == 303
+    with session_scope() as session:
+        assert session.scalars(select(Job)).one().config["generator"] == "hf"
 
 
 def test_a_job_needs_a_dataset_version(web_client, researcher):
@@ -195,6 +215,10 @@ def test_metrics_endpoint_returns_points_after_a_cursor(web_client, researcher):
         jobs.record_metrics(session, job_id, [{"step": 2, "loss": 1.5}])
     second = web_client.get(f"/jobs/{job_id}/metrics?after={first['cursor']}").json()
     assert second["points"] == [["loss", 2, 1.5]]
+    with session_scope() as session:  # a step written twice in one round (an editor job's final row): the last
+        assert jobs.record_metrics(session, job_id, [{"step": 3, "loss": 1.2}, {"step": 3, "loss": 1.1}]) == 1
+    third = web_client.get(f"/jobs/{job_id}/metrics?after={second['cursor']}").json()
+    assert third["points"] == [["loss", 3, 1.1]]
 
 
 def finished_job_with_files(tmp_path: Path) -> int:
@@ -353,3 +377,69 @@ def test_a_slurm_job_from_the_form_keeps_its_request_and_bad_fields_are_named(we
     again = web_client.get(f"/jobs/new?from_job={job_id}").text
     assert '<option value="slurm" selected>' in again and 'name="slurm_partition" value="gpu"' in again
     assert "--qos=high\n--mem=64G</textarea>" in again
+
+
+def test_figa_pipeline_form_says_what_is_missing_then_queues_one_chain(web_client, researcher, dataset_id):
+    from app.editors import service as editor_service
+    from app.editors.service import EditorSettings
+
+    with session_scope() as session:
+        project_id = session.scalars(select(Project.id)).first()
+        editor_id = editor_service.create_editor(
+            session, EditorSettings(name="smol", base_url="http://127.0.0.1:9/v1", model="smol-135m"), None).id
+    fields = web_client.get("/jobs/new/fields?kind=figa-pipeline").text
+    for name in ("editor_id", "keep_fraction", "min_edit_rate", "max_edit_rate", "version_name", "max_new_tokens"):
+        assert f'name="{name}"' in fields
+    assert '<option value="figa-pipeline"' in web_client.get("/jobs/new").text
+
+    base = form(researcher, kind="figa-pipeline", dataset_version_id=str(dataset_id))
+    empty = web_client.post("/jobs", data=base)
+    assert empty.status_code == 422
+    assert {"project_id"} <= set(errors_of(empty.text)) and "editor_id" in errors_of(empty.text)
+    bad = web_client.post("/jobs", data={**base, "project_id": str(project_id), "score_below": "0",
+                                         "keep_fraction": "1.5", "editor_id": "999", "min_edit_rate": "0.5",
+                                         "max_edit_rate": "0.2"})
+    assert bad.status_code == 422
+    assert errors_of(bad.text) == {
+        "score_model": "give the reward model that scores the responses",
+        "keep_fraction": "keep the responses below a score or the lowest fraction, not both",
+        "editor_id": "choose the model editor that revises the poor responses",
+        "max_edit_rate": "at least the minimum edit rate",
+    }
+    good = web_client.post("/jobs", follow_redirects=False, data={
+        **base, "project_id": str(project_id), "score_model": "var/rm", "keep_fraction": "0.25",
+        "editor_id": str(editor_id), "min_edit_rate": "0.01", "max_edit_rate": "0.5", "max_new_tokens": "16"})
+    assert good.status_code == 303, errors_of(good.text)
+    with session_scope() as session:
+        job = session.scalars(select(Job)).one()
+    assert (job.kind, job.config["max_new_tokens"]) == ("figa-pipeline", 16)
+    assert jobs.worker_options(job) == {
+        "import_into_project": project_id, "score_model": "var/rm", "keep_fraction": 0.25, "editor_id": editor_id,
+        "version_name": "", "min_edit_rate": 0.01, "max_edit_rate": 0.5}
+    assert [(s["name"], s["status"]) for s in job.stages] == [
+        (name, "pending") for name in ("generate", "score", "import", "revise", "version")]
+    page = web_client.get(f"/jobs/{job.id}").text
+    assert 'id="job-stages"' in page and "the lowest-scoring 25% by <code>var/rm</code>" in page
+    assert "Revised by</dt><dd>smol; kept with an edit rate in [0.01, 0.5]" in page
+    again = web_client.get(f"/jobs/new?from_job={job.id}").text  # "Run again" keeps every pipeline field
+    assert f'<option value="{editor_id}" selected>' in again and 'name="keep_fraction" value="0.25"' in again
+
+    # Resume: only a failed or cancelled chain; its finished stages are kept.
+    assert web_client.post(f"/jobs/{job.id}/resume", data={"csrf_token": researcher}).status_code == 409
+    with session_scope() as session:
+        stored = session.get(Job, job.id)
+        stored.status, stored.error = JobStatus.FAILED, "stage revise failed: the endpoint failed"
+        stored.stages = [{**s, "status": "done" if s["name"] in ("generate", "score", "import") else
+                          "failed" if s["name"] == "revise" else "pending"} for s in stored.stages]
+    assert 'id="resume-job"' in web_client.get(f"/jobs/{job.id}").text
+    resumed = web_client.post(f"/jobs/{job.id}/resume", data={"csrf_token": researcher}, follow_redirects=False)
+    assert resumed.status_code == 303
+    with session_scope() as session:
+        stored = session.get(Job, job.id)
+        assert (stored.status, stored.error) == (JobStatus.QUEUED, "")
+        assert [s["status"] for s in stored.stages] == ["done", "done", "done", "pending", "pending"]
+        assert "resumed; kept: generate, score, import" in jobs.full_log(session, job.id)
+    single = add_job()
+    with session_scope() as session:
+        session.get(Job, single).status = JobStatus.FAILED
+    assert web_client.post(f"/jobs/{single}/resume", data={"csrf_token": researcher}).status_code == 409

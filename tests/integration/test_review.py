@@ -5,13 +5,14 @@ from __future__ import annotations
 import re
 
 import pytest
-from factories import next_task, submit
+from factories import make_model_account, next_task, submit
 from sqlalchemy import select
 
 from app.db import session_scope
 from app.errors import DomainError
-from app.models import Comment, Edit, Item, ItemStatus, Outcome, Review, ReviewStatus, Verdict
+from app.models import AuditEvent, Comment, Edit, Item, ItemStatus, ModelEditor, Outcome, Review, ReviewStatus, Verdict
 from app.services import review
+from app.services.annotation import HUMAN, Provenance
 
 
 def _annotated(make_user, make_project, add_items, text="The fixed answer."):
@@ -134,3 +135,38 @@ def test_bulk_accept_takes_what_the_filter_selects_and_nothing_reviewed_meanwhil
     assert sorted(r.edit_id for r in layers) == [edits[0].id, edits[2].id]
     assert web_client.post("/review/bulk-accept", data=form, follow_redirects=False).headers["location"].count(
         "Accepted+0+edit") == 1
+
+
+def test_bulk_accept_of_model_edits_leaves_peoples_edits_alone(web_client, make_user, make_project, add_items,
+                                                                login_as):
+    ann, rev = make_user("ann"), make_user("rev", "reviewer")
+    project = make_project(n=2, members=[ann, rev])
+    add_items(project, [("Prompt 0", "The broken answr number 0."), ("Prompt 1", "The broken answr number 1.")])
+    with session_scope() as session:
+        model = make_model_account(session, project.id, model="smol-1")
+        editor_id = session.scalar(select(ModelEditor.id).where(ModelEditor.user_id == model.id))
+    by_kind = {}
+    for who in (ann, ann, model, model):
+        with session_scope() as session:
+            task = next_task(session, project, who)
+        with session_scope() as session:
+            edit = submit(session, task.lease.id, who, Outcome.EDITED, task.item.original.replace("answr", "answer"),
+                          provenance=Provenance(editor_id=editor_id, editor_model="smol-1") if who is model else HUMAN)
+            by_kind.setdefault(who.kind, []).append(edit.id)
+    csrf = login_as(web_client, "rev")
+    queue = web_client.get("/review").text
+    assert queue.count('<span class="badge kind-model">model</span>') == 2 and 'id="bulk-kind-model"' in queue
+    form = {"csrf_token": csrf, "project_id": str(project.id), "outcomes": ["edited"], "exclude_not_minimal": "true",
+            "annotator_kinds": ["model"]}
+    assert "2 pending edit(s) match" in web_client.post("/review/bulk-accept", data={**form, "preview": "1"}).text
+    bad = web_client.post("/review/bulk-accept", data={**form, "annotator_kinds": ["robot"]})
+    assert bad.status_code == 422 and "annotator_kinds" in bad.text
+    done = web_client.post("/review/bulk-accept", data=form, follow_redirects=False)
+    assert "Accepted+2+edit" in done.headers["location"]
+    with session_scope() as session:
+        statuses = {kind: {session.get(Edit, i).review_status for i in ids} for kind, ids in by_kind.items()}
+        audit = session.scalars(select(AuditEvent).where(AuditEvent.action == "review.bulk_accept")).one()
+    assert statuses == {"human": {"pending"}, "model": {"accepted"}}
+    assert audit.after["filter"]["annotator_kinds"] == ["model"]
+    page = web_client.get(f"/review/{by_kind['model'][0]}").text
+    assert 'id="annotator-kind">model</span>' in page and "smol-1" in page

@@ -4,15 +4,19 @@ test_worker.py in place of a training run; the two-node job trains a real token 
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import signal
 import threading
+import time
 
 import pytest
-from test_worker import add_dataset, command_for, load, log_text, program, wait_for, worker_settings
+from test_worker import add_dataset, command_for, load, log_text, program, stop_processes, wait_for, worker_settings
 
 from app.db import engine_for, session_scope
 from app.models import Job, JobStatus
 from app.services import jobs
-from app.services.cluster import SLURM, SlurmRequest
+from app.services.cluster import LOCAL, SLURM, SlurmRequest
 from app.worker.command import job_command
 from app.worker.loop import Worker
 
@@ -31,6 +35,33 @@ def add_slurm_job(url: str, request: SlurmRequest, *, num_processes: int = 1, ba
 def slurm_worker(url: str, tmp_path, builder) -> Worker:
     settings = worker_settings(tmp_path, slurm_poll_s=0.5, worker_cancel_grace_s=10.0)
     return Worker(engine_for(url), settings, command_for=builder, backends=[SLURM])
+
+
+def start_slurm_worker_process(url: str, tmp_path, builder) -> multiprocessing.Process:
+    """A Slurm worker in its own (forked) process, so it can be killed like a real one."""
+
+    def target() -> None:
+        engine = engine_for(url)
+        engine.dispose(close=False)  # the parent's pooled connections stay the parent's
+        settings = worker_settings(tmp_path, slurm_poll_s=0.5, worker_stale_after_s=3.0)
+        Worker(engine, settings, command_for=builder, backends=[SLURM]).run_forever()
+
+    proc = multiprocessing.get_context("fork").Process(target=target, daemon=True)
+    proc.start()
+    return proc
+
+
+def assert_followed_to_success(url: str, job_id: int, slurm_id: str, steps: int) -> None:
+    """The job ended succeeded under the Slurm job it started with, every step's line and metric stored once."""
+    job = load(url, job_id)
+    text = log_text(url, job_id)
+    assert job.status == JobStatus.SUCCEEDED, f"{job.error}\n{text}"
+    assert job.external_id == slurm_id
+    assert all(text.count(f"step {n}\n") == 1 for n in range(1, steps + 1)), text
+    assert "follows it now" in text and f"following Slurm job {slurm_id}" in text
+    with session_scope(engine_for(url)) as session:
+        assert [s for s, _ in jobs.metric_series(session, [job_id])[job_id]["loss"]] == list(range(1, steps + 1))
+    assert job.eval == {"accuracy": 0.75, "pairs": 4} and job.progress == 1.0
 
 
 def scontrol(cluster, job_id: str) -> dict[str, str]:
@@ -111,3 +142,51 @@ def test_two_nodes_train_one_two_process_job(slurm_cluster, sqlite_url, tmp_path
     assert "[training] process 0 of 2 on machine 0" in text
     assert "[training] process 1 of 2 on machine 1" in text
     assert "accuracy" in job.eval
+
+
+def test_a_stopped_worker_leaves_its_slurm_job_running_and_a_new_worker_follows_it(slurm_cluster, sqlite_url,
+                                                                                     tmp_path, program):
+    job_id = add_slurm_job(sqlite_url, SlurmRequest(), steps=12, sleep=0.5)
+    first = slurm_worker(sqlite_url, tmp_path, command_for(program))
+    thread = threading.Thread(target=first.run_once)
+    thread.start()
+    wait_for(lambda: "step 2\n" in log_text(sqlite_url, job_id), 60, "the Slurm job to run")
+    first.stop()
+    thread.join(30)
+    assert not thread.is_alive()
+
+    job = load(sqlite_url, job_id)
+    assert job.status == JobStatus.RUNNING and job.worker_id is None  # released, not failed
+    assert scontrol(slurm_cluster, job.external_id)["JobState"] in ("RUNNING", "COMPLETING", "COMPLETED")
+    assert "goes on, and the next slurm worker follows it" in log_text(sqlite_url, job_id)
+
+    second = slurm_worker(sqlite_url, tmp_path, command_for(program))
+    assert second.run_once()
+    assert_followed_to_success(sqlite_url, job_id, job.external_id, 12)
+    assert not second.run_once()  # nothing left to follow or run
+
+
+@pytest.mark.slow
+def test_a_killed_slurm_worker_is_replaced_and_its_job_completes(slurm_cluster, sqlite_url, tmp_path, program):
+    job_id = add_slurm_job(sqlite_url, SlurmRequest(), steps=16, sleep=0.5)
+    victim = start_slurm_worker_process(sqlite_url, tmp_path, command_for(program))
+    try:
+        wait_for(lambda: "step 2\n" in log_text(sqlite_url, job_id), 60, "the Slurm job to run")
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.join(5)
+    finally:
+        stop_processes([victim])
+    slurm_id = load(sqlite_url, job_id).external_id
+    time.sleep(3.5)  # past worker_stale_after_s: the dead worker's heartbeat is stale
+    # A local worker's reaper leaves the Slurm job alone: it is not failed, and its Slurm job is not cancelled.
+    local = Worker(engine_for(sqlite_url), worker_settings(tmp_path, worker_stale_after_s=3.0),
+                   command_for=command_for(program), backends=[LOCAL])
+    assert not local.run_once()
+    assert load(sqlite_url, job_id).status == JobStatus.RUNNING
+    assert scontrol(slurm_cluster, slurm_id)["JobState"] != "CANCELLED"
+
+    survivor = Worker(engine_for(sqlite_url), worker_settings(tmp_path, slurm_poll_s=0.5, worker_stale_after_s=3.0),
+                      command_for=command_for(program), backends=[SLURM])
+    assert survivor.run_once()
+    assert_followed_to_success(sqlite_url, job_id, slurm_id, 16)
+    assert "the job lost its worker" in log_text(sqlite_url, job_id)

@@ -1,7 +1,7 @@
-"""Each rule of a submit is written once (queue.holds_slot, annotation._counting, webhooks.subscribers) and
-obeyed by both of its paths: the one statement (Postgres, a lease that holds its slot beyond the margin) and
-the locking path (everything else, and every submit on SQLite); on the driver (DriverDatabase) and in a
-Session (SessionDatabase)."""
+"""Each rule of a submit is written once (queue.holds_slot, annotation._counting with models.counted_kinds,
+webhooks.subscribers) and obeyed by both of its paths: the one statement (Postgres, a lease that holds its
+slot beyond the margin) and the locking path (everything else, and every submit on SQLite); on the driver
+(DriverDatabase) and in a Session (SessionDatabase)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,24 @@ import asyncio
 from datetime import timedelta
 
 import pytest
+from factories import make_model_account
 from sqlalchemy import select, update
 
 from app import driver
 from app.db import get_engine, session_scope
-from app.errors import Conflict
-from app.models import Item, ItemStatus, Lease, LeaseState, Outcome, WebhookDelivery, utcnow
+from app.errors import Conflict, DomainError
+from app.models import (
+    Edit,
+    Item,
+    ItemStatus,
+    Lease,
+    LeaseState,
+    ModelEditor,
+    Outcome,
+    Suggestion,
+    WebhookDelivery,
+    utcnow,
+)
 from app.services import annotation, queue, webhooks
 
 PG = pytest.mark.postgres
@@ -63,15 +75,16 @@ def _lease(runner, project, user, path) -> queue.Task:
     return task
 
 
-def _submit(runner, task, user, path, text="The edited answer."):
+def _submit(runner, task, user, path, text="The edited answer.", suggestion_id=None):
     """Submit `task` along `path`: the one statement itself (and it must store the edit), or `submit`, which
     the lease inside the margin sends down the locking path."""
     if path == "one-statement":
-        edit = _on(runner, lambda db: db.run(annotation._at_once(task.lease.id, user, Outcome.EDITED, text,
-                                                                 annotation.EditorMetrics())))
+        edit = _on(runner, lambda db: db.run(annotation._at_once(
+            task.lease.id, user, Outcome.EDITED, text, annotation.EditorMetrics(), suggestion_id=suggestion_id)))
         assert edit is not None
         return edit
-    return _on(runner, lambda db: annotation.submit(db, task.lease.id, user, Outcome.EDITED, text))
+    return _on(runner, lambda db: annotation.submit(db, task.lease.id, user, Outcome.EDITED, text,
+                                                    suggestion_id=suggestion_id))
 
 
 @every_way
@@ -90,6 +103,65 @@ def test_completion_the_item_is_complete_at_its_nth_annotation(runner, path, mak
         assert (item.completed_count, item.status) == (2, ItemStatus.COMPLETE)
         assert session.get(Lease, second.lease.id).state == LeaseState.SUBMITTED
     assert _on(runner, lambda db: queue.next_task(db, project.id, c))[1] is None  # nothing left for a third
+
+
+@every_way
+@pytest.mark.parametrize("model_edits_count", [True, False], ids=["model-counts", "model-on-top"])
+def test_completion_model_edits_count_toward_n_or_come_on_top(runner, path, model_edits_count, make_user,
+                                                               make_project, add_items):
+    ann = make_user("ann")
+    project = make_project(n=1, members=[ann], model_edits_count=model_edits_count)
+    [item_id] = add_items(project, [("P", "Teh original answer.")])
+    with session_scope() as session:
+        model = make_model_account(session, project.id)
+    with session_scope() as session:
+        webhooks.create_webhook(session, "https://hooks.example/all", ["*"], None)
+
+    def state() -> tuple:
+        with session_scope() as session:
+            item = session.get(Item, item_id)
+            events = session.scalars(select(WebhookDelivery.event).order_by(WebhookDelivery.id)).all()
+            return item.completed_count, item.status, events
+
+    _submit(runner, _lease(runner, project, model, path), model, path, "The original answer.")
+    person = _on(runner, lambda db: queue.next_task(db, project.id, ann))[1]
+    if model_edits_count:
+        assert state() == (1, ItemStatus.COMPLETE, ["edit.submitted", "item.completed"])
+        assert person is None  # nothing left for the person
+        return
+    assert state() == (0, ItemStatus.OPEN, ["edit.submitted"])
+    assert person is not None and person.item.id == item_id  # the item still needs its N people's edits
+    _submit(runner, person, ann, path)
+    assert state() == (1, ItemStatus.COMPLETE, ["edit.submitted", "edit.submitted", "item.completed"])
+
+
+@every_way
+def test_suggestion_used_the_persons_edit_rate_relative_to_the_suggestion(runner, path, make_user, make_project,
+                                                                          add_items):
+    ann = make_user("ann")
+    project = make_project(n=1, members=[ann])
+    first, second = add_items(project, [("P1", "Teh capital of France is Lyon."), ("P2", "Another answer.")])
+    with session_scope() as session:
+        editor_id = session.scalar(select(ModelEditor.id).where(
+            ModelEditor.user_id == make_model_account(session, project.id).id))
+        ours = Suggestion(item_id=first, editor_id=editor_id, text="The capital of France is Lyon.",
+                          editor_model="m-135m", prompt_version="v1")
+        theirs = Suggestion(item_id=second, editor_id=editor_id, text="Another answer!", editor_model="m-135m",
+                            prompt_version="v1")
+        session.add_all([ours, theirs])
+    task = _lease(runner, project, ann, path)
+    assert task.item.id == first
+    with pytest.raises(DomainError, match=f"suggestion_id: {theirs.id} is not a suggestion for this item"):
+        _submit(runner, task, ann, path, "The capital of France is Paris.", suggestion_id=theirs.id)
+    edit = _submit(runner, task, ann, path, "The capital of France is Paris.", suggestion_id=ours.id)
+    expected = annotation.analyse(project.tokenizer, ours.text, "The capital of France is Paris.").stats.edit_rate
+    assert 0 < expected < edit.edit_rate  # closer to the suggestion than to the original
+    with session_scope() as session:
+        stored = session.get(Edit, edit.id)
+        assert (stored.suggestion_used, stored.human_vs_suggestion_rate) == (True, expected)
+        # A person's edit that carries the suggestion's editor, model and prompt version.
+        assert (stored.annotator_id, stored.editor_id, stored.editor_model, stored.prompt_version) == (
+            ann.id, editor_id, "m-135m", "v1")
 
 
 @every_runner

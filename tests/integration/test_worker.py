@@ -24,7 +24,8 @@ from sqlalchemy import select
 from app.db import engine_for, session_scope
 from app.models import Item, Job, JobLogChunk, JobMetric, JobStatus
 from app.services import jobs
-from app.services.datasets import DatasetFilter, create_version
+from app.services.datasets import DatasetFilter
+from app.services.freeze import create_version
 from app.settings import Settings
 from app.worker.command import job_command
 from app.worker.loop import Worker
@@ -425,6 +426,77 @@ def test_generate_feeds_the_project_with_its_responses(db_url, tmp_path, program
     assert ("start score model=var/rm" in text) == (score_below is not None)
 
 
+def test_keep_the_lowest_scoring_fraction(db_url, tmp_path, program, settings_env):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Question {i}?"}) + "\n" for i in range(5)))
+    with session_scope(engine_for(db_url)) as session:
+        project_id = make_project(session).id
+        spec = jobs.JobSpec(kind="generate", config={"data": str(prompts), "steps": 1}, base_model="policy",
+                            worker_options={"import_into_project": project_id, "score_model": "var/rm",
+                                            "keep_fraction": 0.5})
+        job_id = jobs.create_job(session, spec, None).id
+    Worker(engine_for(db_url), worker_settings(tmp_path), command_for=command_for(program)).run_once()
+
+    job = load(db_url, job_id)
+    assert job.status == JobStatus.SUCCEEDED, job.error
+    with session_scope(engine_for(db_url)) as session:
+        items = session.scalars(select(Item.original).where(Item.project_id == project_id).order_by(Item.id)).all()
+    assert items == ["answer 0", "answer 1", "answer 2"]  # response i scores i: the lowest 50% of 5, rounded up
+    assert [(stage["name"], stage["status"]) for stage in job.stages] == [
+        ("generate", "done"), ("score", "done"), ("import", "done")]
+    assert job.stages[2]["detail"].startswith("3 of 5 responses (the lowest-scoring 50%) sent to project")
+
+
+def test_a_figa_pipeline_stage_that_fails_fails_the_chain_and_a_resume_keeps_what_was_done(
+    db_url, tmp_path, program, settings_env,
+):
+    """Generate and score by the stand-in program, the import, and the real editor job process against an
+    endpoint that refuses connections: the revise stage fails with the editor's reason; resumed, the chain
+    starts at the revise stage (generate is not run again) and the editor finds the same items."""
+    from app.editors import service as editor_service
+    from app.editors.service import EditorSettings
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Question {i}?"}) + "\n" for i in range(4)))
+    ledger = tmp_path / "ledger.txt"
+    with session_scope(engine_for(db_url)) as session:
+        project_id = make_project(session).id
+        editor = editor_service.create_editor(session, EditorSettings(
+            name="down", base_url="http://127.0.0.1:9/v1", model="m", timeout_s=2), None)
+        spec = jobs.JobSpec(kind="figa-pipeline", config={"data": str(prompts), "steps": 1, "ledger": str(ledger)},
+                            base_model="policy", worker_options={
+                                "import_into_project": project_id, "score_model": "var/rm", "score_below": 2.0,
+                                "editor_id": editor.id, "min_edit_rate": 0.0, "max_edit_rate": 1.0})
+        job_id = jobs.create_job(session, spec, None).id
+    stand_in = command_for(program)
+
+    def build(kind: str, config: Path, output: Path) -> list[str]:
+        return job_command(kind, config, output) if kind == "editor" else stand_in(kind, config, output)
+
+    worker = Worker(engine_for(db_url), worker_settings(tmp_path), command_for=build)
+    worker.run_once()
+    job = load(db_url, job_id)
+    assert job.status == JobStatus.FAILED
+    assert [(stage["name"], stage["status"]) for stage in job.stages] == [
+        ("generate", "done"), ("score", "done"), ("import", "done"), ("revise", "failed"), ("version", "pending")]
+    assert job.error.startswith("stage revise failed: exited with code 1: stopped: item ")
+    assert "the endpoint failed" in job.stages[3]["detail"] and "resumes here" in job.error
+    assert job.stages[2]["detail"].startswith("2 of 4 responses (those scored below 2) sent to project")
+    assert 0 < job.progress < 1
+
+    with session_scope(engine_for(db_url)) as session:
+        jobs.resume_job(session, session.get(Job, job_id), None)
+    worker.run_once()
+    job = load(db_url, job_id)
+    assert job.status == JobStatus.FAILED and job.stages[3]["status"] == "failed"
+    assert ledger.read_text().count("\n") == 1  # generate ran once: the resumed chain kept its responses
+    text = log_text(db_url, job_id)
+    assert text.count("start score model=var/rm") == 1 and "resumed; kept: generate, score, import" in text
+    with session_scope(engine_for(db_url)) as session:
+        assert session.scalars(select(Item.original).where(Item.project_id == project_id)).all() == [
+            "answer 0", "answer 1"]
+
+
 def test_a_rejected_import_fails_the_generate_job_and_imports_nothing(db_url, tmp_path, program, settings_env):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(json.dumps({"prompt": "   "}) + "\n")  # an empty prompt: the importer refuses it
@@ -437,7 +509,9 @@ def test_a_rejected_import_fails_the_generate_job_and_imports_nothing(db_url, tm
 
     job = load(db_url, job_id)
     assert job.status == JobStatus.FAILED
-    assert job.error.startswith("could not import the responses: 1 bad row(s); nothing was imported: line 1")
+    assert job.error.startswith(
+        "stage import failed: could not import the responses: 1 bad row(s); nothing was imported: line 1")
+    assert [(stage["name"], stage["status"]) for stage in job.stages] == [("generate", "done"), ("import", "failed")]
     with session_scope(engine_for(db_url)) as session:
         assert session.scalars(select(Item).where(Item.project_id == project_id)).all() == []
 

@@ -14,7 +14,8 @@ from factories import make_corpus
 from app.db import session_scope
 from app.models import Job, JobStatus
 from app.services import jobs
-from app.services.datasets import DatasetFilter, create_version
+from app.services.datasets import DatasetFilter
+from app.services.freeze import create_version
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 

@@ -22,7 +22,7 @@ NEW = ("ppo_gold_at_matched_kl_token", "ppo_gold_at_matched_kl_sequence", "sft_e
 @pytest.fixture(scope="module")
 def fast_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("reproduce")
-    return out, run_pipeline(FAST, out / "run", in_process=True)
+    return out, run_pipeline(FAST, out / "run", in_process=True, jobs=2)  # the pool path, as make reproduce runs
 
 
 def test_fast_pipeline_goes_through_app_and_cli(fast_run):

@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
 
 from app.services import job_config
+from training.cli import main as training_cli
 from training.config import ConfigError, build_config, config_fields, load_config, parse_overrides
 
 REFUSED = object()
@@ -57,6 +59,9 @@ TABLE = [
     ("sft", "mixed_precision", "true", REFUSED),
     ("ppo", "reward", "sequence", "sequence"),
     ("ppo", "reward", "dense", REFUSED),
+    ("ppo", "generator", "hf", "hf"),
+    ("ppo", "generator", "tgi", REFUSED),
+    ("ppo", "vllm_gpu_memory_utilization", "0.99", REFUSED),
     ("dpo", "ref_model", "runs/sft/model", "runs/sft/model"),
     ("dpo", "ref_model", "on", "on"),
     ("dpo", "ref_model", "true", "true"),
@@ -124,3 +129,14 @@ def test_a_yaml_file_that_is_not_a_mapping_or_not_yaml_is_an_error(tmp_path):
         load_config("sft", bad)
     with pytest.raises(ConfigError, match="missing"):
         load_config("sft", tmp_path / "missing.yaml")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
+def test_asking_for_vllm_without_the_gpu_extra_is_refused_everywhere(tmp_path, capsys):
+    problem = "vllm is not installed: install the gpu extra (pip install 'redline[gpu]')"
+    for entry in (_cli, _yaml, _web):
+        with pytest.raises(ConfigError, match=r"generator: vllm is not installed: install the gpu extra"):
+            entry("ppo", "generator", "vllm", tmp_path)
+    # The CLI stops before loading anything, with the field's message.
+    assert training_cli(["ppo", "--set", f"output_dir={tmp_path}", "--generator", "vllm"]) == 2
+    assert f"error: generator: {problem}" in capsys.readouterr().err

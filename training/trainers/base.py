@@ -25,7 +25,17 @@ from tqdm.auto import tqdm
 from training.config import TrainConfig
 from training.data import EditPair, EncodedPair, EpochSampler, Formatter, encode_pairs, read_export, split_by_prompt
 from training.models import Policy, is_adapter
-from training.run import RunDir, adamw, load_state, make_accelerator, save_state
+from training.run import (
+    RunDir,
+    adamw,
+    is_sharded,
+    load_optimizer_state,
+    load_state,
+    make_accelerator,
+    optimizer_state,
+    save_state,
+    whole_state_dict,
+)
 
 
 def load_tokenizer(path: str):
@@ -36,19 +46,31 @@ def load_tokenizer(path: str):
 
 class TrainingRun:
     """The plumbing of one run. `model` below is whatever a kind trains: one module, or (PPO) a tuple of
-    modules; `save_model` receives it unwrapped from Accelerate."""
+    modules; `save_model` receives it unwrapped from Accelerate, with its whole weights when sharded.
+
+    Sharded runs (FSDP, DeepSpeed ZeRO): each process holds part of the weights, so every save first
+    gathers the whole state dict (`run.whole_state_dict`, a collective of all processes) and the main
+    process writes that; the optimizer state is gathered the same way (`run.optimizer_state`), keyed by
+    parameter names, so a checkpoint resumes under any process count, with or without sharding.
+    """
 
     kind = ""
 
     def __init__(self, cfg: TrainConfig, gradient_accumulation_steps: int = 1) -> None:
         self.cfg = cfg
         self.accelerator = make_accelerator(cfg, gradient_accumulation_steps)
+        if cfg.use_lora and is_sharded(self.accelerator):
+            raise ValueError("use_lora with sharding (fsdp, zero2, zero3) is not supported: the final save merges "
+                             "the adapters into the weights, which needs them whole on one process; LoRA "
+                             "trains few weights, so run it without sharding")
         self.run_dir = RunDir(cfg, self.kind, self.accelerator.is_main_process)
         torch.manual_seed(cfg.seed)
         self.tokenizer = load_tokenizer(cfg.model)
         self.fmt = Formatter(self.tokenizer, cfg.max_length, cfg.max_prompt_length)
 
-    def save_model(self, model: Any, folder: Path, final: bool) -> None:
+    def save_model(self, model: Any, folder: Path, final: bool, weights: Any = None) -> None:
+        """Write `model` into `folder`; `weights` (sharded runs) holds its whole state dicts, shaped like
+        `model` (one dict, or a tuple of dicts), to write in place of the modules' own shards."""
         raise NotImplementedError
 
     def lora_settings(self) -> dict | None:
@@ -77,28 +99,57 @@ class TrainingRun:
             return type(model)(*map(self.accelerator.unwrap_model, model))
         return self.accelerator.unwrap_model(model)
 
+    def _whole_weights(self, model: Any) -> Any:
+        """Every process: the prepared model's whole state dicts (shaped like `model`) when sharded, for the
+        main process to save; None when every process holds whole weights (one process, DDP)."""
+        if isinstance(model, tuple):
+            weights = [whole_state_dict(self.accelerator, m) for m in model]
+            return None if weights[0] is None else type(model)(*weights)
+        return whole_state_dict(self.accelerator, model)
+
+    def optimizer_state(self, model: Any, optimizer) -> dict[str, Any] | None:
+        """Every process: `run.optimizer_state` of everything the run trains. None under DeepSpeed: its
+        optimizer state stays partitioned inside its engine."""
+        if self.accelerator.distributed_type.value == "DEEPSPEED":
+            return None
+        return optimizer_state(_as_module(model), optimizer)
+
     def checkpoint(self, model: Any, step: int, state: dict[str, Any]) -> None:
-        """checkpoint-STEP/: the model, then (last, so the folder counts as complete) the trainer state."""
+        """checkpoint-STEP/: the model, then (last, so the folder counts as complete) the trainer state.
+        Every process calls it; under sharding they all take part in gathering the weights."""
         acc = self.accelerator
         acc.wait_for_everyone()
+        weights = self._whole_weights(model)
         if acc.is_main_process:
             folder = self.run_dir.checkpoint_dir(step)
             folder.mkdir(parents=True, exist_ok=True)
-            self.save_model(self._unwrap(model), folder, final=False)
+            self.save_model(self._unwrap(model), folder, final=False, weights=weights)
             save_state(folder, {"step": step, **state})
             self.run_dir.prune(self.cfg.save_total_limit)
         acc.wait_for_everyone()
 
-    def restore(self, folder: Path, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-        """Load a checkpoint's trainer state into `optimizer`; the rest of the state (step, ...) is returned."""
+    def restore(self, folder: Path, model: Any, optimizer) -> dict[str, Any]:
+        """Load a checkpoint's optimizer state into `optimizer` (each process takes its part of the whole
+        state); the rest of the trainer state (step, ...) is returned."""
         state = load_state(folder)
-        optimizer.load_state_dict(state.pop("optimizer"))
+        saved = state.pop("optimizer")
+        if saved is None:
+            raise ValueError(f"{folder} has no optimizer state (it was written under DeepSpeed, whose partitioned "
+                             "optimizer state Redline does not gather): start a new run from its weights instead "
+                             f"(model={folder})")
+        load_optimizer_state(_as_module(model), optimizer, saved)
         return state
 
     def save_final(self, model: Any) -> None:
-        """OUTPUT/model: adapters merged into the weights."""
+        """OUTPUT/model: adapters merged into the weights. Every process calls it (see `checkpoint`)."""
+        weights = self._whole_weights(model)
         if self.accelerator.is_main_process:
-            self.save_model(self._unwrap(model), self.run_dir.path / "model", final=True)
+            self.save_model(self._unwrap(model), self.run_dir.path / "model", final=True, weights=weights)
+
+
+def _as_module(model: Any) -> nn.Module:
+    """One module over everything a run trains (PPO's policy and value side by side)."""
+    return nn.ModuleList(model) if isinstance(model, tuple) else model
 
 
 class Trainer(TrainingRun):
@@ -158,7 +209,8 @@ class Trainer(TrainingRun):
         return result
 
     def _checkpoint(self, model, optimizer, scheduler, step: int) -> None:
-        self.checkpoint(model, step, {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()})
+        self.checkpoint(model, step, {"optimizer": self.optimizer_state(model, optimizer),
+                                      "scheduler": scheduler.state_dict()})
 
     def train(self) -> dict[str, Any]:
         cfg, acc = self.cfg, self.accelerator
@@ -175,7 +227,7 @@ class Trainer(TrainingRun):
         scheduler = self._schedule(optimizer, total)
         step = 0
         if resume_from is not None:
-            state = self.restore(resume_from, optimizer)
+            state = self.restore(resume_from, model, optimizer)
             scheduler.load_state_dict(state["scheduler"])
             step = state["step"]
 

@@ -18,8 +18,8 @@ class PolicyTrainer(Trainer):
     def build_model(self, resume_from: Path | None) -> nn.Module:
         return self.load_policy(resume_from)
 
-    def save_model(self, model: nn.Module, folder: Path, final: bool) -> None:
-        model.save(folder, merge=final)
+    def save_model(self, model: nn.Module, folder: Path, final: bool, weights: dict | None = None) -> None:
+        model.save(folder, merge=final, state_dict=weights)
         self.tokenizer.save_pretrained(folder)
 
     def _batches(self, items: list[EncodedPair]):

@@ -28,8 +28,8 @@ class RewardTrainer(Trainer):
     def collate(self, items: list[EncodedPair]) -> dict[str, Tensor]:
         return collate_pairs(items, self.fmt.pad_id)
 
-    def save_model(self, model: nn.Module, folder: Path, final: bool) -> None:
-        model.save(folder, base_model=self.cfg.model, merge=final)
+    def save_model(self, model: nn.Module, folder: Path, final: bool, weights: dict | None = None) -> None:
+        model.save(folder, base_model=self.cfg.model, merge=final, state_dict=weights)
         self.tokenizer.save_pretrained(folder)
 
     @torch.no_grad()

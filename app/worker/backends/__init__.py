@@ -6,7 +6,8 @@
 
 The runner (app/worker/runner.py) starts a `Launch` through a backend and watches the `Execution`
 it returns exactly the same way for both: it tails the log and metrics files, heartbeats, and
-asks the execution to stop on cancel.
+asks the execution to stop on cancel. A Slurm job outlives its worker (cluster.OUTLIVE_WORKER): a
+worker that stops leaves it running, and the next Slurm worker `follow`s it by its job id.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from app.services.cluster import SlurmRequest, sharding_config
+from app.services.cluster import LOCAL, SlurmRequest, sharding_config
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class Launch:
     slurm: SlurmRequest = field(default_factory=SlurmRequest)
     sharding: str = ""  # an Accelerate config of training/accelerate/ ("fsdp", "zero2", "zero3"), or none
     step_name: str = "train"
+    backend: str = LOCAL  # the backend's name (cluster.BACKENDS)
 
     @property
     def accelerate_config(self) -> Path | None:
@@ -70,6 +72,13 @@ class Backend(Protocol):
 
     def abandon(self, handle: str) -> None:
         """Stop a step whose worker was lost (its job was reaped as stale)."""
+
+
+class FollowingBackend(Backend, Protocol):
+    """A backend whose steps outlive their worker (cluster.OUTLIVE_WORKER)."""
+
+    def follow(self, handle: str) -> Execution:
+        """The execution of a step started earlier, by this or another worker, known by its handle."""
 
 
 class BackendError(RuntimeError):

@@ -129,15 +129,15 @@ class SlurmExecution:
     terminate_note = "scancel (Slurm sends SIGTERM, then SIGKILL after its KillWait)"
     kill_note = "scancel --signal=KILL"
 
-    def __init__(self, job_id: str, poll_s: float) -> None:
+    def __init__(self, job_id: str, poll_s: float, note: str) -> None:
         self.handle = job_id
         self.poll_s = poll_s
         self._next_query = 0.0
-        self._state = "PENDING"
+        self._state = ""
         self._reason = ""
         self._nodes = ""
         self._end: tuple[int, str] | None = None  # (exit code, failure)
-        self._notes = [f"submitted as Slurm job {job_id}"]
+        self._notes = [note]
 
     # --- querying Slurm -------------------------------------------------------------------------
 
@@ -236,7 +236,10 @@ class SlurmBackend:
         job_id = done.stdout.strip().split(";")[0]
         if not job_id.isdigit():
             raise BackendError(f"sbatch answered {done.stdout.strip()!r}, not a job id")
-        return SlurmExecution(job_id, self.settings.slurm_poll_s)
+        return SlurmExecution(job_id, self.settings.slurm_poll_s, f"submitted as Slurm job {job_id}")
+
+    def follow(self, handle: str) -> SlurmExecution:
+        return SlurmExecution(handle, self.settings.slurm_poll_s, f"following Slurm job {handle}")
 
     def abandon(self, handle: str) -> None:
         _run(["scancel", handle])
