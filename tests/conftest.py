@@ -125,7 +125,9 @@ def login_as():
 
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory, default_tokenizer_path: Path) -> Path:
-    """A randomly initialised 2-layer Llama (hidden 32) with the real SmolLM2 tokenizer: trains in seconds."""
+    """A randomly initialised 2-layer Llama (hidden 32) with the real SmolLM2 tokenizer: trains in seconds.
+    Seeded, so every run has the same weights (and a test that generates with it, the same text)."""
+    import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     folder = tmp_path_factory.mktemp("tiny-model")
@@ -142,6 +144,7 @@ def tiny_model_path(tmp_path_factory, default_tokenizer_path: Path) -> Path:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
+    torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

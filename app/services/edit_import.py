@@ -22,7 +22,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from app.errors import DomainError
-from app.models import AnnotatorKind, Edit, Item, Lease, Outcome, Project, Suggestion, User, utcnow
+from app.models import AnnotatorKind, Edit, Item, ItemStatus, Lease, Outcome, Project, Suggestion, User, utcnow
 from app.services import annotation, queue
 from app.services.users import create_service_account
 
@@ -109,8 +109,9 @@ class EditImporter:
                 return self._again(earlier.edited_text, annotation.decide_outcome(
                     Outcome.EDITED, text, earlier.original)[1])
             item = queue.lock_item(self.session, item_id)
-        else:
-            item = self.session.get(Item, item_id)
+            self.session.expunge(item)  # the session keeps no item per row: an import of any size, flat memory
+        else:  # inserted by this import a moment ago: open, no annotation yet, invisible to others
+            item = Item(id=item_id, status=ItemStatus.OPEN, completed_count=0)
         lease = queue.lease_item(self.session, item, self.project, account)
         if lease is None:
             return (f"the item already has its {self.project.annotations_per_item} annotation(s), "

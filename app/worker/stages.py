@@ -158,7 +158,9 @@ class Chain:
         options = self.options
         started = datetime.fromisoformat(pipeline.stage(self.job, pipeline.REVISE)["data"]["started_at"])
         flt = DatasetFilter(
-            project_id=options["import_into_project"], editor_ids=[options["editor_id"]], outcomes=["edited"],
+            # The editor's own revisions: a person's edit from its suggestion carries its editor too.
+            project_id=options["import_into_project"], editor_ids=[options["editor_id"]], annotator_kinds=["model"],
+            outcomes=["edited"],
             review_statuses=["accepted", "pending"], min_edit_rate=options.get("min_edit_rate"),
             max_edit_rate=options.get("max_edit_rate"), created_after=started,
         )

@@ -189,7 +189,9 @@ def test_refused_endpoint_stops_the_job_and_the_next_run_resumes(env, llm_server
 
 
 def test_sigkilled_job_loses_and_duplicates_nothing_when_resumed(env, llm_server, default_tokenizer_path, tmp_path):
-    editor_id = make_editor(llm_server["base_url"], llm_server["model"])
+    # One request at a time, so the answers (and the edits) come a model call apart: with two in flight,
+    # all three items were once stored between two polls, before the kill.
+    editor_id = make_editor(llm_server["base_url"], llm_server["model"], max_concurrency=1)
     project_id = make_project(default_tokenizer_path)
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(job_config(editor_id, project_id)))
@@ -201,7 +203,7 @@ def test_sigkilled_job_loses_and_duplicates_nothing_when_resumed(env, llm_server
         while not model_edits(project_id):
             assert proc.poll() is None, (tmp_path / "job.log").read_text()
             assert time.monotonic() < deadline, "no edit within 300 s"
-            time.sleep(0.2)
+            time.sleep(0.02)
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait()

@@ -27,11 +27,13 @@ pytestmark = [pytest.mark.postgres, pytest.mark.llm, pytest.mark.slow]
 @pytest.fixture
 def tiny_reward_model(tiny_model_path: Path, tmp_path: Path) -> Path:
     """A randomly initialised reward model (token head) on the tiny policy's backbone, with its tokenizer."""
+    import torch
     from transformers import AutoTokenizer
 
     from training.models import RewardModel
 
     folder = tmp_path / "tiny-rm"
+    torch.manual_seed(1)  # the same head every run, so the same responses are kept
     RewardModel.from_backbone(str(tiny_model_path), "token").save(folder, base_model=str(tiny_model_path))
     AutoTokenizer.from_pretrained(tiny_model_path).save_pretrained(folder)
     return folder
