@@ -387,6 +387,23 @@ class Comment(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class Tally(Base):
+    """A ledger of counts over items and edits, so the dashboard reads a few rows instead of counting a million.
+
+    Database triggers (migration 0018) append each change's deltas per project: `items`, `complete`, `open`,
+    `annotations` (sum of completed_count), `outcome:<outcome>` and `rate:<bin>` (edited edits by
+    app.services.dashboard.RATE_BINS). Appending never waits on another writer; app.services.tallies folds the
+    rows into one per count from time to time.
+    """
+
+    __tablename__ = "tallies"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    project_id: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(40))
+    n: Mapped[int] = mapped_column(BigInteger)
+
+
 # --- model editors -------------------------------------------------------------------------------
 
 
