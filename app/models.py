@@ -319,6 +319,8 @@ class Edit(Base):
         Index("ix_edits_review_queue", "review_status", "outcome", "id"),
         # The dashboard's outcome counts and edit-rate histogram, from the index alone (migration 0010).
         Index("ix_edits_outcome_rate", "outcome", "edit_rate"),
+        # The item browser's filters by annotator (and outcome, edit rate), from the index alone (migration 0019).
+        Index("ix_edits_annotator_outcome_rate", "annotator_id", "outcome", "edit_rate", "item_id"),
         # The dashboard's per-editor suggestion figures, from the edits that started from one (migration 0013;
         # SQLite's predicate is written as SQLAlchemy writes the test, so its planner matches it).
         Index("ix_edits_suggestion_used", "id", "editor_id", "human_vs_suggestion_rate", "item_id",
