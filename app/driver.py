@@ -9,7 +9,9 @@ A `Database` runs steps, in a transaction when asked. Two kinds, chosen once whe
 routes get theirs from `app.deps.database` and never see a pool):
   `SessionDatabase`  in a SQLAlchemy Session: any database (SQLite, the command line, tests, a worker).
   `DriverDatabase`   Postgres on psycopg's async pool, straight from the event loop.
-Why the second: on "Next" and submit, SQLAlchemy's own work per statement (cache key, parameter and result
+A model editor's job process picks the same way (`process_database`); its annotate loop, which runs its
+steps one after the other, has the driver on one connection (`ConnectionDatabase`) instead of a pool.
+Why the driver: on "Next" and submit, SQLAlchemy's own work per statement (cache key, parameter and result
 processing) and the hop to the thread pool and back cost more than everything else the request does;
 measured with the same prebuilt statements, SQLAlchemy's async engine spent 7.4-8.4 ms of CPU per Next and
 submit against 4.2-5.1 ms here. The statements stay SQLAlchemy expressions, compiled once for the psycopg
@@ -21,9 +23,11 @@ parse alone cost a tenth of the server's CPU per cycle.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import weakref
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import AsyncIterator, Callable, Generator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Protocol, TypeVar
@@ -36,6 +40,7 @@ from sqlalchemy import (
     Column,
     ColumnElement,
     Connection,
+    Engine,
     Executable,
     Select,
     Table,
@@ -132,10 +137,30 @@ class DriverDatabase:
 
     async def run(self, steps: Steps[T], *, transaction: bool = False) -> T:
         async with self.pool.connection() as conn:
-            if not transaction:
-                return await run_on_driver(conn, steps)
-            async with conn.transaction():
-                return await run_on_driver(conn, steps)
+            return await _run_on(conn, steps, transaction)
+
+
+class ConnectionDatabase:
+    """Steps on one autocommit psycopg connection (Postgres), one run at a time: for a process whose database
+    work is one sequence (a model editor's annotate loop), what `DriverDatabase` does without a pool's
+    checkout and return around every run."""
+
+    dialect = "postgresql"
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self.conn = conn
+        self.turn = asyncio.Lock()  # a transaction must not take in another run's statements
+
+    async def run(self, steps: Steps[T], *, transaction: bool = False) -> T:
+        async with self.turn:
+            return await _run_on(self.conn, steps, transaction)
+
+
+async def _run_on(conn: AsyncConnection, steps: Steps[T], transaction: bool) -> T:
+    if not transaction:
+        return await run_on_driver(conn, steps)
+    async with conn.transaction():
+        return await run_on_driver(conn, steps)
 
 
 async def run_on_driver(conn: AsyncConnection, steps: Steps[T]) -> T:
@@ -220,7 +245,7 @@ def entity(cls: type[T], row: Row) -> T:
 # app.db): the server may have restarted meanwhile. One in steady use has just proven itself.
 IDLE_PING_S = 10.0
 CONNECT_WAIT_S = 10.0
-APPLICATION_NAME = "redline-web-driver"  # in pg_stat_activity
+APPLICATION_NAME = "redline-web-driver"  # in pg_stat_activity, unless the process names itself
 _returned_at: weakref.WeakKeyDictionary[AsyncConnection, float] = weakref.WeakKeyDictionary()
 
 
@@ -233,14 +258,46 @@ async def _ping_if_idle(conn: AsyncConnection) -> None:
         await AsyncConnectionPool.check_connection(conn)  # raises if dead: the pool replaces it
 
 
-async def open_pool(conninfo: str, size: int) -> AsyncConnectionPool:
+def _connection_options(application_name: str) -> dict[str, Any]:
+    return {"autocommit": True, "application_name": application_name, "row_factory": namedtuple_row}
+
+
+async def open_pool(conninfo: str, size: int, application_name: str = APPLICATION_NAME) -> AsyncConnectionPool:
     """A pool of `size` autocommit connections whose rows are named tuples. It connects in the background:
     a server that starts before its database does, and a request waits at most `CONNECT_WAIT_S` for a
     connection."""
     pool = AsyncConnectionPool(
         conninfo, min_size=size, max_size=size, name="redline-driver", timeout=CONNECT_WAIT_S,
-        kwargs={"autocommit": True, "application_name": APPLICATION_NAME, "row_factory": namedtuple_row},
-        check=_ping_if_idle, reset=_note_return, open=False,
+        kwargs=_connection_options(application_name), check=_ping_if_idle, reset=_note_return, open=False,
     )
     await pool.open(wait=False)
     return pool
+
+
+def conninfo(engine: Engine) -> str:
+    """The psycopg connection string of a Postgres engine."""
+    return engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@asynccontextmanager
+async def process_database(application_name: str, *, pool_size: int = 0) -> AsyncIterator[Database]:
+    """The `Database` of a process that runs steps from its event loop (a model editor's job). On Postgres
+    the driver: a pool of `pool_size` connections, or with 0 one connection for a process that runs its
+    steps one after the other; elsewhere Sessions in the thread pool."""
+    engine = db.get_engine()
+    if engine.dialect.name != "postgresql":
+        yield SessionDatabase()
+        return
+    if pool_size:
+        pool = await open_pool(conninfo(engine), pool_size, application_name)
+        try:
+            yield DriverDatabase(pool)
+        finally:
+            await pool.close()
+        return
+    conn = await AsyncConnection.connect(conninfo(engine), connect_timeout=int(CONNECT_WAIT_S),
+                                         **_connection_options(application_name))
+    try:
+        yield ConnectionDatabase(conn)
+    finally:
+        await conn.close()

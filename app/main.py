@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from functools import cache
 from pathlib import Path
 
 import anyio.to_thread
@@ -23,6 +21,7 @@ from app.api.auth import principal
 from app.db import get_engine, is_postgres, session_scope
 from app.deps import install_error_handlers
 from app.driver import DriverDatabase, SessionDatabase
+from app.heap import freeze_startup_heap
 from app.routes import (
     admin_editors,
     admin_projects,
@@ -54,13 +53,13 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     # Sync routes and dependencies run in anyio's thread pool: size it to the database pool.
     anyio.to_thread.current_default_thread_limiter().total_tokens = get_settings().web_threads
     await anyio.to_thread.run_sync(_preload_tokenizers)
-    _freeze_startup_heap()
+    freeze_startup_heap()
     engine = get_engine()
     if not is_postgres(engine):
         app.state.database = SessionDatabase()
         yield  # no driver pool, no login cache: the hot routes use Sessions, every request checks its login
         return
-    dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    dsn = driver.conninfo(engine)
     async with contextlib.AsyncExitStack() as stack:
         pool = await driver.open_pool(dsn, get_settings().web_threads)
         stack.push_async_callback(pool.close)
@@ -74,16 +73,6 @@ async def _stop(task: asyncio.Task) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-
-
-@cache  # once per process (tests start many apps in one)
-def _freeze_startup_heap() -> None:
-    """Everything loaded by now (modules, ORM mappers, routes, tokenizers) lives as long as the process: take
-    it out of the cyclic garbage collector's view, after collecting what is already garbage. Otherwise
-    every full collection walks all of it and stops the process for 70-110 ms, which was the slowest
-    request of a busy minute."""
-    gc.collect()
-    gc.freeze()
 
 
 def _preload_tokenizers() -> None:

@@ -13,8 +13,9 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
-from jinja2 import StrictUndefined, TemplateError
+from jinja2 import StrictUndefined, Template, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 
 from app.models import PromptKind
@@ -57,6 +58,15 @@ BUILT_IN: dict[str, tuple[str, ...]] = {
 }
 
 _ENV = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False)
+
+
+@lru_cache(maxsize=64)
+def _compiled(source: str) -> Template:
+    """A stage's source compiled once per process: compiling costs a hundred times what rendering does, and
+    a job renders the same few sources for every item."""
+    return _ENV.from_string(source)
+
+
 _SAMPLE = {"prompt": "What is 2 + 2?", "response": "2 + 2 = 5.", "guidelines": "", "budget": 0.35,
            "stricter": False, "first_error": "5"}
 
@@ -87,7 +97,7 @@ class PromptTemplate:
 
     def render(self, stage: int, **variables) -> str:
         try:
-            return _ENV.from_string(self.stages[stage]).render(**variables).strip()
+            return _compiled(self.stages[stage]).render(**variables).strip()
         except TemplateError as exc:
             raise PromptError(f"the prompt template cannot be rendered: {exc}") from None
 

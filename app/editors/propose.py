@@ -3,7 +3,8 @@
 The minimality guard measures the model's edit with the label engine, as a human submit is measured
 (`annotation.analyse`, the project's tokenizer). Above the project's budget the model gets one retry
 with a stricter instruction; if that edit is still above, the smaller of the two edits is kept and
-flagged `not_minimal` (the submit flags it the same way), never dropped.
+flagged `not_minimal` (the submit flags it the same way), never dropped. The kept edit's analysis goes
+with the proposal, so the submit that stores it need not compute the same labels again.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from app.editors.client import EditorClient
 from app.editors.prompts import PromptTemplate, parse_answer, parse_first_error
 from app.models import Outcome
-from app.services.annotation import analyse
+from app.services.annotation import Analysed, analyse
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class Proposal:
     stricter_retry: bool
     prompt_version: str
     model: str
+    analysed: Analysed  # of `text` against the target's original
 
 
 async def _answer(client: EditorClient, template: PromptTemplate, target: Target, stricter: bool,
@@ -61,21 +63,22 @@ async def _answer(client: EditorClient, template: PromptTemplate, target: Target
     return await client.retrying(lambda: edited(1, first_error=error), on_retry)
 
 
-def _rate(target: Target, text: str) -> float:
-    return analyse(target.tokenizer, target.original, text).stats.edit_rate
+def _analysed(target: Target, text: str) -> Analysed:
+    return Analysed(target.tokenizer, target.original, text, analyse(target.tokenizer, target.original, text))
 
 
 async def propose(client: EditorClient, template: PromptTemplate, target: Target,
                   on_retry: Callable[[str], None] = lambda _: None) -> Proposal:
     """The editor's guarded edit of `target`; raises EditorFailure when the endpoint keeps failing."""
-    def proposal(text: str, rate: float, stricter: bool) -> Proposal:
-        outcome = Outcome.NO_CHANGE_NEEDED if text == target.original else Outcome.EDITED
-        return Proposal(outcome, text, rate, rate > target.budget, stricter, template.version, client.config.model)
+    def proposal(edit: Analysed, stricter: bool) -> Proposal:
+        outcome = Outcome.NO_CHANGE_NEEDED if edit.edited == target.original else Outcome.EDITED
+        rate = edit.analysis.stats.edit_rate
+        return Proposal(outcome, edit.edited, rate, rate > target.budget, stricter, template.version,
+                        client.config.model, edit)
 
-    text = (await _answer(client, template, target, False, on_retry)).replace("\r\n", "\n")
-    rate = _rate(target, text)
+    first = _analysed(target, (await _answer(client, template, target, False, on_retry)).replace("\r\n", "\n"))
+    rate = first.analysis.stats.edit_rate
     if rate <= target.budget:
-        return proposal(text, rate, False)
-    retried = (await _answer(client, template, target, True, on_retry)).replace("\r\n", "\n")
-    retried_rate = _rate(target, retried)
-    return proposal(retried, retried_rate, True) if retried_rate <= rate else proposal(text, rate, True)
+        return proposal(first, False)
+    retried = _analysed(target, (await _answer(client, template, target, True, on_retry)).replace("\r\n", "\n"))
+    return proposal(retried if retried.analysis.stats.edit_rate <= rate else first, True)

@@ -107,6 +107,25 @@ def analyse(tokenizer: str, original: str, edited: str) -> EditAnalysis:
     return analyse_edit(original, edited, load_tokenizer(tokenizer))
 
 
+@dataclass(frozen=True)
+class Analysed:
+    """An edit this process analysed already with `analyse` (a model editor's minimality guard does, before
+    it submits): what it was computed from, and the result."""
+
+    tokenizer: str
+    original: str
+    edited: str
+    analysis: EditAnalysis
+
+
+def analysed(tokenizer: str, original: str, edited: str, known: Analysed | None) -> EditAnalysis:
+    """`analyse`, unless `known` is that very computation (the same tokenizer, original and text as the
+    submit read and decided): the server's own result either way, never one a client sent."""
+    if known is not None and (known.tokenizer, known.original, known.edited) == (tokenizer, original, edited):
+        return known.analysis
+    return analyse(tokenizer, original, edited)
+
+
 def preload_tokenizers(session: Session) -> list[str]:
     """Load the active projects' tokenizers now; returns the names loaded. A load takes about 0.2 s and
     holds the interpreter, so a web process does this at startup instead of making its first submits wait
@@ -263,7 +282,8 @@ def rate_on_suggestion(tokenizer: str, suggested: str, text: str) -> float:
 
 
 def _locking(lease_id: int, user: User, outcome: Outcome, text: str, metrics: EditorMetrics,
-             skip_reason: str, provenance: Provenance = HUMAN, suggestion_id: int | None = None) -> Steps[Edit]:
+             skip_reason: str, provenance: Provenance = HUMAN, suggestion_id: int | None = None,
+             known: Analysed | None = None) -> Steps[Edit]:
     now = utcnow()
     row = yield LOCKED_TASK, {"lease_id": lease_id, "user_id": user.id, "now": now}
     if row is None:
@@ -278,7 +298,7 @@ def _locking(lease_id: int, user: User, outcome: Outcome, text: str, metrics: Ed
         raise DomainError("Say why you skip this item.")
     outcome, text = decide_outcome(outcome, text, item.original)
     provenance = yield from _from_suggestion(provenance, suggestion_id, item.id, project.tokenizer, text)
-    analysis = analyse(project.tokenizer, item.original, text) if outcome != Outcome.SKIPPED else None
+    analysis = analysed(project.tokenizer, item.original, text, known) if outcome != Outcome.SKIPPED else None
     values = _edit_values(lease.id, lease.annotator_id, item.id, project.minimality_budget, outcome, text, analysis,
                           metrics, skip_reason, provenance)
     counted = None
@@ -373,7 +393,8 @@ _AT_ONCE = _build_at_once()
 
 
 def _at_once(lease_id: int, user: User, outcome: Outcome, text: str, metrics: EditorMetrics,
-             provenance: Provenance = HUMAN, suggestion_id: int | None = None) -> Steps[Edit | None]:
+             provenance: Provenance = HUMAN, suggestion_id: int | None = None,
+             known: Analysed | None = None) -> Steps[Edit | None]:
     """The one-statement submit, as steps: read the task unlocked, compute the labels, then the statement;
     None when it does not apply or did nothing (the caller takes the locking path)."""
     now = utcnow()
@@ -384,7 +405,8 @@ def _at_once(lease_id: int, user: User, outcome: Outcome, text: str, metrics: Ed
     outcome, text = decide_outcome(outcome, text, read.items_original)
     provenance = yield from _from_suggestion(provenance, suggestion_id, read.items_id, read.projects_tokenizer, text)
     values = _edit_values(lease_id, user.id, read.items_id, read.projects_minimality_budget, outcome, text,
-                          analyse(read.projects_tokenizer, read.items_original, text), metrics, "", provenance)
+                          analysed(read.projects_tokenizer, read.items_original, text, known), metrics, "",
+                          provenance)
     submitted, completed = _events(read.items_id, read.items_project_id, values)
     subscriptions = read.hooks or []
     stored = yield _AT_ONCE, {
@@ -401,24 +423,26 @@ def _at_once(lease_id: int, user: User, outcome: Outcome, text: str, metrics: Ed
 async def submit(
     db: Database, lease_id: int, user: User, outcome: Outcome, text: str = "", *,
     metrics: EditorMetrics = EditorMetrics(), skip_reason: str = "", provenance: Provenance = HUMAN,
-    suggestion_id: int | None = None,
+    suggestion_id: int | None = None, known: Analysed | None = None,
 ) -> Edit:
     """Store the annotator's decision on their leased item: labels, diff and statistics recomputed from
     `text`, the item's count, the lease closed, webhook deliveries queued; the edit (not attached to any
     session). A double submit returns the first edit. `provenance`: a model editor's. `suggestion_id`: the
     item's suggestion the person started from (the editor opened with it and they did not reset to the
-    original); the edit records it was used and their edit rate relative to it. Runs on whichever
-    `Database` the caller has (a web request's, a worker's, or `SessionDatabase(session)` inside the
-    caller's own unit of work).
+    original); the edit records it was used and their edit rate relative to it. `known`: this process's
+    own analysis of `text`, used if it is of the stored original with the project's tokenizer. Runs on
+    whichever `Database` the caller has (a web request's, a worker's, or `SessionDatabase(session)` inside
+    the caller's own unit of work).
 
     On Postgres a completed annotation under a live lease is one statement; every other case (skips,
     expired leases, double submits, errors, SQLite) takes the locking path."""
     metrics, skip_reason = metrics.clamped(), skip_reason.strip()[:2000]
     if (outcome in COMPLETED_OUTCOMES and db.dialect == "postgresql"
             and (edit := await db.run(_at_once(lease_id, user, outcome, text, metrics, provenance,
-                                               suggestion_id))) is not None):
+                                               suggestion_id, known))) is not None):
         return edit
-    return await db.run(_locking(lease_id, user, outcome, text, metrics, skip_reason, provenance, suggestion_id),
+    return await db.run(_locking(lease_id, user, outcome, text, metrics, skip_reason, provenance, suggestion_id,
+                                 known),
                         transaction=True)
 
 

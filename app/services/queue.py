@@ -18,7 +18,21 @@ import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from sqlalchemy import BigInteger, ColumnElement, Select, all_, and_, bindparam, exists, func, insert, select, update
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    ColumnElement,
+    Select,
+    all_,
+    and_,
+    bindparam,
+    exists,
+    func,
+    insert,
+    select,
+    type_coerce,
+    update,
+)
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.orm.util import AliasedClass
@@ -175,19 +189,27 @@ _HELD = aliased(Item)
 _HELD_HERE = select(Lease.id).join(_HELD, _HELD.id == Lease.item_id).where(*_live_lease_here(_HELD))
 
 
+def _offered() -> tuple[ColumnElement[bool], ...]:
+    """THE offer rule: an open item of the project this annotator never held that has a free slot
+    (parameters project_id, user_id, now, n). "Next" offers the first in id order."""
+    return (
+        Item.project_id == bindparam("project_id"),
+        Item.status == ItemStatus.OPEN,
+        Item.id >= _FIRST_OPEN_ID,
+        # Never offered twice: NOT IN over this annotator's own history (one index range, hashed once)
+        # rather than NOT EXISTS, which Postgres ran as a merge over every annotator's leases.
+        Item.id.not_in(select(Lease.item_id).where(Lease.annotator_id == bindparam("user_id"))),
+        Item.completed_count + _active_leases(Item.id).scalar_subquery() < bindparam("n"),
+    )
+
+
 def _candidate_query(not_tried) -> Select:
     """The first open item this annotator never held that has a free slot (parameters project_id, user_id,
     now, n, tried); none while the annotator holds a live lease in this project."""
     return (
         labelled(select(Item.__table__)).add_columns(_suggested(Item))
         .where(
-            Item.project_id == bindparam("project_id"),
-            Item.status == ItemStatus.OPEN,
-            Item.id >= _FIRST_OPEN_ID,
-            # Never offered twice: NOT IN over this annotator's own history (one index range, hashed once)
-            # rather than NOT EXISTS, which Postgres ran as a merge over every annotator's leases.
-            Item.id.not_in(select(Lease.item_id).where(Lease.annotator_id == bindparam("user_id"))),
-            Item.completed_count + _active_leases(Item.id).scalar_subquery() < bindparam("n"),
+            *_offered(),
             not_tried,
             # None while the annotator holds a live lease here: "Next" then resumes it. Checked in this
             # statement, so the usual "Next" (nothing to resume) is one round trip less.
@@ -206,6 +228,47 @@ _CANDIDATE = {
     .with_for_update(skip_locked=True, of=Item.__table__),
     "sqlite": _candidate_query(Item.id.not_in(bindparam("tried", expanding=True))),
 }
+
+
+def _upcoming_query(*scope: ColumnElement[bool]) -> dict[str, Select]:
+    """The items "Next" would offer the annotator after item `after` if nobody else took them first, in its
+    order, unlocked (parameters as `_offered`'s, after, window, and those of `scope`), as one JSON list of
+    [id, prompt, original] in one row (steps read one row per statement)."""
+    ahead = (
+        select(Item.id, Item.prompt, Item.original).where(*_offered(), Item.id > bindparam("after"), *scope)
+        .order_by(Item.id).limit(bindparam("window")).subquery()
+    )
+    return {
+        "postgresql": select(type_coerce(func.json_agg(func.json_build_array(ahead.c.id, ahead.c.prompt,
+                                                                             ahead.c.original)), JSON).label("items")),
+        "sqlite": select(type_coerce(func.json_group_array(func.json_array(ahead.c.id, ahead.c.prompt,
+                                                                           ahead.c.original)), JSON).label("items")),
+    }
+
+
+_UPCOMING = _upcoming_query()
+_UPCOMING_IN_BATCH = _upcoming_query(Item.import_batch_id == bindparam("batch_id"))
+
+
+@dataclass(frozen=True)
+class Upcoming:
+    """An item `upcoming` found: what a caller needs to prepare its work."""
+
+    id: int
+    prompt: str
+    original: str
+
+
+def upcoming(project: Project, user: User, after: int, window: int,
+             batch_id: int | None = None) -> Steps[list[Upcoming]]:
+    """Up to `window` items "Next" would offer `user` after item `after`, in its order (of one import batch's
+    items, with `batch_id`), for a caller that prepares its work ahead of the lease (a model editor's job
+    asks the model ahead): the queue's own rule rather than a copy of it. The queue still decides at each
+    "Next"; an item someone else takes meanwhile is not offered."""
+    params = {"project_id": project.id, "user_id": user.id, "now": utcnow(), "n": project.annotations_per_item,
+              "after": after, "window": window}
+    row = yield (_UPCOMING, params) if batch_id is None else (_UPCOMING_IN_BATCH, {**params, "batch_id": batch_id})
+    return sorted((Upcoming(*item) for item in row.items or []), key=lambda item: item.id)
 
 
 def _entering(query: Select) -> dict[str, Select]:

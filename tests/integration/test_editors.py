@@ -4,6 +4,7 @@ fault-injecting proxy in front of it for the fault tests, on the real Postgres."
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import factories
 import pytest
 import yaml
 from fault_proxy import FaultProxy
@@ -20,9 +22,21 @@ from app.db import session_scope
 from app.editors import bulk, service
 from app.editors.client import EditorClient, EditorFailure, EndpointConfig
 from app.editors.service import EditorSettings
-from app.models import AnnotatorKind, AuditEvent, Edit, EditorJobItem, Item, Lease, LeaseState, ModelEditor, User
+from app.models import (
+    AnnotatorKind,
+    AuditEvent,
+    Edit,
+    EditorJobItem,
+    Item,
+    Lease,
+    LeaseState,
+    ModelEditor,
+    Project,
+    Suggestion,
+    User,
+)
 from app.services.importer import import_records
-from app.services.projects import ProjectSettings, create_project
+from app.services.projects import ProjectSettings, create_project, set_members
 
 pytestmark = [pytest.mark.postgres, pytest.mark.llm, pytest.mark.slow]
 
@@ -56,11 +70,19 @@ def make_editor(base_url: str, model: str, **fields) -> int:
         return service.create_editor(session, settings, None).id
 
 
-def make_project(tokenizer: Path, items=ITEMS) -> int:
+def make_project(tokenizer: Path, items=ITEMS, **settings) -> int:
     with session_scope() as session:
-        project = create_project(session, ProjectSettings(name="Editing", tokenizer=str(tokenizer)), None)
+        project = create_project(session, ProjectSettings(name="Editing", tokenizer=str(tokenizer), **settings), None)
         import_records(session, project, [{"prompt": p, "response": r} for p, r in items], filename="t.jsonl")
         return project.id
+
+
+def make_person(project_id: int, username: str) -> User:
+    """An annotator who works in the project (before the editor joins it)."""
+    with session_scope() as session:
+        user = factories.make_user(session, username=username)
+        set_members(session, session.get(Project, project_id), {user.id}, None)
+        return user
 
 
 def job_config(editor_id: int, project_id: int, mode: str = "annotate") -> dict:
@@ -213,3 +235,38 @@ def test_sigkilled_job_loses_and_duplicates_nothing_when_resumed(env, llm_server
     with session_scope() as session:
         leases = session.scalars(select(Lease)).all()
         assert len(leases) == len({lease.item_id for lease in leases}) == len(ITEMS)
+
+
+def test_look_ahead_asks_only_for_what_the_queue_offers(env, llm_server, default_tokenizer_path, tmp_path):
+    editor_id = make_editor(llm_server["base_url"], llm_server["model"])
+    # A budget the guard never exceeds: one request per item asked.
+    project_id = make_project(default_tokenizer_path, minimality_budget=10.0)
+    person = make_person(project_id, "ann")
+    with session_scope() as session:
+        held = factories.next_task(session, session.get(Project, project_id), person)  # its only slot
+    tally = asyncio.run(bulk.run_job(job_config(editor_id, project_id), tmp_path / "out"))
+    last = json.loads((tmp_path / "out" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert tally.done + tally.failed == len(ITEMS) - 1 and tally.unused == last["unused_answers"] == 0
+    assert last["model_calls"] - last["retries"] == len(ITEMS) - 1  # never asked for the held item
+    assert 0 < last["mean_in_flight"] <= 2
+    edited = {edit.item_id for edit in model_edits(project_id)}
+    assert held.item.id not in edited and len(edited) == len(ITEMS) - 1
+
+
+def test_suggest_job_stores_one_suggestion_per_item_and_a_rerun_adds_none(env, llm_server, default_tokenizer_path,
+                                                                          tmp_path):
+    editor_id = make_editor(llm_server["base_url"], llm_server["model"])
+    project_id = make_project(default_tokenizer_path, ITEMS[:2])
+    tally = asyncio.run(bulk.run_job(job_config(editor_id, project_id, "suggest"), tmp_path / "out1"))
+    with session_scope() as session:
+        suggestions = session.scalars(select(Suggestion).order_by(Suggestion.item_id)).all()
+        rows = session.scalars(select(EditorJobItem)).all()
+        version = service.template(session.get(ModelEditor, editor_id)).version
+    assert tally.done == len(suggestions) and tally.done + tally.failed == 2
+    assert all((s.editor_id, s.editor_model, s.prompt_version) == (editor_id, llm_server["model"], version)
+               for s in suggestions)
+    assert sorted(r.status for r in rows).count("done") == tally.done
+    again = asyncio.run(bulk.run_job(job_config(editor_id, project_id, "suggest"), tmp_path / "out2"))
+    assert again.done + again.failed == 2 - len(suggestions)  # only the items still without one are asked
+    with session_scope() as session:
+        assert session.scalar(select(func.count()).select_from(Suggestion)) == len(suggestions) + again.done

@@ -110,6 +110,31 @@ def test_late_submit_is_kept_when_the_slot_is_still_free(make_user, make_project
     assert edit.id is not None
 
 
+def test_upcoming_lists_what_next_offers_in_its_order(make_user, make_project, add_items):
+    a, b = make_user("ann_a"), make_user("ann_b")
+    project = make_project(members=[a, b])
+    ids = add_items(project, [(f"P{i}", f"R{i}") for i in range(5)])
+
+    def upcoming(after: int = 0, window: int = 10) -> list[int]:
+        with session_scope() as session:
+            return [item.id for item in run(session, queue.upcoming(project, a, after, window))]
+
+    assert upcoming() == ids
+    held = _lease(project, b)  # its one slot held by someone else: not offered to a while the lease lives
+    _submit(_lease(project, a).id, a)  # done by a: never offered to a again
+    assert upcoming() == ids[2:] and upcoming(after=ids[2], window=1) == [ids[3]]
+    with session_scope() as session:
+        [first] = run(session, queue.upcoming(project, a, ids[1], 1))
+        assert (first.prompt, first.original) == ("P2", "R2")
+    offered = []
+    while (lease := _lease(project, a)) is not None:
+        offered.append(lease.item_id)
+        _submit(lease.id, a)
+    assert offered == ids[2:] and upcoming() == []
+    _expire(held.id)  # the slot is free again
+    assert upcoming() == [ids[0]]
+
+
 def test_an_annotator_only_sees_their_own_lease(make_user, make_project, add_items):
     a, b = make_user("ann_a"), make_user("ann_b")
     project = make_project(members=[a, b])
