@@ -319,6 +319,8 @@ class Edit(Base):
         Index("ix_edits_review_queue", "review_status", "outcome", "id"),
         # The dashboard's outcome counts and edit-rate histogram, from the index alone (migration 0010).
         Index("ix_edits_outcome_rate", "outcome", "edit_rate"),
+        # The item browser's filters by annotator (and outcome, edit rate), from the index alone (migration 0019).
+        Index("ix_edits_annotator_outcome_rate", "annotator_id", "outcome", "edit_rate", "item_id"),
         # The dashboard's per-editor suggestion figures, from the edits that started from one (migration 0013;
         # SQLite's predicate is written as SQLAlchemy writes the test, so its planner matches it).
         Index("ix_edits_suggestion_used", "id", "editor_id", "human_vs_suggestion_rate", "item_id",
@@ -385,6 +387,23 @@ class Comment(Base):
     author_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT"))
     body: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Tally(Base):
+    """A ledger of counts over items and edits, so the dashboard reads a few rows instead of counting a million.
+
+    Database triggers (migration 0018) append each change's deltas per project: `items`, `complete`, `open`,
+    `annotations` (sum of completed_count), `outcome:<outcome>` and `rate:<bin>` (edited edits by
+    app.services.dashboard.RATE_BINS). Appending never waits on another writer; app.services.tallies folds the
+    rows into one per count from time to time.
+    """
+
+    __tablename__ = "tallies"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    project_id: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(40))
+    n: Mapped[int] = mapped_column(BigInteger)
 
 
 # --- model editors -------------------------------------------------------------------------------

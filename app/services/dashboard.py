@@ -4,7 +4,6 @@ recent window, so the page stays fast on large projects."""
 
 from __future__ import annotations
 
-import statistics
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -20,7 +19,6 @@ from app.models import (
     AuditEvent,
     Edit,
     Item,
-    ItemStatus,
     Lease,
     LeaseState,
     ModelEditor,
@@ -31,6 +29,7 @@ from app.models import (
     as_utc,
     utcnow,
 )
+from app.services import tallies
 from labels import DEFAULT_MINIMALITY_BUDGET
 
 RECENT_EDITS = 50_000  # window for per-annotator medians
@@ -66,16 +65,8 @@ class AnnotatorRow:
     not_minimal: int = 0
     accepted: int = 0
     rejected: int = 0
-    active_ms: list[int] = field(default_factory=list, repr=False)
-    rates: list[float] = field(default_factory=list, repr=False)
-
-    @property
-    def median_active_ms(self) -> float | None:
-        return statistics.median(self.active_ms) if self.active_ms else None
-
-    @property
-    def mean_edit_rate(self) -> float | None:
-        return statistics.fmean(self.rates) if self.rates else None
+    median_active_ms: float | None = None
+    mean_edit_rate: float | None = None
 
 
 @dataclass
@@ -108,48 +99,53 @@ def _scoped_via_item(query, item_id_column, project_id: int | None):
 
 
 def progress(session: Session, project_id: int | None) -> list[ProjectProgress]:
-    query = (
-        select(
-            Project, func.count(Item.id),
-            func.coalesce(func.sum(case((Item.status == ItemStatus.COMPLETE, 1), else_=0)), 0),
-            func.coalesce(func.sum(Item.completed_count), 0),
-        )
-        .outerjoin(Item, Item.project_id == Project.id)
-        .where(Project.archived.is_(False))
-        .group_by(Project.id)
-        .order_by(Project.name)
-    )
+    query = select(Project).where(Project.archived.is_(False)).order_by(Project.name)
     if project_id:
         query = query.where(Project.id == project_id)
+    counts = tallies.counts(session, project_id)
     return [
-        ProjectProgress(project, items, complete, annotations, items * project.annotations_per_item)
-        for project, items, complete, annotations in session.execute(query).all()
+        ProjectProgress(project, counts[project.id]["items"], counts[project.id]["complete"],
+                        counts[project.id]["annotations"], counts[project.id]["items"] * project.annotations_per_item)
+        for project in session.scalars(query)
     ]
 
 
 def annotators(session: Session, project_id: int | None) -> list[AnnotatorRow]:
-    query = _scoped_via_item(
-        select(User.username, Edit.outcome, Edit.active_ms, Edit.edit_rate, Edit.not_minimal, Edit.review_status)
-        .join(User, User.id == Edit.annotator_id)
-        .order_by(Edit.id.desc())
-        .limit(RECENT_EDITS),
+    """Per annotator, over the latest RECENT_EDITS edits: counted in the database, medians by window functions."""
+    recent = _scoped_via_item(
+        select(Edit.annotator_id, Edit.outcome, Edit.active_ms, Edit.edit_rate, Edit.not_minimal, Edit.review_status)
+        .order_by(Edit.id.desc()).limit(RECENT_EDITS),
         Edit.item_id, project_id,
+    ).subquery()
+    done = recent.c.outcome != Outcome.SKIPPED
+    figures = (
+        select(recent.c.annotator_id, func.count().filter(done), func.count().filter(~done),
+               func.count().filter(done & recent.c.not_minimal),
+               func.count().filter(done & (recent.c.review_status == ReviewStatus.ACCEPTED)),
+               func.count().filter(done & (recent.c.review_status == ReviewStatus.REJECTED)),
+               func.avg(recent.c.edit_rate).filter(recent.c.outcome == Outcome.EDITED))
+        .group_by(recent.c.annotator_id)
     )
-    rows: dict[str, AnnotatorRow] = {}
-    for username, outcome, active_ms, rate, not_minimal, review_status in session.execute(query):
-        row = rows.setdefault(username, AnnotatorRow(username))
-        if outcome == Outcome.SKIPPED:
-            row.skipped += 1
-            continue
-        row.completed += 1
-        row.not_minimal += bool(not_minimal)
-        row.accepted += review_status == ReviewStatus.ACCEPTED
-        row.rejected += review_status == ReviewStatus.REJECTED
-        if active_ms is not None:
-            row.active_ms.append(active_ms)
-        if outcome == Outcome.EDITED:
-            row.rates.append(rate)
-    return sorted(rows.values(), key=lambda r: -r.completed)
+    # The median is the middle value (the mean of the two middle ones) of each annotator's active times.
+    timed = recent.c.active_ms.is_not(None) & done
+    ranked = select(
+        recent.c.annotator_id, recent.c.active_ms,
+        func.row_number().over(partition_by=recent.c.annotator_id, order_by=recent.c.active_ms).label("rank"),
+        func.count().over(partition_by=recent.c.annotator_id).label("times"),
+    ).where(timed).subquery()
+    medians = dict(session.execute(
+        select(ranked.c.annotator_id, func.avg(ranked.c.active_ms))
+        .where(ranked.c.rank.in_([(ranked.c.times + 1) / 2, (ranked.c.times + 2) / 2]))
+        .group_by(ranked.c.annotator_id)
+    ).all())
+    names = dict(session.execute(select(User.id, User.username)).all())
+    rows = [
+        AnnotatorRow(names[annotator], completed, skipped, not_minimal, accepted, rejected,
+                     float(medians[annotator]) if annotator in medians else None,
+                     float(rate) if rate is not None else None)
+        for annotator, completed, skipped, not_minimal, accepted, rejected, rate in session.execute(figures)
+    ]
+    return sorted(rows, key=lambda r: -r.completed)
 
 
 def throughput(session: Session, project_id: int | None, hours: int = 24) -> list[tuple[str, int]]:
@@ -164,20 +160,14 @@ def throughput(session: Session, project_id: int | None, hours: int = 24) -> lis
 
 
 def edit_rate_histogram(session: Session, project_id: int | None) -> list[tuple[str, int, bool]]:
-    """(bin label, count, bin lies above the budget) for edited outcomes."""
+    """(bin label, count, bin lies above the budget) for edited outcomes. RATE_BINS are also the bins of the tallies'
+    triggers (migration 0018): changing them needs a migration."""
     budget = DEFAULT_MINIMALITY_BUDGET
     if project_id and (project := session.get(Project, project_id)):
         budget = project.minimality_budget
-    buckets = [
-        case(*((Edit.edit_rate < high, index) for index, high in enumerate(RATE_BINS[1:])), else_=len(RATE_BINS) - 1)
-    ]
-    query = _scoped_via_item(
-        select(buckets[0], func.count()).where(Edit.outcome == Outcome.EDITED).group_by(buckets[0]),
-        Edit.item_id, project_id,
-    )
-    counts = dict(session.execute(query).all())
+    counts = tallies.total(tallies.counts(session, project_id))
     labels = [f"{lo:.2f}" for lo in RATE_BINS[:-1]] + [f"≥{RATE_BINS[-1]:.0f}"]
-    return [(label, counts.get(i, 0), RATE_BINS[i] >= budget) for i, label in enumerate(labels)]
+    return [(label, counts[f"rate:{i}"], RATE_BINS[i] >= budget) for i, label in enumerate(labels)]
 
 
 def _kappa(both: int, only_a: int, only_b: int, neither: int) -> float | None:
@@ -320,9 +310,7 @@ def editor_quality(session: Session, project_id: int | None) -> list[EditorQuali
 
 def queue_health(session: Session, project_id: int | None) -> QueueHealth:
     now = utcnow()
-    open_items = session.scalar(_scoped(
-        select(func.count()).select_from(Item).where(Item.status == ItemStatus.OPEN), project_id
-    ))
+    counts = tallies.total(tallies.counts(session, project_id))
     leases = _scoped_via_item(select(Lease.expires_at, Lease.leased_at).where(Lease.state == LeaseState.ACTIVE),
                               Lease.item_id, project_id)
     active = stale = 0
@@ -333,14 +321,11 @@ def queue_health(session: Session, project_id: int | None) -> QueueHealth:
             oldest = min(oldest or as_utc(leased_at), as_utc(leased_at))
         else:
             stale += 1
-    outcomes = dict(session.execute(_scoped_via_item(
-        select(Edit.outcome, func.count()).group_by(Edit.outcome), Edit.item_id, project_id
-    )).all())
-    total = sum(outcomes.values())
+    total = sum(n for name, n in counts.items() if name.startswith("outcome:"))
     return QueueHealth(
-        open_items=open_items, active_leases=active, stale_leases=stale,
+        open_items=counts["open"], active_leases=active, stale_leases=stale,
         oldest_lease_min=(now - oldest).total_seconds() / 60 if oldest else None,
-        skip_rate=outcomes.get(Outcome.SKIPPED.value, 0) / total if total else None,
+        skip_rate=counts[f"outcome:{Outcome.SKIPPED.value}"] / total if total else None,
     )
 
 

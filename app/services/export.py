@@ -19,16 +19,20 @@ one the rows were labelled with.
 from __future__ import annotations
 
 import array
+import gc
 import json
+import os
 import re
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import numpy as np
 import orjson
 import psycopg.adapt
 import pyarrow as pa
@@ -43,6 +47,8 @@ from app.services.datasets import batched, iso
 from labels import ALGORITHM_VERSION, LABEL_NAMES, LabelTokenizer, analyse_edit, load_tokenizer
 
 SessionSource = Session | Callable[[], AbstractContextManager[Session]]
+T = TypeVar("T")
+U = TypeVar("U")
 
 
 class ExportError(DomainError):
@@ -88,10 +94,11 @@ EXPORT_FORMATS: dict[str, ExportFormat] = {
 # Frozen rows fetched per round trip: about 5 MB of text, whatever the size of the version.
 FETCH_ROWS = 500
 PARALLEL_READERS = 3
-# Parquet parses every row on the streaming thread, so the readers only need to stay a little ahead: fewer,
-# smaller ranges in flight keep its memory down at the same speed.
+# Parquet: ranges are turned into Arrow on PARQUET_THREADS threads (Arrow's JSON reader and numpy run without
+# the GIL), so the readers stay that far ahead; small ranges keep the memory in flight down.
 PARQUET_READERS = 2
 PARQUET_FETCH_ROWS = 250
+PARQUET_THREADS = max(2, min(4, os.cpu_count() or 1))
 
 
 def export_filename(version: DatasetVersion, fmt: str) -> str:
@@ -162,6 +169,18 @@ def _read_ranges(session: Session, version_id: int, readers: int, rows: int = FE
         for low in range(0, row_count, rows):
             pending.append(pool.submit(_fetch_range, engine, version_id, low, low + rows))
             if len(pending) >= 2 * readers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def _in_order(convert: Callable[[T], U], items: Iterator[T], threads: int) -> Iterator[U]:
+    """`convert` of each item, on `threads` threads, in order; at most 2 × threads items in flight."""
+    with ThreadPoolExecutor(threads, thread_name_prefix="export-convert") as pool:
+        pending: deque[Future[U]] = deque()
+        for item in items:
+            pending.append(pool.submit(convert, item))
+            if len(pending) >= 2 * threads:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
@@ -318,14 +337,18 @@ ARROW_BATCH_ROWS = 256
 # rows (which the old writer also split into 1,000 + 24) cost ~110 MB at a million rows. Groups of this
 # size cost ~12 MB per million rows, and the group itself stays small.
 PARQUET_GROUP_BYTES = 16 << 20
-# Frozen rows are parsed by Arrow's JSON reader (C++); char_diff mixes numbers and strings, which that
-# reader cannot type, so it is skipped there and parsed on its own.
-_JSON_SCHEMA = pa.schema([f for f in PAIRS_SCHEMA if f.name != "char_diff"])
+# Frozen rows are parsed by Arrow's JSON reader (C++), all but two values: char_diff mixes numbers and strings,
+# which that reader cannot type, and the token labels' id lists, which it parses at a quarter of numpy's speed.
+_JSON_SCHEMA = pa.schema([f for f in PAIRS_SCHEMA if f.name not in ("char_diff", "token_labels")])
 _JSON_PARSE = pa_json.ParseOptions(explicit_schema=_JSON_SCHEMA, unexpected_field_behavior="ignore")
+_LABEL_LISTS = {f.name: f.type.value_type for f in TOKEN_LABELS_TYPE if pa.types.is_list(f.type)}
+_LABEL_NAMES_PARSE = pa_json.ParseOptions(
+    explicit_schema=pa.schema([f for f in TOKEN_LABELS_TYPE if f.name not in _LABEL_LISTS]),
+    unexpected_field_behavior="ignore")
+_NUMPY_TYPES = {pa.int32(): np.int32, pa.int8(): np.int8}
 _CHAR_DIFF_KEY = b'"char_diff":'
 _AFTER_CHAR_DIFF = b',"created_at":'
-
-
+_TOKEN_LABELS_KEY = b',"token_labels":'
 def _arrow_column(values: list[Any], kind: pa.DataType) -> pa.Array:
     """One column built directly (struct by struct): several times faster than Table.from_pylist."""
     if not pa.types.is_struct(kind):
@@ -337,29 +360,21 @@ def _arrow_column(values: list[Any], kind: pa.DataType) -> pa.Array:
 
 
 def _char_diff_column(diffs: list[list[list[Any]]]) -> pa.Array:
-    """char_diff as a list of {op, text} structs, assembled from raw buffers: a few list appends per segment,
-    and no `pa.array` on Python objects (which imports pandas, ~50 MB, when it is installed)."""
-    offsets = array.array("i", [0])
-    ops = array.array("b")
-    text_ends = array.array("i", [0])
-    texts: list[bytes] = []
-    size = 0
-    for diff in diffs:
-        for op, text in diff:
-            data = text.encode()
-            size += len(data)
-            ops.append(op)
-            texts.append(data)
-            text_ends.append(size)
-        offsets.append(len(ops))
-    count = len(ops)
-    segments = pa.StructArray.from_arrays(
-        [pa.Array.from_buffers(pa.int8(), count, [None, pa.py_buffer(ops)]),
+    """char_diff as a list of {op, text} structs, assembled from buffers: no `pa.array` on Python objects, which
+    converts them one by one (and imports pandas, ~50 MB, where it is installed)."""
+    segments = list(chain.from_iterable(diffs))
+    texts = [text.encode() for _, text in segments]
+    text_ends = np.zeros(len(texts) + 1, np.int32)
+    np.cumsum(np.fromiter(map(len, texts), np.int32, len(texts)), out=text_ends[1:])
+    count = len(segments)
+    children = pa.StructArray.from_arrays(
+        [pa.Array.from_buffers(pa.int8(), count, [None, pa.py_buffer(array.array("b", [op for op, _ in segments]))]),
          pa.Array.from_buffers(pa.string(), count, [None, pa.py_buffer(text_ends), pa.py_buffer(b"".join(texts))])],
-        fields=list(CHAR_DIFF_SEGMENT),
-    )
+        fields=list(CHAR_DIFF_SEGMENT))
+    offsets = np.zeros(len(diffs) + 1, np.int32)
+    np.cumsum(np.fromiter(map(len, diffs), np.int32, len(diffs)), out=offsets[1:])
     return pa.Array.from_buffers(pa.list_(CHAR_DIFF_SEGMENT), len(diffs), [None, pa.py_buffer(offsets)],
-                                 children=[segments])
+                                 children=[children])
 
 
 def pairs_record_batch(rows: list[dict[str, Any]]) -> pa.RecordBatch:
@@ -371,41 +386,147 @@ def pairs_record_batch(rows: list[dict[str, Any]]) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(columns, schema=PAIRS_SCHEMA)
 
 
-def _char_diff(line: bytes) -> list[list[Any]]:
-    """The char_diff of a stored row, parsed without parsing the rest of it.
+def _char_diff_slice(line: bytes) -> bytes:
+    """The char_diff of a stored row, as its JSON text.
 
-    Stored rows are canonical JSON (sorted keys, no whitespace): `char_diff` is followed by `created_at`,
-    no key sorts between them, and `"name":` cannot occur inside a string (its quotes would be escaped), so
-    the first of each marks the top-level value. Anything unexpected falls back to parsing the whole row.
-    """
+    Stored rows have their keys sorted, the top-level ones without whitespace: `char_diff` is followed by
+    `created_at`, no key sorts between them, and `"name":` cannot occur inside a string (its quotes would be
+    escaped), so the first of each marks the top-level value. Anything unexpected takes the whole row's."""
     start = line.find(_CHAR_DIFF_KEY) + len(_CHAR_DIFF_KEY)
     end = line.find(_AFTER_CHAR_DIFF, start)
     if start >= len(_CHAR_DIFF_KEY) and end > start:
-        try:
-            diff = orjson.loads(line[start:end])
-        except orjson.JSONDecodeError:
-            pass
-        else:
-            if isinstance(diff, list):
-                return diff
-    return orjson.loads(line)["char_diff"]
+        return line[start:end]
+    return orjson.dumps(orjson.loads(line)["char_diff"])
+
+
+def _labels_at(line: bytes) -> tuple[bytes, int]:
+    """The row and where its `,"token_labels":` key is: it sorts last, and cannot occur inside a string (the quotes
+    would be escaped). A row of another layout is first written as the freeze writes rows; one without the key
+    gets -1."""
+    cut = line.rfind(_TOKEN_LABELS_KEY)
+    if cut > 0 and line.endswith(b"}"):
+        return line, cut
+    line = orjson.dumps(orjson.loads(line), option=orjson.OPT_SORT_KEYS)
+    return line, line.rfind(_TOKEN_LABELS_KEY)
+
+
+@dataclass(frozen=True)
+class _Labels:
+    """Where a row's token labels object lies in it."""
+
+    line: bytes
+    start: int
+    end: int
+
+    @property
+    def null(self) -> bool:
+        return self.end - self.start == 4 and self.line.startswith(b"null", self.start)
+
+    def list_span(self, key: bytes) -> tuple[int, int]:
+        """Where the number list after `key` lies (its digits and separators); empty when there is no such key."""
+        at = self.line.find(key, self.start, self.end)
+        if at < 0:
+            return self.start, self.start
+        first = self.line.find(b"[", at + len(key), self.end) + 1
+        return first, self.line.find(b"]", first, self.end)
+
+
+def _from_numpy(values: np.ndarray, kind: pa.DataType) -> pa.Array:
+    """A numpy array as an Arrow array over its buffer: `pa.array(ndarray)` would import pandas (~50 MB) where it is
+    installed."""
+    data = np.packbits(values, bitorder="little") if kind == pa.bool_() else values
+    return pa.Array.from_buffers(kind, len(values), [None, pa.py_buffer(data)])
+
+
+def _numbers(labels: list[_Labels], spans: list[tuple[int, int]], name: str) -> pa.Array:
+    """One number list per row (the text between its brackets) as a list array, parsed by numpy in one go."""
+    kind = _LABEL_LISTS[name]
+    pairs = list(zip(labels, spans, strict=True))
+    counts = np.fromiter((item.line.count(b",", a, b) + 1 if b > a else 0 for item, (a, b) in pairs), np.int32,
+                         len(pairs))
+    total = int(counts.sum())
+    text = b",".join(memoryview(item.line)[a:b] for item, (a, b) in pairs if b > a)
+    try:  # int64 first: numpy wraps numbers too large for the type without a word
+        values = np.fromstring(text or b"0", np.int64, sep=",")[:total]
+    except ValueError:  # it stops at the first thing that is not a whole number
+        values = np.zeros(0, np.int64)
+    limits = np.iinfo(_NUMPY_TYPES[kind])
+    if len(values) != total or (total and (values.min() < limits.min or values.max() > limits.max)):
+        raise ExportError(f"token_labels.{name}: a list holds something other than whole numbers of {kind}")
+    offsets = np.zeros(len(counts) + 1, np.int32)
+    np.cumsum(counts, out=offsets[1:])
+    return pa.ListArray.from_arrays(_from_numpy(offsets, pa.int32()),
+                                    _from_numpy(values.astype(_NUMPY_TYPES[kind]), kind))
+
+
+def _without(item: _Labels, spans: list[tuple[int, int]]) -> bytes:
+    """The token labels object with its number lists emptied."""
+    pieces, at = [], item.start
+    for a, b in sorted(span for span in spans if span[1] > span[0]):
+        pieces.append(memoryview(item.line)[at:a])
+        at = b
+    pieces.append(memoryview(item.line)[at:item.end])
+    return b"".join(pieces)
+
+
+def _token_labels_array(labels: list[_Labels]) -> pa.Array:
+    """The token labels objects as TOKEN_LABELS_TYPE: the number lists by numpy, the rest (names) by Arrow's JSON
+    reader from the objects with their lists emptied."""
+    nulls = np.fromiter((item.null for item in labels), bool, len(labels))
+    spans = {name: [item.list_span(b'"' + name.encode() + b'":') for item in labels] for name in _LABEL_LISTS}
+    lists = {name: _numbers(labels, spans[name], name) for name in _LABEL_LISTS}
+    block = b"\n".join(b"{}" if null else _without(item, [span[n] for span in spans.values()])
+                       for n, (item, null) in enumerate(zip(labels, nulls, strict=True)))
+    parsed = pa_json.read_json(pa.BufferReader(block), parse_options=_LABEL_NAMES_PARSE,
+                               read_options=pa_json.ReadOptions(use_threads=False, block_size=len(block) + 1))
+    children = [lists[f.name] if f.name in lists else parsed.column(f.name).combine_chunks()
+                for f in TOKEN_LABELS_TYPE]
+    return pa.StructArray.from_arrays(children, fields=list(TOKEN_LABELS_TYPE),
+                                      mask=_from_numpy(nulls, pa.bool_()) if nulls.any() else None)
+
+
+@contextmanager
+def _no_cyclic_gc() -> Iterator[None]:
+    """Python's cycle collector paused: parsing a range allocates tens of thousands of small lists (char_diff
+    segments), none in a cycle, and the collector ran often enough over them to triple the parse time. Only
+    cycles wait (refcounting still frees everything); a thread that finds it paused leaves it to the one that
+    paused it."""
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if paused:
+            gc.enable()
 
 
 def pairs_table(lines: list[bytes]) -> pa.Table:
-    """Stored rows (canonical JSON text, UTF-8) as a table of PAIRS_SCHEMA: the same values as
-    `pairs_record_batch` of the parsed rows, several times cheaper in memory and time."""
-    block = b"\n".join(lines)
+    """Stored rows (JSON text, UTF-8) as a table of PAIRS_SCHEMA: the same values as `pairs_record_batch` of the
+    parsed rows, several times cheaper in memory and time."""
+    with _no_cyclic_gc():
+        return _pairs_table(lines)
+
+
+def _pairs_table(lines: list[bytes]) -> pa.Table:
+    rows = [_labels_at(line) for line in lines]
+    # The rows without their token labels, for Arrow's JSON reader: one copy, the block itself.
+    block = b"".join(chain.from_iterable(
+        (memoryview(line)[:cut], b"}\n") if cut > 0 else (line, b"\n") for line, cut in rows))
     parsed = pa_json.read_json(
         pa.BufferReader(block),
         read_options=pa_json.ReadOptions(use_threads=False, block_size=len(block) + 1),
         parse_options=_JSON_PARSE,
     )
     del block
-    columns = [
-        _char_diff_column([_char_diff(line) for line in lines]) if field.name == "char_diff"
-        else parsed.column(field.name)
-        for field in PAIRS_SCHEMA
-    ]
+    labels = [_Labels(line, cut + len(_TOKEN_LABELS_KEY), len(line) - 1) if cut > 0 else _Labels(b"null", 0, 4)
+              for line, cut in rows]
+    special = {
+        # All the rows' diffs in one orjson call.
+        "char_diff": lambda: _char_diff_column(orjson.loads(b"[" + b",".join(map(_char_diff_slice, lines)) + b"]")),
+        "token_labels": lambda: _token_labels_array(labels),
+    }
+    columns = [special[field.name]() if field.name in special else parsed.column(field.name)
+               for field in PAIRS_SCHEMA]
     return pa.Table.from_arrays(columns, schema=PAIRS_SCHEMA)
 
 
@@ -444,12 +565,15 @@ def _leaf_paths(name: str, kind: pa.DataType) -> list[str]:
     return [name]
 
 
-# Dictionary encoding where values repeat (token ids and labels, names, ops, counts). On free text it only
-# builds a large dictionary per column chunk before falling back to plain (+48 MB of memory measured while
-# writing a 35 MB row group, against +11 MB without).
+# Dictionary encoding where values repeat (names, ops, counts, verdicts). On free text it only builds a large
+# dictionary per column chunk before falling back to plain (+48 MB of memory measured while writing a 35 MB row
+# group, against +11 MB without); on the token id and label lists it hashed every token for nothing: a third of
+# the writing time, and zstd alone made the file a third smaller than with it.
 FREE_TEXT_COLUMNS = {"id", "prompt", "original", "edited", "review.comment", "review.annotator_edited", "created_at",
                      "review.created_at"}
-DICTIONARY_COLUMNS = [p for f in PAIRS_SCHEMA for p in _leaf_paths(f.name, f.type) if p not in FREE_TEXT_COLUMNS]
+TOKEN_LIST_COLUMNS = {f"token_labels.{name}.list.element" for name in _LABEL_LISTS}
+DICTIONARY_COLUMNS = [p for f in PAIRS_SCHEMA for p in _leaf_paths(f.name, f.type)
+                      if p not in FREE_TEXT_COLUMNS | TOKEN_LIST_COLUMNS]
 
 
 def _parquet_file(parts: Iterator[pa.Table | pa.RecordBatch]) -> Iterator[bytes]:
@@ -487,7 +611,7 @@ def _pairs_parquet(session: Session, version_id: int, tok: LabelTokenizer | None
     if tok is None:
         # The stored rows are parsed straight into Arrow: no Python object per row but char_diff's.
         ranges = _read_ranges(session, version_id, PARQUET_READERS, PARQUET_FETCH_ROWS)
-        return _parquet_file(pairs_table(lines) for lines in ranges)
+        return _parquet_file(_in_order(pairs_table, ranges, PARQUET_THREADS))
     rows = (relabel(row, tok) for row in _rows(session, version_id))
     return _parquet_file(pairs_record_batch(batch) for batch in batched(rows, ARROW_BATCH_ROWS))
 

@@ -32,7 +32,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -389,12 +389,11 @@ def _in_parallel(engine: Engine, snapshot: str, connections: int, tasks: list[Ca
 
     with ThreadPoolExecutor(connections, thread_name_prefix="freeze") as pool:
         futures = [pool.submit(work) for _ in range(min(connections, len(tasks)))]
-        try:
-            for future in futures:
-                future.result()
-        except BaseException:
-            stop.set()
-            raise
+        finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = next((future.exception() for future in finished if future.exception()), None)
+        if failed is not None:
+            stop.set()  # the others stop after the range in hand
+            raise failed
     if any(result is None for result in results):
         raise FreezeStopped
     return results

@@ -15,7 +15,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from app.db import session_scope
-from app.services import freeze, jobs, webhooks
+from app.services import freeze, jobs, tallies, webhooks
 from app.settings import Settings
 from app.worker.backends.registry import backend_names, make_backend
 from app.worker.command import CommandBuilder, job_command
@@ -84,6 +84,7 @@ class Worker:
                     jobs.append_log(session, job.id, f"[redline] cancelled {job.backend} job {job.external_id}\n")
             for version_id in freeze.discard_abandoned(session):
                 log.warning("dataset version %s failed: its freeze job ended before it was complete", version_id)
+            tallies.fold(session, at=tallies.WORKER_FOLDS_AT)
         webhooks.deliver_due(self.session)
 
     def run_once(self) -> bool:

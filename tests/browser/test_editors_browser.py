@@ -132,6 +132,8 @@ def test_editor_job_suggestion_fix_bulk_accept_and_export(chromium, server, work
         form.locator(f"input[name={name}][value={value}]").check()
     form.locator("input[name=name]").press("Enter")
     expect(admin.locator("h1")).to_contain_text("model and person")
+    # Frozen by the worker's job; the page follows it and reloads once the version is ready.
+    expect(admin.locator("dl.kv")).to_contain_text("Content hash", timeout=120_000)
     download = admin.request.get(admin.url.replace("/datasets/", "/api/v1/datasets/") + "/download?format=pairs-jsonl")
     assert download.ok, download.text()
     rows = {row["annotator_kind"]: row for row in map(json.loads, download.text().splitlines())}

@@ -61,6 +61,7 @@ def test_preview_create_and_download_a_version(web_client, corpus, researcher):
     assert done.headers["hx-refresh"] == "true"
     job_page = web_client.get(f"/jobs/{job_id}")
     assert f'<a href="/datasets/{version_id}">dataset version #{version_id}' in job_page.text
+    assert "Run again" not in job_page.text  # a freeze is asked for again from the datasets page
     detail = web_client.get(created.headers["location"])
     hash_ = re.search(r"<code>([0-9a-f]{64})</code>", detail.text).group(1)
     assert "from the page" in detail.text and "redline export download" in detail.text

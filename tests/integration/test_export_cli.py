@@ -28,7 +28,7 @@ def test_create_list_download_and_all(corpus, tmp_path):
     created = _run("export", "create", "--name", "cli", "--project", project, "--review-status", "accepted",
                    "--review-status", "pending", "--as", corpus["admin"].username)
     assert created.exit_code == 0, created.output
-    assert created.output.startswith("dataset version 1: 4 rows, sha256 ")
+    assert created.output.splitlines()[-1].startswith("dataset version 1: 4 rows, sha256 ")  # after the progress
     assert "cli" in _run("export", "list").output
 
     out = tmp_path / "pairs.jsonl"

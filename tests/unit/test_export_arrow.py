@@ -3,11 +3,13 @@ Python (`pairs_record_batch`), whatever their texts hold."""
 
 from __future__ import annotations
 
+import json
+
 import orjson
 import pyarrow as pa
 import pytest
 
-from app.services.export import STATS_TYPE, _char_diff, pairs_record_batch, pairs_table
+from app.services.export import STATS_TYPE, ExportError, _char_diff_slice, pairs_record_batch, pairs_table
 
 
 def _row(n: int, **changes) -> dict:
@@ -36,23 +38,52 @@ AWKWARD = [
          review={"verdict": "accept", "reviewer_id": "rev_1", "comment": "", "annotator_edited": None,
                  "created_at": "2026-01-02T00:00:00+00:00"}),
     _row(4, stats={name: 0 for name in STATS_TYPE.names} | {"edit_rate": 0.0}),
+    # Token labels a fix left without layers, or with empty lists; a string holding the token labels key.
+    _row(5, token_labels=None, prompt=',"token_labels":{"original_ids": [1]}'),
+    _row(6, token_labels={"tokenizer": "t", "tokenizer_hash": "h", "algorithm": "a", "original_ids": [],
+                          "original_labels": [], "edited_ids": [5], "edited_labels": [1]}),
 ]
 
 
-def test_pairs_table_equals_the_python_conversion():
-    lines = [orjson.dumps(row, option=orjson.OPT_SORT_KEYS) for row in AWKWARD]
-    table = pairs_table(lines)
+def _stored(row: dict) -> bytes:
+    """A row as the freeze stores it: top-level keys sorted and compact, layers as the edit stored them
+    (json.dumps: spaces after separators, keys in their own order)."""
+    pieces = []
+    for key in sorted(row):
+        value = row[key]
+        text = json.dumps(value) if key in ("token_labels", "char_diff", "stats") else orjson.dumps(value).decode()
+        pieces.append(f"{json.dumps(key)}:{text}")
+    return ("{" + ",".join(pieces) + "}").encode()
+
+
+@pytest.mark.parametrize("layout", ["canonical", "stored", "unsorted"])
+def test_pairs_table_equals_the_python_conversion(layout):
+    """Rows frozen before hash format 2 (canonical JSON), as the freeze stores them now, and of any other key
+    order (read by parsing them first) all give the table the Python conversion gives."""
+    write = {"canonical": lambda row: orjson.dumps(row, option=orjson.OPT_SORT_KEYS), "stored": _stored,
+             "unsorted": lambda row: json.dumps(dict(reversed(row.items()))).encode()}[layout]
+    table = pairs_table([write(row) for row in AWKWARD])
     expected = pa.Table.from_batches([pairs_record_batch(AWKWARD)])
     assert table.schema == expected.schema
     assert table.equals(expected)
-    assert table.to_pylist()[1]["char_diff"][1] == {"op": -1, "text": '"],[1,"\\'}
+    rows = table.to_pylist()
+    assert rows[1]["char_diff"][1] == {"op": -1, "text": '"],[1,"\\'}
+    assert rows[4]["token_labels"] is None and rows[5]["token_labels"]["original_ids"] == []
 
 
 @pytest.mark.parametrize("row", AWKWARD, ids=lambda row: row["id"])
 def test_char_diff_slice_is_the_parsed_value(row):
-    assert _char_diff(orjson.dumps(row, option=orjson.OPT_SORT_KEYS)) == row["char_diff"]
+    assert orjson.loads(_char_diff_slice(orjson.dumps(row, option=orjson.OPT_SORT_KEYS))) == row["char_diff"]
 
 
 def test_char_diff_falls_back_to_parsing_the_row():
     line = orjson.dumps({"char_diff": [[0, "a"]], "zzz": 1})  # no created_at after it
-    assert _char_diff(line) == [[0, "a"]]
+    assert orjson.loads(_char_diff_slice(line)) == [[0, "a"]]
+
+
+@pytest.mark.parametrize(("name", "values"), [("original_ids", [1.5, 2]), ("edited_labels", [0, 300]),
+                                              ("edited_ids", [2**31])])
+def test_token_lists_that_are_not_whole_numbers_of_their_type_are_refused(name, values):
+    row = _row(7, token_labels={**_row(7)["token_labels"], name: values})
+    with pytest.raises(ExportError, match=f"token_labels.{name}: a list holds something other than whole numbers"):
+        pairs_table([orjson.dumps(row, option=orjson.OPT_SORT_KEYS)])
