@@ -73,13 +73,13 @@ from app.services import annotation, queue
 from app.services.annotation import Provenance
 from labels import load_tokenizer
 
+T = TypeVar("T")
+
 # The worker reads progress and metrics every second or so: writing them after every item costs more than
 # the item's own statements.
 REPORT_EVERY_S = 1.0
-T = TypeVar("T")
-
 APPLICATION_NAME = "redline-editor-job"  # its connections, in pg_stat_activity
-SUGGEST_CONNECTIONS = 4
+SUGGEST_CONNECTIONS = 4  # at most, for suggest mode's answers stored as they come
 
 
 @dataclass
