@@ -38,7 +38,7 @@ def list_editors(db: Session = Depends(get_db), _caller: Principal = Depends(adm
 @router.post("/editors", response_model=EditorOut, status_code=201, summary="Connect a model editor",
              responses={400: {"model": Problem}})
 def create_editor(body: EditorIn, db: Session = Depends(get_db), caller: Principal = Depends(admin)) -> EditorOut:
-    editor = service.create_editor(db, service.EditorSettings(**body.model_dump()), caller.user)
+    editor = service.create_editor(db, body, caller.user)
     db.commit()
     return _out(editor)
 
@@ -48,7 +48,7 @@ def create_editor(body: EditorIn, db: Session = Depends(get_db), caller: Princip
 def update_editor(editor_id: EditorId, body: EditorIn, db: Session = Depends(get_db),
                   caller: Principal = Depends(admin)) -> EditorOut:
     editor = get_or_404(db, ModelEditor, editor_id, "model editor")
-    service.update_editor(db, editor, service.EditorSettings(**body.model_dump()), caller.user)
+    service.update_editor(db, editor, body, caller.user)
     db.commit()
     return _out(editor)
 

@@ -6,7 +6,9 @@ from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
+from app.editors.service import EditorSettings
 from app.services.datasets import DatasetFilter
 
 
@@ -165,21 +167,9 @@ class ImportProblem(BaseModel):
     total: int
 
 
-class EditorIn(BaseModel):
-    """A model editor's settings; `api_key` is write-only (omit it on a change to keep the stored key)."""
-
-    model_config = ConfigDict(extra="forbid")
-    name: str
-    base_url: str
-    model: str
-    api_key: str | None = None
-    temperature: float = 0.0
-    max_tokens: int = 512
-    timeout_s: float = 60.0
-    max_concurrency: int = 4
-    requests_per_minute: int = 0
-    prompt_kind: str = "one_stage"
-    custom_template: str = ""
+# The body is the service's own settings (one list of fields and defaults), validated by pydantic; an unknown
+# field is a 422. `api_key` is write-only: omit it on a change to keep the stored key.
+EditorIn = pydantic_dataclass(frozen=True, config=ConfigDict(extra="forbid"))(EditorSettings)
 
 
 class EditorOut(BaseModel):

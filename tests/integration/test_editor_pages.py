@@ -86,3 +86,9 @@ def test_api_creates_and_lists_editors_without_keys(web_client, make_user):
     assert [e["name"] for e in listed.json()] == ["api-ed"] and KEY not in listed.text
     bad = web_client.post("/api/v1/editors", json={**body, "name": "x y"}, headers=headers)
     assert bad.status_code == 400 and "name" in bad.json()["detail"]
+    unknown = web_client.post("/api/v1/editors", json={**body, "name": "api-ed2", "temprature": 1}, headers=headers)
+    assert unknown.status_code == 422 and "temprature" in unknown.text
+    editor_id = created.json()["id"]
+    changed = web_client.put(f"/api/v1/editors/{editor_id}", json={k: v for k, v in body.items() if k != "api_key"}
+                             | {"max_tokens": 64}, headers=headers)
+    assert changed.status_code == 200 and changed.json()["max_tokens"] == 64 and changed.json()["api_key_set"]
