@@ -69,8 +69,17 @@ def steps_to(steps: list[int], values: list[float], threshold: float) -> float |
     return None
 
 
+def steps_ratio(steps_token: float | None, steps_seq: float | None) -> float | None:
+    """Token ÷ sequence steps to the threshold. Infinite when fine-grained PPO never reaches it: slower than any
+    finite ratio, so such runs count against the claim in its interval instead of dropping out of it. None when
+    the sequence-level curve gives no target (no gain, or met at step 0)."""
+    if not steps_seq:
+        return None
+    return math.inf if steps_token is None else steps_token / steps_seq
+
+
 def seed_ratio(seed: dict[str, Any]) -> float | None:
-    """Token ÷ sequence steps to 90% of that seed's own sequence-level gain (None when undefined)."""
+    """Token ÷ sequence steps to 90% of that seed's own sequence-level gain (`steps_ratio`)."""
     token, sequence = seed["ppo_curves"]["token"], seed["ppo_curves"]["sequence"]
     g0, final = sequence[0][1], sequence[-1][1]
     if final <= g0:
@@ -78,7 +87,7 @@ def seed_ratio(seed: dict[str, Any]) -> float | None:
     threshold = g0 + 0.9 * (final - g0)
     steps_token = steps_to([int(s) for s, _ in token], [g for _, g in token], threshold)
     steps_seq = steps_to([int(s) for s, _ in sequence], [g for _, g in sequence], threshold)
-    return steps_token / steps_seq if steps_token and steps_seq else None
+    return steps_ratio(steps_token, steps_seq)
 
 
 def gold_at_kl(kls: list[float], golds: list[float], target: float) -> float | None:
@@ -138,7 +147,7 @@ def point(seeds: list[dict[str, Any]]) -> dict[str, float | None]:
         "ppo_sequence_gain": seq_gain,
         "ppo_steps_to_threshold_token": steps_token,
         "ppo_steps_to_threshold_sequence": steps_seq,
-        "ppo_steps_ratio_token_vs_sequence": steps_token / steps_seq if steps_token and steps_seq else None,
+        "ppo_steps_ratio_token_vs_sequence": steps_ratio(steps_token, steps_seq),
         "ppo_steps_ratio_per_seed_mean": _mean([seed_ratio(s) for s in seeds]),
         "ppo_final_gold_token": curves["token"][1][-1],
         "ppo_final_gold_sequence": curves["sequence"][1][-1],
@@ -346,11 +355,19 @@ def plot_bars(path: Path, title: str, ylabel: str, bars: list[tuple[str, float, 
 
 
 def _f(value: float | None, digits: int = 3) -> str:
+    if value == math.inf:
+        return "∞"
     return "n/a" if value is None or value != value else f"{value:.{digits}f}"
 
 
 def _pct(value: float | None) -> str:
     return "n/a" if value is None or value != value else f"{100 * value:.1f}%"
+
+
+def _reached(s: dict[str, Any], variant: str) -> str:
+    """Steps of one PPO variant to the threshold on the seed-mean curves: "never" where there is a target it missed."""
+    steps = s[f"ppo_steps_to_threshold_{variant}"]
+    return "never" if steps is None and s["ppo_steps_to_threshold_sequence"] else _f(steps, 1)
 
 
 def _with_ci(s: dict[str, Any], key: str, fmt: Callable[[float | None], str] = _f) -> str:
@@ -380,7 +397,7 @@ def claims_table(s: dict[str, Any]) -> list[str]:
         f"{_with_ci(s, 'token_rm_token_auroc')}) | {v['token_rm_accuracy']} |",
         f"| fine-grained PPO reaches 90% of the sequence-level gain in fewer steps (ratio < 1) | "
         f"{PAPER['ppo_steps_ratio']} | {_with_ci(s, 'ppo_steps_ratio_token_vs_sequence')} "
-        f"({_f(s['ppo_steps_to_threshold_token'], 1)} vs {_f(s['ppo_steps_to_threshold_sequence'], 1)} iterations "
+        f"({_reached(s, 'token')} vs {_reached(s, 'sequence')} iterations "
         f"on the seed-mean curves) | {v['ppo_faster']} |",
         f"| fine-grained PPO wins more often than sequence-level PPO (against the initial policy) | "
         f"{PAPER['ppo_win_rate_gain']} | {_points(s, 'ppo_win_rate_diff')} (token {_pct_ci(s, 'ppo_win_rate_token')}, "
@@ -479,8 +496,10 @@ def readings(s: dict[str, Any]) -> list[str]:
     if s["ppo_sequence_gain"] is not None and s["ppo_sequence_gain"] <= 0:
         out.append("- PPO speed: the sequence-level run ended no better than the initial policy, so 90% of its "
                    "gain is no target and no ratio is reported.")
-    elif ratio is None:
-        out.append("- PPO speed: one variant never reached the threshold on the seed-mean curves.")
+    elif ratio == math.inf:
+        out.append(f"- PPO speed: fine-grained PPO never reached 90% of the sequence-level gain on the seed-mean "
+                   f"curves (its gold peaked at {_f(s['ppo_peak_gold_token'], 4)}, the threshold is "
+                   f"{_f(s['ppo_threshold_gold'], 4)}): the ratio is ∞, and so is each seed's where it never did.")
     out.append(f"- Plateau: over the last 30% of iterations the seed-mean gold reward moved "
                f"{_f(s.get('ppo_late_change_token'))} (token) and {_f(s.get('ppo_late_change_sequence'))} "
                f"(sequence); peaks {_f(s['ppo_peak_gold_token'])} at iteration {_f(s['ppo_peak_step_token'], 0)} and "
@@ -520,7 +539,8 @@ def markdown(results: dict[str, Any], s: dict[str, Any], plots: str) -> str:
         "Written by `make reproduce` (`python -m reproduce --preset full`); do not edit by hand — rerun it.",
         f"Preset `{preset['name']}`, task `{preset['task']}`, seeds {sorted(int(k) for k in results['seeds'])} "
         f"(of {list(preset['seeds'])}), {results.get('jobs', 1)} at a time; wall time {results['seconds'] / 60:.1f} "
-        f"min, plus {build['seconds'] / 60:.1f} min pretraining the tiny policy when it is not reused; "
+        f"min, which includes pretraining the tiny policy ({build['seconds'] / 60:.1f} min; a later run with the same "
+        f"task and configs reuses it); "
         f"{sum(results.get('cli_seconds', {}).values()) / 60:.1f} min inside the training CLI runs.",
         "Gold world, flaw types and simulated annotator: a pluggable task (`training/sim/task.py`, see "
         "docs/reproduction-status.md).",
@@ -584,7 +604,8 @@ def markdown(results: dict[str, Any], s: dict[str, Any], plots: str) -> str:
         f"Initial policy gold reward {_f(s['initial_gold'])}; final gold reward on the seed-mean curves: token "
         f"{_f(s['ppo_final_gold_token'])}, sequence {_f(s['ppo_final_gold_sequence'])}; threshold "
         f"{_f(s['ppo_threshold_gold'])}; steps to it per seed (token ÷ sequence, each seed's own threshold): "
-        f"{', '.join(_f(r, 2) for r in s['ppo_steps_ratio_per_seed'])} (n/a: not reached or no gain).",
+        f"{', '.join(_f(r, 2) for r in s['ppo_steps_ratio_per_seed'])} (∞: fine-grained PPO never reached it; n/a: "
+        f"the sequence-level run gained nothing).",
         "",
         "## Token RM by gold class (before PPO)",
         "",
@@ -619,6 +640,17 @@ def markdown(results: dict[str, Any], s: dict[str, Any], plots: str) -> str:
     return "\n".join(lines)
 
 
+def _strict_json(value: Any) -> Any:
+    """JSON has no infinity: a ratio that is ∞ (never reached, see `steps_ratio`) is written as null."""
+    if isinstance(value, float) and math.isinf(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_strict_json(v) for v in value]
+    return value
+
+
 def write_report(results: dict[str, Any], docs: Path, bench: Path) -> dict[str, Any]:
     summary = summarise(results)
     seeds = list(results["seeds"].values())
@@ -643,6 +675,6 @@ def write_report(results: dict[str, Any], docs: Path, bench: Path) -> dict[str, 
     (docs / "reproduction.md").write_text(markdown(results, summary, "reproduction"))
     bench.parent.mkdir(parents=True, exist_ok=True)
     flat = {k: v for k, v in summary.items() if k not in ("curves",)}
-    bench.write_text(json.dumps({**flat, "preset": results["preset"]["name"], "seconds": results["seconds"]},
-                                indent=2) + "\n")
+    bench.write_text(json.dumps(_strict_json({**flat, "preset": results["preset"]["name"],
+                                              "seconds": results["seconds"]}), indent=2) + "\n")
     return flat

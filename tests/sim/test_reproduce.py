@@ -135,6 +135,18 @@ def test_summary_on_known_curves():
     assert steps == [0, 5] and mean == [2.0, 2.0] and std[1] == 0.0
 
 
+def test_a_token_run_that_never_reaches_the_threshold_counts_against_the_speed_claim():
+    # Fine-grained PPO peaks below 90% of the sequence-level gain in most seeds: its ratio is infinite there,
+    # and those seeds stay in the interval instead of dropping out of it.
+    seeds = [_seed([0, 0.5, 0.4], [0, 0.5, 1.0])] * 4 + [_seed([0, 1.0, 1.0], [0, 0.5, 1.0])]
+    rm_seeds = [_rm_seed(0.9)] * 5
+    s = summarise({"seeds": dict(enumerate(seeds)), "rm_check": {"seeds": dict(enumerate(rm_seeds))}})
+    assert s["ppo_steps_to_threshold_token"] is None and s["ppo_steps_ratio_token_vs_sequence"] == math.inf
+    assert s["ppo_steps_ratio_per_seed"][:4] == [math.inf] * 4 and s["ppo_steps_ratio_per_seed"][4] < 1
+    assert s["ppo_steps_ratio_token_vs_sequence_ci_high"] == math.inf
+    assert s["verdicts"]["ppo_faster"] == "does not hold"
+
+
 def test_gold_at_kl_uses_the_running_maximum_and_interpolates():
     assert gold_at_kl([0.0, 1.0, 0.8, 3.0], [0.0, 0.2, 0.3, 0.6], 2.0) == pytest.approx(0.45)
     assert gold_at_kl([0.0, 1.0], [0.0, 0.2], 2.0) is None
