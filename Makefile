@@ -40,9 +40,12 @@ slurm:
 
 setup: venv model assets
 
+# One worker runs beside the web server, so freezes, model-editor and training jobs started from the pages
+# run; it stops with the server (Ctrl+C).
 run: setup
 	$(BIN)/redline db upgrade
 	$(BIN)/redline demo setup
+	$(BIN)/redline worker & worker=$$!; trap 'kill $$worker 2>/dev/null; wait $$worker' EXIT INT TERM; \
 	$(BIN)/redline serve
 
 test: setup chromium slurm

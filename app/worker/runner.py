@@ -268,7 +268,7 @@ class JobRunner:
             return self._finish(
                 job_id, JobStatus.SUCCEEDED, artifacts=artifacts, eval_result=eval_result, progress=1.0
             )
-        error = step.error or step.stop_reason or f"training exited with code {step.returncode}"
+        error = step.error or step.stop_reason or f"the job's process exited with code {step.returncode}"
         tail = "\n".join(paths.log.read_text(errors="replace").splitlines()[-ERROR_TAIL_LINES:])
         self._append_log(job_id, f"[redline] failed: {error}\n")
         return self._finish(

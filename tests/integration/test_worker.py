@@ -212,7 +212,7 @@ def test_crashing_training_marks_the_job_failed_with_the_error(pg_url, tmp_path,
 
     job = load(pg_url, job_id)
     assert job.status == JobStatus.FAILED
-    assert "training exited with code 1" in job.error
+    assert "the job's process exited with code 1" in job.error
     assert "RuntimeError: boom at step 2" in job.error
     assert "RuntimeError: boom at step 2" in log_text(pg_url, job_id)
     assert job.finished_at is not None and job.eval is None
