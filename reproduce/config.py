@@ -1,5 +1,5 @@
 """Presets of the reproduction run: `full` (make reproduce: 10 seeds, a sweep of each policy method's settings;
-about half an hour on two quiet cores), `sweep` (a wider grid, more validation samples: longer) and `fast` (the
+about 25 minutes on two quiet cores), `sweep` (a wider grid, more validation samples: longer) and `fast` (the
 test)."""
 
 from __future__ import annotations
