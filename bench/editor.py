@@ -18,7 +18,8 @@ budget is set high so the guard never asks twice: both sides then send exactly o
   first edit carries one-off costs (the first statements compiled, the first connection to the endpoint,
   modules imported on first use), reported apart as `first_edits_cpu_s` (with the edits reported with it).
   Backends are found in pg_stat_activity and their CPU read from /proc while the job runs. For scale,
-  `plain_cpu_ms_per_request` is the plain script's own CPU per request (its first requests included): the
+  `plain_cpu_ms_per_request` is the plain script's own CPU per request (its first requests included), and
+  `client_cpu_ms_per_request` the job's own model call alone (`EditorClient.chat`, after a warm-up): the
   `openai` client's share, which Redline's figure includes.
 - mean_in_flight / plain_mean_in_flight: requests in flight on average (time-weighted) on each side: how
   busy each kept the endpoint, at most C.
@@ -148,6 +149,25 @@ async def plain(base_url: str, model: str, prompts: list[str]) -> dict[str, floa
     return {"wall_s": wall, "cpu_s": cpu, "mean_in_flight": mean}
 
 
+CLIENT_WARMUP, CLIENT_REQUESTS = 8, 40
+
+
+async def client_only(base_url: str, model: str, prompts: list[str]) -> float:
+    """The job's own model call alone (`EditorClient.chat`: the openai client's request, the answer's checks), at
+    the same concurrency, from this process: CPU per request, after CLIENT_WARMUP requests. The share of
+    cpu_ms_per_edit any job that uses the official client pays whatever else it does."""
+    from app.editors.client import EditorClient, EndpointConfig
+
+    client = EditorClient(EndpointConfig(base_url=base_url, model=model, max_tokens=MAX_TOKENS, timeout_s=600,
+                                         max_concurrency=CONCURRENCY))
+    await asyncio.gather(*(client.chat(p) for p in prompts[:CLIENT_WARMUP]))
+    cpu = _own_cpu_s()
+    await asyncio.gather(*(client.chat(p) for p in prompts[CLIENT_WARMUP:CLIENT_WARMUP + CLIENT_REQUESTS]))
+    cpu = _own_cpu_s() - cpu
+    await client.close()
+    return 1000 * cpu / CLIENT_REQUESTS
+
+
 def _own_cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -232,13 +252,14 @@ def main() -> None:
         config, prompts = _editor(server.base_url, server.model, project_id)
         theirs = asyncio.run(plain(server.base_url, server.model, prompts))
         ours = redline(url, make_url(url).database, config, Path(tmp))
+        client_ms = asyncio.run(client_only(server.base_url, server.model, prompts))
     edits_per_s = ITEMS / ours["wall_s"]
     plain_per_s = ITEMS / theirs["wall_s"]
     write_results("editor", {
         "edits_per_s": edits_per_s, "plain_edits_per_s": plain_per_s, "ratio_to_plain": edits_per_s / plain_per_s,
         "cpu_ms_per_edit": ours["cpu_ms_per_edit"], "job_cpu_ms_per_edit": ours["job_cpu_ms_per_edit"],
         "database_cpu_ms_per_edit": ours["database_cpu_ms_per_edit"],
-        "plain_cpu_ms_per_request": 1000 * theirs["cpu_s"] / ITEMS,
+        "plain_cpu_ms_per_request": 1000 * theirs["cpu_s"] / ITEMS, "client_cpu_ms_per_request": client_ms,
         "mean_in_flight": ours["mean_in_flight"], "plain_mean_in_flight": theirs["mean_in_flight"],
         "startup_s": ours["startup_s"], "startup_cpu_s": ours["startup_cpu_s"],
         "first_edits_cpu_s": ours["first_edits_cpu_s"], "done": ours["done"],
@@ -246,7 +267,7 @@ def main() -> None:
         "items": ITEMS, "concurrency": CONCURRENCY,
         "max_tokens": MAX_TOKENS, "load_avg_1m": load,
     }, notes={"server": "transformers serve (answers one request at a time), SmolLM2-135M-Instruct, CPU",
-              "order": "plain first, then Redline, on the warmed-up server",
+              "order": "plain first, then Redline, then the job's client call alone, on the warmed-up server",
               "span": "both sides timed from ready to done; Redline's start-up reported apart"})
 
 

@@ -167,6 +167,52 @@ def freeze(url: str, name: str) -> tuple[int, int, float]:
     return version_id, rows, seconds
 
 
+CEILING_ROWS = 100_000  # rows each stage-alone figure is measured on
+
+
+def build_hash_rows_per_s(url: str) -> float:
+    """Postgres building and hashing the first CEILING_ROWS rows' text with the freeze's own statement, on one
+    connection, writing nothing: per core, the ceiling of any freeze that writes rows of this text (hash format 2
+    hashes it)."""
+    from sqlalchemy import func, select
+
+    from app.services import freeze
+    from app.services.datasets import DatasetFilter
+
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        low = conn.execute(text("SELECT min(id) FROM edits")).scalar_one()
+        rows = freeze.row_texts(DatasetFilter(outcomes=["edited", "no_change_needed"]),
+                                freeze.Range(low - 1, low - 1 + CEILING_ROWS), freeze.Names.of_users(conn)).subquery()
+        began = time.perf_counter()
+        count, _ = conn.execute(select(func.count(), func.sum(func.length(
+            func.sha256(func.convert_to(rows.c.data, "UTF8")))))).one()
+        seconds = time.perf_counter() - began
+    engine.dispose()
+    return count / seconds
+
+
+def parquet_convert_rows_per_s(url: str, version_id: int) -> float:
+    """The Parquet export's conversion of stored rows to Arrow (`export.pairs_table`) alone, on one thread, over
+    the version's first CEILING_ROWS rows fetched beforehand a range at a time: per core, the ceiling of the
+    Parquet export from stored JSON rows."""
+    from app.services.export import PARQUET_FETCH_ROWS, pairs_table
+
+    engine = create_engine(url)
+    converting, done = 0.0, 0
+    with engine.connect() as conn:
+        for low in range(0, CEILING_ROWS, PARQUET_FETCH_ROWS):
+            lines = [data.encode() for data in conn.scalars(text(
+                "SELECT data FROM dataset_rows WHERE dataset_version_id = :v AND seq >= :low AND seq < :high "
+                "ORDER BY seq"), {"v": version_id, "low": low, "high": low + PARQUET_FETCH_ROWS})]
+            began = time.perf_counter()
+            pairs_table(lines)
+            converting += time.perf_counter() - began
+            done += len(lines)
+    engine.dispose()
+    return done / converting
+
+
 def export_in_child(url: str, version_id: int, fmt: str) -> dict:
     with tempfile.TemporaryDirectory(prefix="redline-bench-") as tmp:
         out = Path(tmp) / f"export.{fmt}"
@@ -228,6 +274,15 @@ def _measure(url: str, size: int, figures: dict[str, float], notes: dict[str, st
         peaks.append(result["peak_mb"])
         print(f"  {fmt} @ {label}: {result}", flush=True)
     figures[f"peak_mb_{label}"] = max(peaks)
+    if size == SIZES[-1]:
+        figures["freeze_build_hash_rows_per_s_per_core"] = build_hash_rows_per_s(url)
+        figures["parquet_convert_rows_per_s_per_core"] = parquet_convert_rows_per_s(url, version_id)
+        notes["ceilings"] = (
+            f"each stage alone on one core over {CEILING_ROWS} rows: Postgres building and hashing the rows' text "
+            "(the freeze's statement without its INSERT), and pairs_table turning stored rows into Arrow (rows "
+            f"fetched beforehand); with all {os.cpu_count()} cores on one stage and nothing else, a freeze could not "
+            "pass cores x the first, nor a Parquet export cores x the second"
+        )
 
 
 def _exit_on_sigterm(_signum, _frame) -> None:

@@ -44,6 +44,7 @@ from sqlalchemy import (
     Engine,
     Integer,
     LargeBinary,
+    Select,
     Text,
     case,
     cast,
@@ -221,15 +222,23 @@ class Written:
     digests: bytes  # the rows' SHA-256 digests, concatenated in row order
 
 
-def _write_range_sql(conn: Connection, flt: DatasetFilter, version_id: int, span: Range, names: Names) -> Written:
+def row_texts(flt: DatasetFilter, span: Range, names: Names, version_id: int = 0) -> Select:
+    """(version id, seq, edit id, row text) of every row `span` writes, built by Postgres: what a freeze inserts.
+    Also what the `export` benchmark builds and hashes without writing, for the ceiling of any freeze that
+    writes the rows' text."""
     rows = selection(flt, after=span.after, upto=span.upto).subquery("edit_rows")
     annotator, reviewer = names.table("annotator_names"), names.table("reviewer_names")
     seq = literal(span.first_seq - 1) + func.row_number().over(order_by=rows.c.id)
-    source = (
-        select(literal(version_id), seq, rows.c.id, _row_text_sql(rows.c, annotator, reviewer))
+    return (
+        select(literal(version_id).label("version_id"), seq.label("seq"), rows.c.id.label("edit_id"),
+               _row_text_sql(rows.c, annotator, reviewer).label("data"))
         .select_from(rows.join(annotator, annotator.c.id == rows.c.annotator_id)
                      .outerjoin(reviewer, reviewer.c.id == rows.c.reviewer_id))
     )
+
+
+def _write_range_sql(conn: Connection, flt: DatasetFilter, version_id: int, span: Range, names: Names) -> Written:
+    source = row_texts(flt, span, names, version_id)
     written = (
         insert(DatasetRow)
         .from_select(["dataset_version_id", "seq", "edit_id", "data"], source)
