@@ -25,6 +25,7 @@ import tempfile
 import time
 import uuid
 from datetime import UTC, datetime
+from itertools import islice
 from pathlib import Path
 
 from sqlalchemy import create_engine, text
@@ -162,8 +163,11 @@ def fill(url: str, start: int, stop: int, pairs: int, project_id: int) -> float:
 # --- measured steps -------------------------------------------------------------------------------
 
 
+FILTER = {"outcomes": ["edited", "no_change_needed"]}  # every edit the fill makes
+
+
 def freeze(url: str, name: str) -> tuple[int, int, float]:
-    version_id, rows, seconds, _ = timed_freeze(url, {"outcomes": ["edited", "no_change_needed"]}, name)
+    version_id, rows, seconds, _ = timed_freeze(url, FILTER, name)
     return version_id, rows, seconds
 
 
@@ -182,11 +186,10 @@ def build_hash_rows_per_s(url: str) -> float:
     engine = create_engine(url)
     with engine.connect() as conn:
         low = conn.execute(text("SELECT min(id) FROM edits")).scalar_one()
-        rows = freeze.row_texts(DatasetFilter(outcomes=["edited", "no_change_needed"]),
-                                freeze.Range(low - 1, low - 1 + CEILING_ROWS), freeze.Names.of_users(conn)).subquery()
+        rows = freeze.row_texts(DatasetFilter(**FILTER), freeze.Range(low - 1, low - 1 + CEILING_ROWS),
+                                freeze.Names.of_users(conn)).subquery()
         began = time.perf_counter()
-        count, _ = conn.execute(select(func.count(), func.sum(func.length(
-            func.sha256(func.convert_to(rows.c.data, "UTF8")))))).one()
+        count, _ = conn.execute(select(func.count(), func.sum(func.length(freeze.row_digest(rows.c.data))))).one()
         seconds = time.perf_counter() - began
     engine.dispose()
     return count / seconds
@@ -196,19 +199,20 @@ def parquet_convert_rows_per_s(url: str, version_id: int) -> float:
     """The Parquet export's conversion of stored rows to Arrow (`export.pairs_table`) alone, on one thread, over
     the version's first CEILING_ROWS rows fetched beforehand a range at a time: per core, the ceiling of the
     Parquet export from stored JSON rows."""
+    from app.db import session_scope
+    from app.services.datasets import batched
     from app.services.export import PARQUET_FETCH_ROWS, pairs_table
+    from app.services.freeze import stored_lines
 
     engine = create_engine(url)
     converting, done = 0.0, 0
-    with engine.connect() as conn:
-        for low in range(0, CEILING_ROWS, PARQUET_FETCH_ROWS):
-            lines = [data.encode() for data in conn.scalars(text(
-                "SELECT data FROM dataset_rows WHERE dataset_version_id = :v AND seq >= :low AND seq < :high "
-                "ORDER BY seq"), {"v": version_id, "low": low, "high": low + PARQUET_FETCH_ROWS})]
+    with session_scope(engine) as session:
+        lines = islice(stored_lines(session, version_id, PARQUET_FETCH_ROWS), CEILING_ROWS)
+        for batch in batched(lines, PARQUET_FETCH_ROWS):  # fetched here, outside the timing
             began = time.perf_counter()
-            pairs_table(lines)
+            pairs_table(batch)
             converting += time.perf_counter() - began
-            done += len(lines)
+            done += len(batch)
     engine.dispose()
     return done / converting
 
@@ -278,10 +282,10 @@ def _measure(url: str, size: int, figures: dict[str, float], notes: dict[str, st
         figures["freeze_build_hash_rows_per_s_per_core"] = build_hash_rows_per_s(url)
         figures["parquet_convert_rows_per_s_per_core"] = parquet_convert_rows_per_s(url, version_id)
         notes["ceilings"] = (
-            f"each stage alone on one core over {CEILING_ROWS} rows: Postgres building and hashing the rows' text "
-            "(the freeze's statement without its INSERT), and pairs_table turning stored rows into Arrow (rows "
-            f"fetched beforehand); with all {os.cpu_count()} cores on one stage and nothing else, a freeze could not "
-            "pass cores x the first, nor a Parquet export cores x the second"
+            f"each stage alone on one core over {min(CEILING_ROWS, size)} rows: Postgres building and hashing the "
+            "rows' text (the freeze's statement without its INSERT), and pairs_table turning stored rows into Arrow "
+            f"(rows fetched beforehand); with all {os.cpu_count()} cores on one stage and nothing else, a freeze could "
+            "not pass cores x the first, nor a Parquet export cores x the second"
         )
 
 

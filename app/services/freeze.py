@@ -237,12 +237,17 @@ def row_texts(flt: DatasetFilter, span: Range, names: Names, version_id: int = 0
     )
 
 
+def row_digest(data: Any) -> Any:
+    """The SHA-256 of a row's text (UTF-8), in SQL: what hash format 2 hashes per row."""
+    return func.sha256(func.convert_to(data, "UTF8"))
+
+
 def _write_range_sql(conn: Connection, flt: DatasetFilter, version_id: int, span: Range, names: Names) -> Written:
     source = row_texts(flt, span, names, version_id)
     written = (
         insert(DatasetRow)
         .from_select(["dataset_version_id", "seq", "edit_id", "data"], source)
-        .returning(DatasetRow.seq, func.sha256(func.convert_to(DatasetRow.data, "UTF8")).label("digest"))
+        .returning(DatasetRow.seq, row_digest(DatasetRow.data).label("digest"))
         .cte("written")
     )
     digests = func.string_agg(written.c.digest, aggregate_order_by(literal(b"", LargeBinary), written.c.seq))
